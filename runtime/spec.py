@@ -1,0 +1,306 @@
+"""The one-spike integer specification: the single definition that codegen, runtime and rtl share.
+
+Everything a backend needs to reproduce the golden model bit for bit is defined here: the value
+codes, the tables and how they are built, the per-layer integer operations, the range analysis that
+fixes accumulator widths, and the ``model.pt`` schema. ``docs/spec.md`` is the prose version.
+
+Value codes
+    Between layers an activation is a spike phase ``f`` in ``0..T-1`` or "no spike", coded as ``T``
+    (so phase arrays are uint8 and ``T <= 255``). A spike at phase ``f`` stands for ``Q**-f`` (times the
+    layer scale that conversion folds into the weights).
+
+Tables (all integers, stored in model.pt; backends read them, they never recompute them)
+    ``D[f] = round_half_up(Q**-f * 2**F)`` for ``f < T`` and ``D[T] = 0`` (decode table, length T+1).
+    ``E[p]`` for ``p`` in 0..255: the phase code of input pixel ``p`` (input-encoding table).
+    ``Theta[c, f]`` per output channel ``c`` of a firing layer: non-increasing in ``f``.
+
+Layers (``acc`` is an exact integer; no rounding anywhere, so any exact summation order is valid)
+    dense / conv2d:  ``acc[o] = B[o] + sum_j W[o, j] * D[f_j]``  (conv: zero padding contributes 0)
+    avgpool:         ``acc[c] = sum_{j in window} D[f_j]``      (padding contributes 0)
+    fire:            ``f_out = min{f : acc >= Theta[c, f]}``, or ``T`` (no spike) if there is none.
+                     Because Theta is non-increasing this equals ``#{f : Theta[c, f] > acc}``.
+    maxpool:         ``f_out = min_{j in window} f_j`` (earliest spike; padding is "no spike").
+    readout:         the last layer is dense/conv2d without fire; its ``acc`` are the output logits;
+                     the class is ``argmax`` with ties going to the lowest index.
+    Inputs of a dense layer are the previous activation flattened in (C, H, W) order.
+
+Widths
+    :func:`analyse_ranges` bounds every accumulator (and every threshold compared with it) by interval
+    arithmetic over all possible inputs; ``acc_bits`` is the signed width that holds that bound. A model
+    whose bound exceeds ``MAX_ACC_BITS`` is refused.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import UserError
+
+SCHEMA_FORMAT = "onespike-snn"
+SCHEMA_VERSION = 1
+MAX_T = 255  # phases are uint8; code T means "no spike"
+MAX_ACC_BITS = 32  # widest accumulator a backend must support (int32 on an MCU)
+LAYER_KINDS = ("dense", "conv2d", "maxpool", "avgpool")
+
+
+class SpecError(UserError):
+    """A model that violates the integer specification."""
+
+
+# --------------------------------------------------------------------------------------- tables
+
+def round_half_up(x: np.ndarray | float) -> np.ndarray:
+    return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def level(Q: float, T: int) -> np.ndarray:
+    """The real values ``Q**-f`` for f = 0..T-1."""
+    return np.power(float(Q), -np.arange(T, dtype=np.float64))
+
+
+def shifted_threshold(Q: float, T: int, shift: bool = True) -> np.ndarray:
+    """Real fire thresholds ``theta_f`` of the seed (One-Spike SNN).
+
+    With the threshold shift, ``theta_f = Q**-f * (1 + 1/Q) / 2``: the midpoint between levels f and
+    f+1, so a value rounds to the nearest level (saturating at level 0, flushed to zero below
+    ``theta_{T-1}``). Without it, ``theta_f = Q**-f`` (floor to level).
+    """
+    lv = level(Q, T)
+    return lv * (1.0 + 1.0 / Q) / 2.0 if shift else lv
+
+
+def decode_table(Q: float, T: int, F: int) -> np.ndarray:
+    """``D[f] = round_half_up(Q**-f * 2**F)``, ``D[T] = 0``; int64 of length T+1."""
+    check_qtf(Q, T, F)
+    d = np.zeros(T + 1, dtype=np.int64)
+    d[:T] = round_half_up(level(Q, T) * float(2 ** F))
+    return d
+
+
+def encode_table(Q: float, T: int, pixel_scale: float = 1.0, shift: bool = True) -> np.ndarray:
+    """Input encoding ``E[p]``: the phase of pixel value ``a = p / 255 / pixel_scale`` (or T).
+
+    ``E[p] = min{f : a >= theta_f}``; pixels below ``theta_{T-1}`` (always pixel 0) do not spike.
+    """
+    a = np.arange(256, dtype=np.float64) / 255.0 / float(pixel_scale)
+    return fire_float(a, shifted_threshold(Q, T, shift)).astype(np.uint8)
+
+
+def fire_float(a: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """First f with ``a >= theta[f]`` (theta non-increasing), else len(theta); float version."""
+    return (np.asarray(a)[..., None] < np.asarray(theta)).sum(-1)
+
+
+def fire_int(acc: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """The integer fire rule: ``#{f : theta[f] > acc}`` == first f with ``acc >= theta[f]`` (or T).
+
+    ``acc`` has shape (..., C) and ``theta`` shape (C, T).
+    """
+    return (np.asarray(theta)[None, ...] > np.asarray(acc)[..., None]).sum(-1)
+
+
+def check_qtf(Q: float, T: int, F: int) -> None:
+    if not (isinstance(Q, (int, float)) and math.isfinite(Q) and 1.0 < Q <= 2.0):
+        raise SpecError(f"base Q must be a number in (1, 2], not {Q!r}")
+    if not (isinstance(T, (int, np.integer)) and 1 <= T <= MAX_T):
+        raise SpecError(f"T must be an integer in 1..{MAX_T}, not {T!r}")
+    if not (isinstance(F, (int, np.integer)) and 0 <= F <= 30):
+        raise SpecError(f"fraction bits F must be an integer in 0..30, not {F!r}")
+
+
+# --------------------------------------------------------------------------------------- model
+
+@dataclass
+class Layer:
+    """One layer of an integer one-spike model (plain numpy arrays, see the module docstring)."""
+
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    weight: np.ndarray | None = None  # int8: dense (O, I); conv2d (O, C, K, K)
+    bias: np.ndarray | None = None  # int64 (O,), in accumulator units
+    theta: np.ndarray | None = None  # int64 (O or C, T); None for the readout and maxpool
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    readout: bool = False
+    acc_bits: int = 0  # filled by analyse_ranges
+    name: str = ""
+
+    @property
+    def fires(self) -> bool:
+        return self.kind in ("dense", "conv2d", "avgpool") and not self.readout
+
+
+@dataclass
+class IntModel:
+    """An integer one-spike model: what ``model.pt`` holds, as numpy arrays."""
+
+    Q: float
+    T: int
+    F: int
+    input_shape: tuple[int, int, int]
+    decode: np.ndarray  # int64 (T+1,)
+    encode: np.ndarray  # uint8 (256,)
+    layers: list[Layer]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(np.prod(self.layers[-1].out_shape))
+
+    def neuron_counts(self) -> list[int]:
+        """Neurons that can spike: the input, then every firing layer's outputs (readout excluded)."""
+        return [int(np.prod(self.input_shape))] + [int(np.prod(l.out_shape)) for l in self.layers if l.fires]
+
+
+def conv_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def infer_out_shape(kind: str, in_shape: tuple[int, ...], weight: np.ndarray | None, k: int, s: int, p: int) -> tuple[int, ...]:
+    if kind == "dense":
+        n_in = int(np.prod(in_shape))
+        if weight.ndim != 2 or weight.shape[1] != n_in:
+            raise SpecError(f"shape mismatch: dense weight {tuple(weight.shape)} does not take {n_in} inputs {tuple(in_shape)}")
+        return (int(weight.shape[0]),)
+    if len(in_shape) != 3:
+        raise SpecError(f"shape mismatch: {kind} needs a (C, H, W) input, not {tuple(in_shape)}")
+    c, h, w = in_shape
+    if kind == "conv2d":
+        if weight.ndim != 4 or weight.shape[1] != c or weight.shape[2] != weight.shape[3]:
+            raise SpecError(f"shape mismatch: conv2d weight {tuple(weight.shape)} does not take input {tuple(in_shape)}")
+        k = int(weight.shape[2])
+        c = int(weight.shape[0])
+    oh, ow = conv_out(h, k, s, p), conv_out(w, k, s, p)
+    if oh < 1 or ow < 1:
+        raise SpecError(f"shape mismatch: {kind} kernel {k} stride {s} padding {p} leaves no output from {tuple(in_shape)}")
+    return (c, oh, ow)
+
+
+def bits_signed(lo: int, hi: int) -> int:
+    """Smallest two's-complement width holding every integer in [lo, hi]."""
+    b = 1
+    while not (-(1 << (b - 1)) <= lo and hi <= (1 << (b - 1)) - 1):
+        b += 1
+    return b
+
+
+def layer_range(layer: Layer, decode: np.ndarray) -> tuple[int, int]:
+    """Exact bounds of ``acc`` over all inputs (and of the thresholds compared with it)."""
+    dmax = int(decode.max())
+    dmin = int(decode.min())  # 0: "no spike"
+    if layer.kind in ("dense", "conv2d"):
+        w = layer.weight.astype(np.int64).reshape(layer.weight.shape[0], -1)
+        pos = np.where(w > 0, w, 0).sum(1)
+        neg = np.where(w < 0, w, 0).sum(1)
+        b = layer.bias.astype(np.int64)
+        hi = b + pos * dmax + neg * dmin
+        lo = b + neg * dmax + pos * dmin
+        lo, hi = int(lo.min()), int(hi.max())
+    elif layer.kind == "avgpool":
+        lo, hi = 0, layer.kernel * layer.kernel * dmax
+    else:
+        return 0, 0
+    if layer.theta is not None:
+        lo = min(lo, int(layer.theta.min()))
+        hi = max(hi, int(layer.theta.max()))
+    return lo, hi
+
+
+def analyse_ranges(model: IntModel, max_bits: int = MAX_ACC_BITS) -> list[int]:
+    """Set and return ``acc_bits`` for every layer; refuse a model that needs more than ``max_bits``."""
+    out = []
+    for i, layer in enumerate(model.layers):
+        lo, hi = layer_range(layer, model.decode)
+        bits = bits_signed(lo, hi) if layer.kind != "maxpool" else 0
+        if bits > max_bits:
+            raise SpecError(
+                f"layer {i} ({layer.kind}) needs a {bits}-bit accumulator (range {lo}..{hi}); "
+                f"the supported width is {max_bits} bits: lower F or the weight range")
+        layer.acc_bits = bits
+        out.append(bits)
+    return out
+
+
+def validate(model: IntModel) -> None:
+    """Check every invariant of the specification; raises :class:`SpecError` naming the first problem."""
+    check_qtf(model.Q, model.T, model.F)
+    T = model.T
+    d = model.decode
+    if d.shape != (T + 1,) or d[T] != 0 or (d[:T] <= 0).any() or (np.diff(d[:T]) > 0).any():
+        raise SpecError(f"decode table must hold T+1={T + 1} entries, positive and non-increasing, ending in 0")
+    e = model.encode
+    if e.shape != (256,) or e.dtype != np.uint8 or (e > T).any():
+        raise SpecError(f"input-encoding table must hold 256 uint8 phases in 0..{T}")
+    if len(model.input_shape) != 3 or min(model.input_shape) < 1:
+        raise SpecError(f"input shape must be (C, H, W), not {model.input_shape}")
+    if not model.layers:
+        raise SpecError("model has no layers")
+    shape = tuple(model.input_shape)
+    for i, layer in enumerate(model.layers):
+        where = f"layer {i} ({layer.kind})"
+        if layer.kind not in LAYER_KINDS:
+            raise SpecError(f"{where}: unknown layer kind; known: {', '.join(LAYER_KINDS)}")
+        if tuple(layer.in_shape) != shape:
+            raise SpecError(f"shape mismatch: {where} expects input {tuple(layer.in_shape)} but the previous layer gives {shape}")
+        last = i == len(model.layers) - 1
+        if layer.readout != last:
+            raise SpecError(f"{where}: exactly the last layer must be the readout")
+        if last and layer.kind not in ("dense", "conv2d"):
+            raise SpecError(f"{where}: the readout must be a dense or conv2d layer")
+        for nm in ("kernel", "stride"):
+            if int(getattr(layer, nm)) < 1:
+                raise SpecError(f"{where}: {nm} must be a positive integer, not {getattr(layer, nm)}")
+        if layer.padding < 0:
+            raise SpecError(f"{where}: padding must be >= 0, not {layer.padding}")
+        if layer.kind in ("dense", "conv2d"):
+            if layer.weight is None or layer.weight.dtype != np.int8:
+                raise SpecError(f"{where}: weights must be int8")
+            if (layer.weight == -128).any():
+                raise SpecError(f"{where}: weights must lie in -127..127")
+            if layer.bias is None or layer.bias.shape != (layer.weight.shape[0],):
+                raise SpecError(f"{where}: bias must have one entry per output channel")
+        if layer.kind == "maxpool" and layer.padding * 2 > layer.kernel:
+            raise SpecError(f"{where}: padding must be at most half the kernel")
+        out = infer_out_shape(layer.kind, shape, layer.weight, layer.kernel, layer.stride, layer.padding)
+        if tuple(layer.out_shape) != out:
+            raise SpecError(f"shape mismatch: {where} declares output {tuple(layer.out_shape)} but computes {out}")
+        if layer.fires:
+            nch = out[0]
+            th = layer.theta
+            if th is None or th.shape != (nch, T):
+                raise SpecError(f"{where}: threshold table must have shape ({nch}, {T})")
+            if (np.diff(th, axis=1) > 0).any():
+                raise SpecError(f"{where}: threshold table must be non-increasing in the phase")
+        elif layer.theta is not None:
+            raise SpecError(f"{where}: only firing layers carry a threshold table")
+        shape = out
+    analyse_ranges(model)
+
+
+# --------------------------------------------------------------------------------------- counts
+
+def dense_macs(model: IntModel) -> list[int]:
+    """Multiply-accumulates per inference of the equivalent dense ANN layer (for the energy estimate)."""
+    out = []
+    for l in model.layers:
+        if l.kind == "dense":
+            out.append(int(l.weight.size))
+        elif l.kind == "conv2d":
+            oc, oh, ow = l.out_shape
+            out.append(int(oh * ow * l.weight[0].size * oc))
+        elif l.kind == "avgpool":
+            out.append(int(np.prod(l.out_shape)) * l.kernel * l.kernel)
+        else:
+            out.append(0)
+    return out
+
+
+# Energy model (Horowitz, ISSCC 2014, 45 nm, 32-bit float), as used by the One-Spike authors:
+# an ANN layer costs one MAC (4.6 pJ) per multiply-accumulate, a spiking layer one accumulate (0.9 pJ)
+# per synaptic operation. Memory traffic is not counted.
+E_MAC_PJ = 4.6
+E_AC_PJ = 0.9
