@@ -59,13 +59,11 @@ def _dense(ph, wt, bias, dec, theta, readout, out_ph, out_acc, sops):
 
 
 @njit(parallel=True, cache=True)
-def _conv(ph, wt, bias, dec, theta, stride, pad, readout, out_ph, out_acc, sops):
-    # ph (N, C, H, W); wt (C, K, K, O); out_* (N, O, OH, OW)
+def _conv(ph, wt, bias, dec, theta, stride, pad, readout, oh, ow, out_ph, out_acc, sops):
+    # ph (N, C, H, W); wt (C, K, K, O); out_* (N, O, OH, OW) (only the one in use is full size)
     n, c_in, h, w = ph.shape
     k = wt.shape[1]
     n_out = wt.shape[3]
-    oh = out_ph.shape[2]
-    ow = out_ph.shape[3]
     for i in prange(n):
         acc = np.empty((oh, ow, n_out), dtype=np.int64)
         for y in range(oh):
@@ -207,7 +205,8 @@ def run_layer(model: IntModel, index: int, ph: np.ndarray, wt=None):
     if l.kind == "dense":
         _dense(np.ascontiguousarray(ph.reshape(n, -1)), wt, l.bias, model.decode, theta, l.readout, out_ph, out_acc, sops)
     elif l.kind == "conv2d":
-        _conv(ph, wt, l.bias, model.decode, theta, l.stride, l.padding, l.readout, out_ph, out_acc, sops)
+        _conv(ph, wt, l.bias, model.decode, theta, l.stride, l.padding, l.readout, l.out_shape[1], l.out_shape[2],
+              out_ph, out_acc, sops)
     else:
         _pool(ph, model.decode, theta, l.kernel, l.stride, l.padding, l.kind == "maxpool", np.uint8(model.T), out_ph, sops)
     if l.readout:

@@ -244,7 +244,8 @@ def validate(model: IntModel) -> None:
         where = f"layer {i} ({layer.kind})"
         if layer.kind not in LAYER_KINDS:
             raise SpecError(f"{where}: unknown layer kind; known: {', '.join(LAYER_KINDS)}")
-        if tuple(layer.in_shape) != shape:
+        flat_ok = layer.kind == "dense" and len(layer.in_shape) == 1 and layer.in_shape[0] == int(np.prod(shape))
+        if tuple(layer.in_shape) != shape and not flat_ok:
             raise SpecError(f"shape mismatch: {where} expects input {tuple(layer.in_shape)} but the previous layer gives {shape}")
         last = i == len(model.layers) - 1
         if layer.readout != last:

@@ -1,0 +1,229 @@
+"""The ``codegen`` command line: train, convert, inspect, run, emit.
+
+Every user error is one line on stderr (``codegen: error: ...``) with exit code 2; ``-v`` adds the
+traceback. Outputs are written atomically, so a failed command leaves no half-written file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+TARGETS = ("lut", "c", "fpga")
+IMPLEMENTED_TARGETS = ("lut",)
+
+
+def _model_name(path: Path) -> str:
+    name = path.name
+    for suf in (".ann.pt", ".pt"):
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return path.stem
+
+
+def _load_images(args, model):
+    """Images and labels for ``run``: a dataset split or a ``.npy`` of uint8 pixels."""
+    import numpy as np
+
+    from codegen import datasets
+    from runtime.errors import UserError
+
+    if args.input:
+        p = Path(args.input)
+        if not p.exists():
+            raise UserError(f"{p}: no such file")
+        try:
+            x = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise UserError(f"{p}: not a .npy array of uint8 pixels ({str(e).splitlines()[0]})") from None
+        y = None
+    else:
+        if not args.dataset:
+            raise UserError("give --dataset NAME or --input FILE.npy")
+        x, y = datasets.load(args.dataset, args.split)
+    if args.n is not None:
+        if args.n < 1:
+            raise UserError(f"-n must be a positive integer, not {args.n}")
+        x = x[: args.n]
+        y = None if y is None else y[: args.n]
+    from runtime import golden
+
+    return golden.check_images(model, x), y
+
+
+def cmd_train(args) -> int:
+    from codegen import ann, train
+
+    model, meta = train.train(args.arch, seed=args.seed, epochs=args.epochs, progress=not args.quiet)
+    out = Path(args.output or f"build/{args.arch}.ann.pt")
+    ann.save(out, model, (1, 28, 28), meta)
+    print(f"{args.arch}: test accuracy {100 * meta['test_accuracy']:.2f}%, wrote {out}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    import numpy as np
+
+    from codegen import ann, convert, datasets, report
+    from runtime import golden, modelfile
+    from runtime.errors import UserError
+
+    src = Path(args.ann)
+    net, input_shape, ann_meta = ann.load(src)
+    if args.calib < 2:
+        raise UserError(f"--calib must be at least 2 images, not {args.calib}")
+    xtr, _ = datasets.load(args.dataset, "train")
+    rng = np.random.default_rng(args.seed)
+    calib = xtr[np.sort(rng.choice(len(xtr), size=min(args.calib, len(xtr)), replace=False))]
+    conv = convert.convert(net, input_shape, calib, Q=args.Q, T=args.T, F=args.F, norm=args.norm,
+                           percentile=args.percentile, max_disagree=args.error_target, progress=not args.quiet)
+    m = conv.model
+    xte, yte = datasets.load(args.dataset, "test")
+    ann_acc = float((convert.ann_predict(conv.lowered, xte) == yte).mean())
+    f1_acc = float((convert.onespike_predict(conv.normalised, xte, m.Q, m.T) == yte).mean())
+    res = golden.run_batched(m, xte, progress=not args.quiet, desc="integer model")
+    st = report.stats(m, res, yte)
+    m.meta.update({
+        "name": _model_name(Path(args.output)) if args.output else _model_name(src),
+        "dataset": datasets.canonical(args.dataset), "source_ann_sha256": modelfile.file_sha256(src),
+        "ann_meta": ann_meta, "calibration_seed": args.seed,
+        "search": conv.search,
+        "test_accuracy": {"ann_float": ann_acc, "onespike_float": f1_acc, "integer": st["accuracy"]},
+        "spikes_per_neuron": st["spikes_per_neuron"],
+    })
+    out = Path(args.output or f"build/{_model_name(src)}/model.pt")
+    modelfile.save(m, out)
+    print(f"converted {src} -> {out}: Q={m.Q:g} T={m.T} F={m.F}, accumulators {[l.acc_bits for l in m.layers if l.acc_bits]} bits")
+    print(f"test accuracy ({len(yte)} images): ANN float {100 * ann_acc:.2f}% | one-spike float {100 * f1_acc:.2f}% | "
+          f"one-spike integer {100 * st['accuracy']:.2f}% | spikes per neuron {st['spikes_per_neuron']:.4f}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from runtime import modelfile
+
+    m = modelfile.load(args.model)
+    print(f"{args.model}: one-spike model, schema {m.meta.get('converter', '?')}")
+    print(f"Q={m.Q:g}  T={m.T} phases (code {m.T} = no spike)  F={m.F} fraction bits  input {tuple(m.input_shape)} uint8")
+    print(f"decode D = {list(map(int, m.decode[:min(6, m.T)]))}{' ...' if m.T > 6 else ''} 0")
+    print(f"{'#':>2}  {'layer':<9}{'input':>14}{'output':>14}  {'k/s/p':<8}{'params':>8}{'acc bits':>9}  fire")
+    for i, l in enumerate(m.layers):
+        kp = f"{l.kernel}/{l.stride}/{l.padding}" if l.kind != "dense" else "-"
+        params = 0 if l.weight is None else int(l.weight.size + l.bias.size)
+        fire = "readout (logits)" if l.readout else ("earliest spike" if l.kind == "maxpool" else f"theta[{l.theta.shape[0]}x{m.T}]")
+        print(f"{i:>2}  {l.kind:<9}{str(tuple(l.in_shape)):>14}{str(tuple(l.out_shape)):>14}  {kp:<8}{params:>8}"
+              f"{(l.acc_bits or '-'):>9}  {fire}")
+    n_w = sum(int(l.weight.size) for l in m.layers if l.weight is not None)
+    print(f"weights: {n_w} int8 ({n_w / 1024:.1f} KiB); neurons that can spike: {sum(m.neuron_counts())}")
+    acc = m.meta.get("test_accuracy")
+    if isinstance(acc, dict):
+        print("recorded test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from codegen import report
+    from runtime import golden, modelfile
+
+    m = modelfile.load(args.model)
+    x, y = _load_images(args, m)
+    res = golden.run_batched(m, x, batch=args.batch, progress=not args.quiet, desc="golden model")
+    st = report.stats(m, res, y)
+    name = _model_name(Path(args.model))
+    print(report.format_text(name, st))
+    out = Path(args.report) if args.report else Path("build") / name / "run"
+    sample = golden.run(m, x[: min(len(x), 256)])
+    paths = report.write(out, name, st, report.plots(m, st, sample.phases))
+    print(f"report: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_emit(args) -> int:
+    from codegen import emit_lut
+    from runtime import modelfile
+    from runtime.errors import UserError
+
+    if args.target not in IMPLEMENTED_TARGETS:
+        raise UserError(f"target {args.target!r} is not available yet in this version; available: {', '.join(IMPLEMENTED_TARGETS)}")
+    m = modelfile.load(args.model)
+    name = _model_name(Path(args.model))
+    out = Path(args.output) if args.output else Path("build") / name / args.target
+    man = emit_lut.emit(m, modelfile.file_sha256(args.model), name, out)
+    print(f"wrote {len(man['files']) + 1} files to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="codegen", description="One-spike SNN toolchain: convert, run, inspect, emit.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a shipped example ANN reproducibly (ARCH: mnist-mlp, mnist-cnn, fmnist-cnn)")
+    t.add_argument("arch")
+    t.add_argument("-o", "--output", help="ann.pt to write (default build/ARCH.ann.pt)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("convert", help="convert a trained ANN (ann.pt) into a one-spike model.pt")
+    c.add_argument("ann")
+    c.add_argument("--dataset", required=True, help="mnist or fashion-mnist: calibration (train split) and report (test split)")
+    c.add_argument("-o", "--output", help="model.pt to write (default build/NAME/model.pt)")
+    c.add_argument("--Q", type=float, help="phase base in (1, 2] (default: searched)")
+    c.add_argument("--T", type=int, help="phases per window (default: searched)")
+    c.add_argument("--F", type=int, help="fraction bits of the decode table (default: largest that fits 32-bit accumulators)")
+    c.add_argument("--norm", choices=("max", "percentile"), default="percentile", help="activation normalisation")
+    c.add_argument("--percentile", type=float, default=99.99)
+    c.add_argument("--calib", type=int, default=10000, help="calibration images from the train split")
+    c.add_argument("--error-target", type=float, default=0.2,
+                   help="max %% of held-out calibration images whose class differs from the ANN (Q/T search)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser("inspect", help="print layers, shapes, Q, T and accumulator widths of a model.pt")
+    i.add_argument("model")
+    i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser("run", help="run the golden model: accuracy, spikes per neuron, synaptic ops, energy")
+    r.add_argument("model")
+    r.add_argument("--dataset", help="mnist or fashion-mnist")
+    r.add_argument("--split", choices=("test", "train"), default="test")
+    r.add_argument("--input", help=".npy of uint8 pixels (N, C, H, W) instead of a dataset")
+    r.add_argument("-n", type=int, help="first N images only")
+    r.add_argument("--batch", type=int, default=1000)
+    r.add_argument("--report", help="folder for report.json/.txt and PNG plots (default build/NAME/run)")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("emit", help="generate code/tables for a target")
+    e.add_argument("model")
+    e.add_argument("--target", choices=TARGETS, required=True)
+    e.add_argument("-o", "--output", help="output folder (default build/NAME/TARGET)")
+    e.add_argument("--board", help="board name (C and FPGA targets)")
+    e.set_defaults(func=cmd_emit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from runtime.errors import UserError
+
+    try:
+        return args.func(args)
+    except UserError as e:
+        if args.verbose:
+            traceback.print_exc()
+        msg = str(e).replace("\n", " ")
+        print(f"codegen: error: {msg}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("codegen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Run statistics of the golden model (accuracy, spikes, synaptic operations, energy) and their plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from runtime.golden import GoldenResult
+from runtime.io import atomic_write_bytes
+from runtime.spec import E_AC_PJ, E_MAC_PJ, IntModel, dense_macs
+
+
+def stats(model: IntModel, res: GoldenResult, labels: np.ndarray | None) -> dict:
+    n = len(res.classes)
+    names = ["input"] + [l.name or f"L{i}" for i, l in enumerate(model.layers)]
+    sizes = [int(np.prod(model.input_shape))] + [int(np.prod(l.out_shape)) for l in model.layers]
+    spiking = [0] + [i + 1 for i, l in enumerate(model.layers) if l.fires]  # columns of res.spikes
+    spikes_mean = res.spikes.mean(0)
+    per_layer = []
+    for c in range(len(names)):
+        fires = c == 0 or model.layers[c - 1].fires
+        row = {"layer": names[c], "neurons": sizes[c]}
+        if fires:
+            row["spikes_per_inference"] = float(spikes_mean[c])
+            row["spikes_per_neuron"] = float(spikes_mean[c] / sizes[c])
+        if c > 0:
+            row["sops_per_inference"] = float(res.sops[:, c - 1].mean())
+        per_layer.append(row)
+    neurons = sum(sizes[c] for c in spiking)
+    total_spikes = float(res.spikes[:, spiking].sum(1).mean())
+    sops = float(res.sops.sum(1).mean())
+    macs = int(sum(dense_macs(model)))
+    e_snn = sops * E_AC_PJ
+    e_ann = macs * E_MAC_PJ
+    out = {
+        "images": n,
+        "spikes_per_inference": total_spikes,
+        "spikes_per_neuron": total_spikes / neurons,
+        "neurons": neurons,
+        "sops_per_inference": sops,
+        "ann_macs_per_inference": macs,
+        "energy_pj": {"snn": e_snn, "ann": e_ann, "ratio_ann_over_snn": e_ann / e_snn if e_snn else None,
+                      "model": f"ANN {E_MAC_PJ} pJ per MAC, SNN {E_AC_PJ} pJ per accumulate (45 nm, Horowitz 2014); memory not counted"},
+        "layers": per_layer,
+    }
+    if labels is not None:
+        out["accuracy"] = float((res.classes == labels).mean())
+    return out
+
+
+def format_text(name: str, st: dict) -> str:
+    lines = [f"model {name}: {st['images']} images"]
+    if "accuracy" in st:
+        lines.append(f"accuracy            {100 * st['accuracy']:.2f}%")
+    lines.append(f"spikes per neuron   {st['spikes_per_neuron']:.4f}  ({st['spikes_per_inference']:.1f} spikes / {st['neurons']} neurons per inference)")
+    lines.append(f"synaptic ops        {st['sops_per_inference']:.0f} per inference (ANN: {st['ann_macs_per_inference']} MACs)")
+    e = st["energy_pj"]
+    ratio = f"{e['ratio_ann_over_snn']:.2f}x less than the ANN" if e["ratio_ann_over_snn"] else "n/a"
+    lines.append(f"energy estimate     {e['snn'] / 1e6:.4f} uJ vs ANN {e['ann'] / 1e6:.4f} uJ per inference: {ratio}")
+    lines.append(f"  ({e['model']})")
+    lines.append(f"{'layer':<12}{'neurons':>9}{'spikes/neuron':>15}{'SOPs/inf':>12}")
+    for r in st["layers"]:
+        spn = f"{r['spikes_per_neuron']:.4f}" if "spikes_per_neuron" in r else "-"
+        sop = f"{r['sops_per_inference']:.0f}" if "sops_per_inference" in r else "-"
+        lines.append(f"{r['layer']:<12}{r['neurons']:>9}{spn:>15}{sop:>12}")
+    return "\n".join(lines)
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def plots(model: IntModel, st: dict, phases: list) -> dict[str, bytes]:
+    """PNG plots: spikes per neuron per layer, and the spike-phase histogram of every layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    rows = [r for r in st["layers"] if "spikes_per_neuron" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([r["layer"] for r in rows], [r["spikes_per_neuron"] for r in rows], color="tab:blue")
+    ax.set_ylabel("spikes per neuron per inference")
+    ax.set_ylim(0, 1)
+    ax.set_title("Firing (each neuron fires at most once)")
+    fig.tight_layout()
+    out["sparsity.png"] = _png(fig)
+    plt.close(fig)
+
+    T = model.T
+    layers = [(n, p) for n, p in zip(["input"] + [l.name for l in model.layers], phases) if p is not None]
+    fig, axes = plt.subplots(len(layers), 1, figsize=(6, 1.6 * len(layers)), sharex=True)
+    axes = np.atleast_1d(axes)
+    for ax, (n, p) in zip(axes, layers):
+        counts = np.bincount(p.ravel().astype(np.int64), minlength=T + 1)[:T] / p.shape[0]
+        ax.bar(np.arange(T), counts, color="tab:orange")
+        ax.set_ylabel(n, rotation=0, ha="right", va="center")
+    axes[-1].set_xlabel("spike phase f (spikes per inference)")
+    fig.suptitle("Spike phases per layer")
+    fig.tight_layout()
+    out["phases.png"] = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def write(out_dir: Path, name: str, st: dict, figs: dict[str, bytes]) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = []
+    for fn, data in [("report.json", (json.dumps(st, indent=2, sort_keys=True) + "\n").encode()),
+                     ("report.txt", (format_text(name, st) + "\n").encode())] + sorted(figs.items()):
+        atomic_write_bytes(out_dir / fn, data)
+        paths.append(out_dir / fn)
+    return paths

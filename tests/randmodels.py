@@ -1,0 +1,64 @@
+"""Random small integer models that satisfy the specification, for property tests."""
+import numpy as np
+
+from runtime.spec import IntModel, Layer, conv_out, decode_table, encode_table
+
+
+def random_theta(rng, channels, T, hi):
+    """Non-increasing threshold rows with random gaps (and some ties)."""
+    steps = rng.integers(0, max(2, hi // T), size=(channels, T))
+    start = rng.integers(hi // 4, hi, size=(channels, 1))
+    th = start - np.cumsum(steps, axis=1)
+    return th.astype(np.int64)
+
+
+def random_model(rng, Q=None, T=None, F=None, input_shape=None, plan=None) -> IntModel:
+    """A random valid model. ``plan``: list of kinds ending in a dense/conv2d readout."""
+    Q = float(Q if Q is not None else rng.choice([2.0, 1.5, 1.25]))
+    T = int(T if T is not None else rng.integers(2, 9))
+    F = int(F if F is not None else rng.integers(4, 11))
+    input_shape = tuple(input_shape or (int(rng.integers(1, 3)), int(rng.integers(5, 9)), int(rng.integers(5, 9))))
+    if plan is None:
+        plans = [["conv2d", "maxpool", "dense"], ["conv2d", "avgpool", "conv2d", "dense"],
+                 ["dense", "dense"], ["conv2d", "conv2d"], ["maxpool", "conv2d", "dense", "dense"]]
+        plan = plans[int(rng.integers(len(plans)))]
+    dec = decode_table(Q, T, F)
+    layers = []
+    shape = input_shape
+    for i, kind in enumerate(plan):
+        readout = i == len(plan) - 1
+        if kind == "dense":
+            n_in = int(np.prod(shape))
+            n_out = int(rng.integers(2, 7))
+            w = rng.integers(-127, 128, size=(n_out, n_in)).astype(np.int8)
+            w[rng.random(w.shape) < 0.3] = 0
+            b = rng.integers(-dec[0] * 20, dec[0] * 20, size=n_out).astype(np.int64)
+            out = (n_out,)
+            th = None if readout else random_theta(rng, n_out, T, int(dec[0]) * 127 * 4)
+            layers.append(Layer("dense", (n_in,) if len(shape) == 1 else shape, out, w, b, th, readout=readout, name=f"dense{i}"))
+        elif kind == "conv2d":
+            c = shape[0]
+            k = int(rng.integers(1, min(3, shape[1], shape[2]) + 1))
+            s = int(rng.integers(1, 3))
+            p = int(rng.integers(0, k))
+            o = int(rng.integers(1, 4))
+            w = rng.integers(-127, 128, size=(o, c, k, k)).astype(np.int8)
+            b = rng.integers(-dec[0] * 20, dec[0] * 20, size=o).astype(np.int64)
+            out = (o, conv_out(shape[1], k, s, p), conv_out(shape[2], k, s, p))
+            th = None if readout else random_theta(rng, o, T, int(dec[0]) * 127 * 2)
+            layers.append(Layer("conv2d", shape, out, w, b, th, k, s, p, readout, name=f"conv{i}"))
+        else:
+            k = int(rng.integers(1, min(3, shape[1], shape[2]) + 1))
+            s = int(rng.integers(1, 3))
+            p = int(rng.integers(0, k // 2 + 1))
+            out = (shape[0], conv_out(shape[1], k, s, p), conv_out(shape[2], k, s, p))
+            th = random_theta(rng, shape[0], T, int(dec[0]) * k * k) if kind == "avgpool" else None
+            layers.append(Layer(kind, shape, out, theta=th, kernel=k, stride=s, padding=p, name=f"{kind}{i}"))
+        shape = out
+    return IntModel(Q=Q, T=T, F=F, input_shape=input_shape, decode=dec, encode=encode_table(Q, T), layers=layers)
+
+
+def random_images(rng, model, n):
+    x = rng.integers(0, 256, size=(n,) + tuple(model.input_shape)).astype(np.uint8)
+    x[rng.random(x.shape) < 0.3] = 0
+    return x
