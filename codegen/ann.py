@@ -26,14 +26,15 @@ ANN_SCHEMA_VERSION = 1
 
 # type name -> (class, constructor arguments recorded in the file)
 SUPPORTED = {
-    "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias")),
+    "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                           "bias")),
     "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
-    "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps")),
-    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps")),
+    "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "affine", "track_running_stats")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "affine", "track_running_stats")),
     "ReLU": (nn.ReLU, ()),
-    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding")),
-    "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding")),
-    "Flatten": (nn.Flatten, ()),
+    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
+    "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")),
+    "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
     "Dropout": (nn.Dropout, ("p",)),
     "Identity": (nn.Identity, ()),
 }
@@ -48,6 +49,9 @@ def flatten_modules(model: nn.Module) -> list[nn.Module]:
     children = list(model.children())
     if not children:
         return [model]
+    if type(model).forward is not nn.Sequential.forward:
+        raise UserError(f"{type(model).__name__} is not an nn.Sequential: only sequential networks (a chain of "
+                        f"supported layers) can be converted")
     out: list[nn.Module] = []
     for child in children:
         out.extend(flatten_modules(child))
@@ -65,6 +69,8 @@ def _arg(m: nn.Module, key: str):
     if key == "bias":
         return m.bias is not None
     v = getattr(m, key)
+    if isinstance(v, str):
+        raise UserError(f"{type(m).__name__}: {key}={v!r} is not supported")
     if isinstance(v, tuple):
         if len(set(v)) != 1:
             raise UserError(f"layer {type(m).__name__}: non-square {key} {v} is not supported")
@@ -81,8 +87,8 @@ def describe(model: nn.Module) -> list[dict]:
         d = {"type": name}
         for key in SUPPORTED[name][1]:
             d[key] = _arg(m, key)
-        if name == "Conv2d" and (m.groups != 1 or _arg(m, "dilation") != 1 or m.padding_mode != "zeros"):
-            raise UserError("Conv2d with groups, dilation or non-zero padding mode is not supported")
+        if name == "Conv2d" and m.padding_mode != "zeros":
+            raise UserError("Conv2d with a non-zero padding mode is not supported")
         out.append(d)
     return out
 

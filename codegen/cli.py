@@ -15,7 +15,10 @@ IMPLEMENTED_TARGETS = ("lut",)
 
 
 def _model_name(path: Path) -> str:
+    """``models/mnist-cnn.pt`` -> ``mnist-cnn``; ``build/mnist-cnn/model.pt`` -> ``mnist-cnn``."""
     name = path.name
+    if name in ("model.pt", "ann.pt") and path.resolve().parent.name:
+        return path.resolve().parent.name
     for suf in (".ann.pt", ".pt"):
         if name.endswith(suf):
             return name[: -len(suf)]
@@ -77,7 +80,8 @@ def cmd_convert(args) -> int:
     rng = np.random.default_rng(args.seed)
     calib = xtr[np.sort(rng.choice(len(xtr), size=min(args.calib, len(xtr)), replace=False))]
     conv = convert.convert(net, input_shape, calib, Q=args.Q, T=args.T, F=args.F, norm=args.norm,
-                           percentile=args.percentile, max_disagree=args.error_target, progress=not args.quiet)
+                           percentile=args.percentile, max_disagree=args.error_target, input_Q=args.input_Q,
+                           input_T=args.input_T, progress=not args.quiet)
     m = conv.model
     xte, yte = datasets.load(args.dataset, "test")
     ann_acc = float((convert.ann_predict(conv.lowered, xte) == yte).mean())
@@ -94,7 +98,12 @@ def cmd_convert(args) -> int:
     })
     out = Path(args.output or f"build/{_model_name(src)}/model.pt")
     modelfile.save(m, out)
-    print(f"converted {src} -> {out}: Q={m.Q:g} T={m.T} F={m.F}, accumulators {[l.acc_bits for l in m.layers if l.acc_bits]} bits")
+    if m.meta.get("error_target_met") is False:
+        best = min(r["disagreement_percent"] for r in conv.search)
+        print(f"codegen: warning: no (Q, T) met the error target of {args.error_target}% disagreement; "
+              f"using the most faithful one tried ({best}%)", file=sys.stderr)
+    print(f"converted {src} -> {out}: Q={m.Q:g} T={m.T} (input Q={m.input_Q:g} T={m.input_T}) F={m.F}, "
+          f"accumulators {[l.acc_bits for l in m.layers if l.acc_bits]} bits")
     print(f"test accuracy ({len(yte)} images): ANN float {100 * ann_acc:.2f}% | one-spike float {100 * f1_acc:.2f}% | "
           f"one-spike integer {100 * st['accuracy']:.2f}% | spikes per neuron {st['spikes_per_neuron']:.4f}")
     return 0
@@ -104,8 +113,9 @@ def cmd_inspect(args) -> int:
     from runtime import modelfile
 
     m = modelfile.load(args.model)
-    print(f"{args.model}: one-spike model, schema {m.meta.get('converter', '?')}")
-    print(f"Q={m.Q:g}  T={m.T} phases (code {m.T} = no spike)  F={m.F} fraction bits  input {tuple(m.input_shape)} uint8")
+    print(f"{args.model}: one-spike model ({m.meta.get('converter', 'unknown converter')})")
+    print(f"Q={m.Q:g}  T={m.T} phases (code {m.T} = no spike)  F={m.F} fraction bits")
+    print(f"input {tuple(m.input_shape)} uint8 pixels, phase code Q_in={m.input_Q:g} T_in={m.input_T} (code {m.input_T} = no spike)")
     print(f"decode D = {list(map(int, m.decode[:min(6, m.T)]))}{' ...' if m.T > 6 else ''} 0")
     print(f"{'#':>2}  {'layer':<9}{'input':>14}{'output':>14}  {'k/s/p':<8}{'params':>8}{'acc bits':>9}  fire")
     for i, l in enumerate(m.layers):
@@ -174,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--Q", type=float, help="phase base in (1, 2] (default: searched)")
     c.add_argument("--T", type=int, help="phases per window (default: searched)")
     c.add_argument("--F", type=int, help="fraction bits of the decode table (default: largest that fits 32-bit accumulators)")
+    c.add_argument("--input-Q", type=float, default=1.02, help="phase base of the input pixel code (default 1.02)")
+    c.add_argument("--input-T", type=int, default=255, help="phases of the input pixel code (default 255)")
     c.add_argument("--norm", choices=("max", "percentile"), default="percentile", help="activation normalisation")
     c.add_argument("--percentile", type=float, default=99.99)
     c.add_argument("--calib", type=int, default=10000, help="calibration images from the train split")
@@ -202,7 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("--target", choices=TARGETS, required=True)
     e.add_argument("-o", "--output", help="output folder (default build/NAME/TARGET)")
-    e.add_argument("--board", help="board name (C and FPGA targets)")
     e.set_defaults(func=cmd_emit)
     return p
 

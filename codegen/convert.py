@@ -18,7 +18,7 @@ Pipeline (``convert``):
 5. **Choose (Q, T)** (base manipulation) unless given. The error target is the share of held-out
    calibration images (``eval_fraction`` of them, not used for the statistics) whose integer-model class
    differs from the ANN's class: at most ``max_disagree`` percent. For each candidate Q the smallest T
-   that meets it is found; the pair with the smallest T (lowest latency) wins, ties going to the smaller
+   that meets it is found by bisection over ``T_CANDIDATES``; the pair with the smallest T (lowest latency) wins, ties going to the smaller
    disagreement, then the larger Q. If nothing meets it, the most faithful pair tried is used.
 """
 from __future__ import annotations
@@ -35,13 +35,17 @@ from tqdm import tqdm
 
 from runtime import golden
 from runtime.errors import UserError
-from runtime.spec import (MAX_ACC_BITS, MAX_T, IntModel, Layer, SpecError, analyse_ranges, decode_table,
-                          encode_table, infer_out_shape, level, shifted_threshold)
+from runtime.spec import (MAX_ACC_BITS, MAX_T, IntModel, Layer, SpecError, encode_table, infer_out_shape, level,
+                          shifted_threshold, validate)
 
 from .ann import check_supported, flatten_modules
 
 Q_CANDIDATES = (2.0, 1.75, 1.5, 1.4, 1.3, 1.25, 1.2, 1.15)
 T_CANDIDATES = tuple(range(4, 65, 2))
+# The input's own phase code: 8-bit pixels need a finer base than hidden activations. With
+# Q_in = 1.02 and T_in = 255 every pixel value >= 2/255 is represented within 1% ((Q-1)/(Q+1)).
+INPUT_Q = 1.02
+INPUT_T = 255
 
 
 @dataclass
@@ -322,13 +326,14 @@ def _fire_t(a: torch.Tensor, theta: np.ndarray) -> torch.Tensor:
     return len(theta) - torch.searchsorted(rev, a.contiguous(), right=True)
 
 
-def onespike_float_forward(norm: Normalised, images_u8: np.ndarray, Q: float, T: int, shift: bool = True) -> torch.Tensor:
+def onespike_float_forward(norm: Normalised, images_u8: np.ndarray, Q: float, T: int, shift: bool = True,
+                           input_Q: float = INPUT_Q, input_T: int = INPUT_T) -> torch.Tensor:
     """The closed form of the one-spike network in float64 (no weight quantisation): the logits."""
-    lv = np.concatenate([level(Q, T), [0.0]])
-    lvt = _t(lv)
+    lvt = _t(np.concatenate([level(Q, T), [0.0]]))
     theta = shifted_threshold(Q, T, shift)
-    enc = encode_table(Q, T, 1.0, shift)
-    x = lvt[_t(enc.astype(np.int64))[_t(images_u8.astype(np.int64))]]
+    lv_in = _t(np.concatenate([level(input_Q, input_T), [0.0]]))
+    enc = encode_table(input_Q, input_T, 1.0, shift)
+    x = lv_in[_t(enc.astype(np.int64))[_t(images_u8.astype(np.int64))]]
     for st in norm.stages:
         if st.kind in ("dense", "conv2d"):
             a = _affine(st, x, st.weight, st.bias)
@@ -346,25 +351,28 @@ def onespike_float_forward(norm: Normalised, images_u8: np.ndarray, Q: float, T:
 # ---------------------------------------------------------------------------------------- quantise
 
 def quantise(norm: Normalised, Q: float, T: int, F: int | None = None, max_F: int = 16,
-             max_bits: int = MAX_ACC_BITS, shift: bool = True) -> IntModel:
+             max_bits: int = MAX_ACC_BITS, shift: bool = True, input_Q: float = INPUT_Q,
+             input_T: int = INPUT_T) -> IntModel:
     """Lower the float one-spike model to an :class:`IntModel` (largest F that fits ``max_bits``)."""
-    if not (1.0 < Q <= 2.0):
-        raise UserError(f"base Q must be in (1, 2], not {Q}")
-    if not (isinstance(T, int) and 1 <= T <= MAX_T):
-        raise UserError(f"T must be an integer in 1..{MAX_T}, not {T}")
+    for name, q, t in (("Q", Q, T), ("input Q", input_Q, input_T)):
+        if not (isinstance(q, (int, float)) and math.isfinite(q) and 1.0 < q <= 2.0):
+            raise UserError(f"{name} must be a number in (1, 2], not {q}")
+        if not (isinstance(t, (int, np.integer)) and 1 <= t <= MAX_T):
+            raise UserError(f"{'T' if name == 'Q' else 'input T'} must be an integer in 1..{MAX_T}, not {t}")
     candidates = [F] if F is not None else list(range(max_F, -1, -1))
     last_err = None
     for f in candidates:
-        model = _quantise_f(norm, Q, T, f, shift)
+        model = _quantise_f(norm, float(Q), int(T), f, shift, float(input_Q), int(input_T))
         try:
-            analyse_ranges(model, max_bits)
+            validate(model, max_bits)
             return model
         except SpecError as e:
             last_err = e
-    raise UserError(f"model does not fit {max_bits}-bit accumulators at any F <= {max_F}: {last_err}")
+    where = f"F = {F}" if F is not None else f"any F <= {max_F}"
+    raise UserError(f"no valid {max_bits}-bit integer model at {where} for Q={Q:g}, T={T}: {last_err}")
 
 
-def _quantise_f(norm: Normalised, Q: float, T: int, F: int, shift: bool) -> IntModel:
+def _quantise_f(norm: Normalised, Q: float, T: int, F: int, shift: bool, input_Q: float, input_T: int) -> IntModel:
     theta = shifted_threshold(Q, T, shift)
     two_f = float(2 ** F)
     layers = []
@@ -391,8 +399,16 @@ def _quantise_f(norm: Normalised, Q: float, T: int, F: int, shift: bool) -> IntM
             th = np.ceil(theta[None, :] * (st.kernel ** 2) * two_f / ratio[:, None]).astype(np.int64)
             layers.append(Layer("avgpool", st.in_shape, st.out_shape, theta=th, kernel=st.kernel, stride=st.stride,
                                 padding=st.padding, name=name))
-    return IntModel(Q=float(Q), T=int(T), F=int(F), input_shape=tuple(norm.input_shape), decode=decode_table(Q, T, F),
-                    encode=encode_table(Q, T, 1.0, shift), layers=layers)
+    return IntModel(Q=float(Q), T=int(T), F=int(F), input_shape=tuple(norm.input_shape), decode=_decode(Q, T, F),
+                    encode=encode_table(input_Q, input_T, 1.0, shift), layers=layers,
+                    input_Q=float(input_Q), input_T=int(input_T), input_decode=_decode(input_Q, input_T, F))
+
+
+def _decode(Q: float, T: int, F: int) -> np.ndarray:
+    """decode_table without its own checks: validate() reports a table with zero entries."""
+    d = np.zeros(T + 1, dtype=np.int64)
+    d[:T] = np.floor(level(Q, T) * float(2 ** F) + 0.5).astype(np.int64)
+    return d
 
 
 # ------------------------------------------------------------------------------------------ convert
@@ -406,11 +422,13 @@ def ann_predict(low: Lowered, images_u8: np.ndarray, batch: int = 1000) -> np.nd
     return np.concatenate(out)
 
 
-def onespike_predict(norm: Normalised, images_u8: np.ndarray, Q: float, T: int, batch: int = 1000) -> np.ndarray:
+def onespike_predict(norm: Normalised, images_u8: np.ndarray, Q: float, T: int, batch: int = 1000,
+                     input_Q: float = INPUT_Q, input_T: int = INPUT_T) -> np.ndarray:
     out = []
     with torch.no_grad():
         for i in range(0, len(images_u8), batch):
-            out.append(onespike_float_forward(norm, images_u8[i:i + batch], Q, T).argmax(1).numpy())
+            out.append(onespike_float_forward(norm, images_u8[i:i + batch], Q, T, input_Q=input_Q,
+                                              input_T=input_T).argmax(1).numpy())
     return np.concatenate(out)
 
 
@@ -419,18 +437,23 @@ class Conversion:
     model: IntModel
     lowered: Lowered
     normalised: Normalised
-    search: list  # (Q, T, F, eval accuracy) tried
+    search: list  # {"Q", "T", "F", "disagreement_percent"} of every candidate evaluated
 
 
 def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
             Q: float | None = None, T: int | None = None, F: int | None = None, norm: str = "percentile",
             percentile: float = 99.99, max_disagree: float = 0.2, eval_fraction: float = 0.5,
-            progress: bool = True) -> Conversion:
+            input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = True) -> Conversion:
     """Convert a trained ANN into an integer one-spike model (see the module docstring)."""
     if Q is not None and not (isinstance(Q, (int, float)) and math.isfinite(Q) and 1.0 < Q <= 2.0):
         raise UserError(f"base Q must be a number in (1, 2], not {Q}")
-    if T is not None and not (isinstance(T, int) and 1 <= T <= MAX_T):
+    if T is not None and not (isinstance(T, (int, np.integer)) and 1 <= T <= MAX_T):
         raise UserError(f"T must be an integer in 1..{MAX_T}, not {T}")
+    if not (isinstance(input_Q, (int, float)) and math.isfinite(input_Q) and 1.0 < input_Q <= 2.0):
+        raise UserError(f"input Q must be a number in (1, 2], not {input_Q}")
+    if not (isinstance(input_T, (int, np.integer)) and 1 <= input_T <= MAX_T):
+        raise UserError(f"input T must be an integer in 1..{MAX_T}, not {input_T}")
+    qkw = {"F": F, "input_Q": float(input_Q), "input_T": int(input_T)}
     if not (0 <= max_disagree <= 100):
         raise UserError(f"error target must be a percentage in 0..100, not {max_disagree}")
     ann = ann.eval()
@@ -445,7 +468,8 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
     normd = normalise(low)
     search = []
     if Q is not None and T is not None:
-        model = quantise(normd, float(Q), int(T), F)
+        model = quantise(normd, float(Q), int(T), **qkw)
+        met = None
     else:
         ev_x = calib_images[len(calib_images) - n_eval:]
         ev_y = ann_predict(low, ev_x)  # the target is agreement with the ANN's own classes
@@ -453,29 +477,52 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
         ts = [int(T)] if T is not None else list(T_CANDIDATES)
         best = None
         bar = tqdm(total=len(qs), desc="search Q, T", disable=not progress, leave=False)
-        for q in qs:
-            bar.update(1)
-            for t in ts:
-                if best is not None and t > best[1]:
-                    break
-                m = quantise(normd, q, t, F)
+        cache = {}
+
+        def meets(q, t):
+            if (q, t) not in cache:
+                try:
+                    m = quantise(normd, q, t, **qkw)
+                except UserError:  # e.g. Q**-(T-1) * 2**F rounds to 0: not representable
+                    cache[(q, t)] = (False, -1.0, None)
+                    return cache[(q, t)]
                 agree = float((golden.run_batched(m, ev_x).classes == ev_y).mean())
                 search.append({"Q": q, "T": t, "F": m.F, "disagreement_percent": round(100 * (1 - agree), 4)})
-                if 100 * (1 - agree) <= max_disagree:
-                    key = (t, -agree, -q)
-                    if best is None or key < best[3]:
-                        best = (q, t, m, key)
-                    break
+                cache[(q, t)] = (100 * (1 - agree) <= max_disagree, agree, m)
+            return cache[(q, t)]
+
+        for q in qs:
+            bar.update(1)
+            # the smallest T meeting the target, by bisection (disagreement falls as T grows);
+            # only T below the best found so far can improve on it
+            cand = [t for t in ts if best is None or t <= best[1]]
+            if not cand or not meets(q, cand[-1])[0]:
+                continue
+            lo, hi = 0, len(cand) - 1  # cand[hi] meets the target
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if meets(q, cand[mid])[0]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            t = cand[hi]
+            ok, agree, m = meets(q, t)
+            key = (t, -agree, -q)
+            if best is None or key < best[3]:
+                best = (q, t, m, key)
         bar.close()
-        if best is None:  # nothing met the target: the most accurate configuration tried
+        met = best is not None
+        if best is None:  # nothing met the target: the most faithful configuration tried
+            if not search:
+                raise UserError("no (Q, T) candidate gives a valid integer model; give --Q, --T or --F")
             top = min(search, key=lambda r: (r["disagreement_percent"], r["T"]))
-            model = quantise(normd, top["Q"], top["T"], F)
+            model = quantise(normd, top["Q"], top["T"], **qkw)
         else:
             model = best[2]
     model.meta.update({
         "converter": "onespike-codegen 0.1.0", "normalisation": norm,
         "percentile": percentile if norm == "percentile" else None, "calibration_images": int(len(stats_imgs)),
-        "threshold_shift": True, "error_target_disagreement_percent": max_disagree,
+        "threshold_shift": True, "error_target_disagreement_percent": max_disagree, "error_target_met": met,
     })
     return Conversion(model, low, normd, search)
 

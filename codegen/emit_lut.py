@@ -2,7 +2,9 @@
 
 Files (all deterministic: sorted, no timestamps):
 
-* ``decode.mem`` / ``encode.mem``: the decode table D (T+1 entries) and the 256-entry input encoder.
+* ``decode.mem`` / ``encode.mem`` / ``input_decode.mem``: the decode table D (T+1 entries), the
+  256-entry input encoder, and the input code's decode table D_in (T_in+1 entries). Unsigned tables
+  use one extra (sign) bit when choosing the number of hex digits.
 * ``L<i>_<kind>_weight.mem``: int8 weights, two's complement, 2 hex digits, row-major
   (dense ``[out][in]``, conv2d ``[out][in_ch][ky][kx]``).
 * ``L<i>_<kind>_bias.mem`` / ``L<i>_<kind>_theta.mem``: bias ``[out]`` and thresholds ``[ch][phase]``
@@ -63,6 +65,7 @@ def tables(model: IntModel) -> dict[str, tuple[np.ndarray, int, bool]]:
     out = {
         "decode": (model.decode, unsigned_bits(model.decode), False),
         "encode": (model.encode.astype(np.int64), unsigned_bits(model.encode), False),
+        "input_decode": (model.input_decode, unsigned_bits(model.input_decode), False),
     }
     for i, l in enumerate(model.layers):
         p = f"L{i}_{l.kind}"
@@ -122,7 +125,9 @@ def emit(model: IntModel, model_sha256: str, model_name: str, out_dir: Path) -> 
         "target": "lut",
         "model": {"name": model_name, "sha256": model_sha256},
         "spec": {"schema_version": SCHEMA_VERSION, "Q": model.Q, "T": model.T, "F": model.F,
-                 "no_spike_code": model.T, "input_shape": list(model.input_shape)},
+                 "no_spike_code": model.T, "input_Q": model.input_Q, "input_T": model.input_T,
+                 "input_no_spike_code": model.input_T, "input_shape": list(model.input_shape),
+                 "layers_reading_input_code": [i for i, x in enumerate(model.input_codes()) if x]},
         "tools": tool_versions(),
         "layers": layer_summary(model),
         "tables": {name: {"entries": int(np.size(arr)), "bits": bits, "signed": signed}

@@ -194,6 +194,7 @@ def _prepared(model: IntModel) -> list:
 def run_layer(model: IntModel, index: int, ph: np.ndarray, wt=None):
     """Run layer ``index`` on input phases; returns ``(out_phases or None, acc or None, sops (N,))``."""
     l: Layer = model.layers[index]
+    dec, no_spike = model.code_of_layer_input(index)
     wt = _prepared(model)[index] if wt is None else wt
     n = ph.shape[0]
     sops = np.zeros(n, dtype=np.int64)
@@ -203,12 +204,12 @@ def run_layer(model: IntModel, index: int, ph: np.ndarray, wt=None):
     out_ph = np.empty(out_shape if not l.readout else (1,) * len(out_shape), dtype=np.uint8)
     out_acc = np.empty(out_shape if l.readout else (1,) * len(out_shape), dtype=np.int64)
     if l.kind == "dense":
-        _dense(np.ascontiguousarray(ph.reshape(n, -1)), wt, l.bias, model.decode, theta, l.readout, out_ph, out_acc, sops)
+        _dense(np.ascontiguousarray(ph.reshape(n, -1)), wt, l.bias, dec, theta, l.readout, out_ph, out_acc, sops)
     elif l.kind == "conv2d":
-        _conv(ph, wt, l.bias, model.decode, theta, l.stride, l.padding, l.readout, l.out_shape[1], l.out_shape[2],
+        _conv(ph, wt, l.bias, dec, theta, l.stride, l.padding, l.readout, l.out_shape[1], l.out_shape[2],
               out_ph, out_acc, sops)
     else:
-        _pool(ph, model.decode, theta, l.kernel, l.stride, l.padding, l.kind == "maxpool", np.uint8(model.T), out_ph, sops)
+        _pool(ph, dec, theta, l.kernel, l.stride, l.padding, l.kind == "maxpool", np.uint8(no_spike), out_ph, sops)
     if l.readout:
         return None, out_acc, sops
     return out_ph, None, sops
@@ -218,11 +219,10 @@ def run(model: IntModel, images: np.ndarray, keep_phases: bool = True) -> Golden
     """Run the golden model on uint8 images (N, C, H, W)."""
     ph = encode(model, images)
     n = ph.shape[0]
-    T = model.T
     phases = [ph] if keep_phases else []
     spikes = np.zeros((n, len(model.layers) + 1), dtype=np.int64)
     sops = np.zeros((n, len(model.layers)), dtype=np.int64)
-    spikes[:, 0] = (ph.reshape(n, -1) != T).sum(1)
+    spikes[:, 0] = (ph.reshape(n, -1) != model.input_T).sum(1)
     logits = None
     for i in range(len(model.layers)):
         out_ph, acc, s = run_layer(model, i, ph)
@@ -232,7 +232,8 @@ def run(model: IntModel, images: np.ndarray, keep_phases: bool = True) -> Golden
             if keep_phases:
                 phases.append(None)
         else:
-            spikes[:, i + 1] = (out_ph.reshape(n, -1) != T).sum(1)
+            code = model.T if l_fires(model, i) else model.code_of_layer_input(i)[1]
+            spikes[:, i + 1] = (out_ph.reshape(n, -1) != code).sum(1)
             if keep_phases:
                 phases.append(out_ph)
             ph = out_ph
@@ -251,6 +252,10 @@ def run_batched(model: IntModel, images: np.ndarray, batch: int = 1000, progress
     return GoldenResult(
         logits=np.concatenate([r.logits for r in parts]), classes=np.concatenate([r.classes for r in parts]),
         phases=[], spikes=np.concatenate([r.spikes for r in parts]), sops=np.concatenate([r.sops for r in parts]))
+
+
+def l_fires(model: IntModel, i: int) -> bool:
+    return model.layers[i].fires
 
 
 def threads() -> int:

@@ -25,7 +25,7 @@ def load_plain(path: str | Path) -> dict:
         if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
             raise UserError(f"{path}: refused: the file carries pickled code or objects, not plain tensors (weights_only loading)") from None
         raise UserError(f"{path}: not a model file ({msg.splitlines()[0] if msg else 'unpickling failed'})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure to parse means: not a model file
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path}: not a model file ({first[:160]})") from None
     if not isinstance(obj, dict):
@@ -37,6 +37,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -6,6 +6,7 @@ Plain tensors, numbers, strings and lists only, so it loads with ``torch.load(..
     {"format": "onespike-snn", "schema_version": 1,
      "Q": float, "T": int, "F": int, "input_shape": [C, H, W],
      "decode": int64[T+1], "encode": uint8[256],
+     "input_Q": float, "input_T": int, "input_decode": int64[input_T+1],
      "layers": [{"kind": "conv2d"|"dense"|"maxpool"|"avgpool", "name": str,
                  "in_shape": [...], "out_shape": [...],
                  "weight": int8 tensor | None, "bias": int64[O] | None, "theta": int64[C, T] | None,
@@ -24,7 +25,7 @@ from .errors import UserError
 from .io import atomic_torch_save, load_plain
 from .spec import SCHEMA_FORMAT, SCHEMA_VERSION, IntModel, Layer, SpecError, validate
 
-_TOP_KEYS = ("Q", "T", "F", "input_shape", "decode", "encode", "layers")
+_TOP_KEYS = ("Q", "T", "F", "input_shape", "decode", "encode", "input_Q", "input_T", "input_decode", "layers")
 
 
 def _t(a: np.ndarray | None):
@@ -45,6 +46,8 @@ def to_dict(model: IntModel) -> dict:
         "Q": float(model.Q), "T": int(model.T), "F": int(model.F),
         "input_shape": [int(x) for x in model.input_shape],
         "decode": _t(model.decode.astype(np.int64)), "encode": _t(model.encode.astype(np.uint8)),
+        "input_Q": float(model.input_Q), "input_T": int(model.input_T),
+        "input_decode": _t(model.input_decode.astype(np.int64)),
         "layers": layers, "meta": dict(model.meta),
     }
 
@@ -78,9 +81,13 @@ def from_dict(obj: dict, source: str = "model") -> IntModel:
     for k in _TOP_KEYS:
         if k not in obj:
             raise UserError(f"{source}: missing field {k!r}")
-    q = obj["Q"]
-    if not isinstance(q, (int, float)) or not np.isfinite(q):
-        raise SpecError(f"{source}: Q must be a finite number, not {q!r}")
+    for key in ("Q", "input_Q"):
+        q = obj[key]
+        if not isinstance(q, (int, float)) or not np.isfinite(q):
+            raise SpecError(f"{source}: {key} must be a finite number, not {q!r}")
+    for key in ("T", "input_T", "F"):
+        if not isinstance(obj[key], int):
+            raise SpecError(f"{source}: {key} must be an integer, not {obj[key]!r}")
     layers = []
     if not isinstance(obj["layers"], list):
         raise SpecError(f"{source}: layers must be a list")
@@ -105,10 +112,12 @@ def from_dict(obj: dict, source: str = "model") -> IntModel:
     if enc is None or enc.shape != (256,) or enc.min() < 0 or enc.max() > 255:
         raise SpecError(f"{source}: input-encoding table must hold 256 uint8 phases")
     model = IntModel(
-        Q=float(q), T=int(obj["T"]), F=int(obj["F"]),
+        Q=float(obj["Q"]), T=int(obj["T"]), F=int(obj["F"]),
         input_shape=tuple(int(x) for x in obj["input_shape"]),
         decode=_array(obj["decode"], "decode table", np.int64),
         encode=enc.astype(np.uint8), layers=layers, meta=dict(obj.get("meta") or {}),
+        input_Q=float(obj["input_Q"]), input_T=int(obj["input_T"]),
+        input_decode=_array(obj["input_decode"], "input decode table", np.int64),
     )
     try:
         validate(model)

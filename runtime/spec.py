@@ -7,16 +7,23 @@ fixes accumulator widths, and the ``model.pt`` schema. ``docs/spec.md`` is the p
 Value codes
     Between layers an activation is a spike phase ``f`` in ``0..T-1`` or "no spike", coded as ``T``
     (so phase arrays are uint8 and ``T <= 255``). A spike at phase ``f`` stands for ``Q**-f`` (times the
-    layer scale that conversion folds into the weights).
+    layer scale that conversion folds into the weights). The input image has a phase code of its own,
+    ``(Q_in, T_in)``, encoded the same way: 8-bit pixels need a finer base than hidden activations
+    (base manipulation per tensor), so a 256-entry table maps each pixel to a phase in ``0..T_in-1``
+    or to ``T_in`` (no spike). Every firing layer emits the hidden code ``(Q, T)``; a max-pool keeps
+    the code of its input. :meth:`IntModel.input_codes` says which code each layer reads.
 
 Tables (all integers, stored in model.pt; backends read them, they never recompute them)
     ``D[f] = round_half_up(Q**-f * 2**F)`` for ``f < T`` and ``D[T] = 0`` (decode table, length T+1).
-    ``E[p]`` for ``p`` in 0..255: the phase code of input pixel ``p`` (input-encoding table).
+    ``D_in[f] = round_half_up(Q_in**-f * 2**F)``, ``D_in[T_in] = 0`` (decode table of the input code).
+    ``E[p]`` for ``p`` in 0..255: the input phase of pixel ``p`` (input-encoding table).
     ``Theta[c, f]`` per output channel ``c`` of a firing layer: non-increasing in ``f``.
 
 Layers (``acc`` is an exact integer; no rounding anywhere, so any exact summation order is valid)
     dense / conv2d:  ``acc[o] = B[o] + sum_j W[o, j] * D[f_j]``  (conv: zero padding contributes 0)
     avgpool:         ``acc[c] = sum_{j in window} D[f_j]``      (padding contributes 0)
+                     (D is the decode table of the layer's input code: ``D_in`` before the first
+                     firing layer, ``D`` after it)
     fire:            ``f_out = min{f : acc >= Theta[c, f]}``, or ``T`` (no spike) if there is none.
                      Because Theta is non-increasing this equals ``#{f : Theta[c, f] > acc}``.
     maxpool:         ``f_out = min_{j in window} f_j`` (earliest spike; padding is "no spike").
@@ -143,9 +150,29 @@ class IntModel:
     F: int
     input_shape: tuple[int, int, int]
     decode: np.ndarray  # int64 (T+1,)
-    encode: np.ndarray  # uint8 (256,)
+    encode: np.ndarray  # uint8 (256,), phases of the input code
     layers: list[Layer]
     meta: dict = field(default_factory=dict)
+    input_Q: float = 0.0  # 0 means: the same code as the hidden layers
+    input_T: int = 0
+    input_decode: np.ndarray | None = None  # int64 (input_T+1,)
+
+    def __post_init__(self):
+        if not self.input_T:
+            self.input_Q, self.input_T = self.Q, self.T
+            self.input_decode = self.decode
+
+    def input_codes(self) -> list[bool]:
+        """For each layer, True when it reads the input code (no firing layer precedes it)."""
+        out, seen_fire = [], False
+        for l in self.layers:
+            out.append(not seen_fire)
+            seen_fire = seen_fire or l.fires
+        return out
+
+    def code_of_layer_input(self, i: int) -> tuple[np.ndarray, int]:
+        """(decode table, no-spike code) of the activation layer ``i`` reads."""
+        return (self.input_decode, self.input_T) if self.input_codes()[i] else (self.decode, self.T)
 
     @property
     def num_classes(self) -> int:
@@ -189,6 +216,7 @@ def bits_signed(lo: int, hi: int) -> int:
 
 
 def layer_range(layer: Layer, decode: np.ndarray) -> tuple[int, int]:
+    """``decode``: the decode table of the layer's input code."""
     """Exact bounds of ``acc`` over all inputs (and of the thresholds compared with it)."""
     dmax = int(decode.max())
     dmin = int(decode.min())  # 0: "no spike"
@@ -214,7 +242,7 @@ def analyse_ranges(model: IntModel, max_bits: int = MAX_ACC_BITS) -> list[int]:
     """Set and return ``acc_bits`` for every layer; refuse a model that needs more than ``max_bits``."""
     out = []
     for i, layer in enumerate(model.layers):
-        lo, hi = layer_range(layer, model.decode)
+        lo, hi = layer_range(layer, model.code_of_layer_input(i)[0])
         bits = bits_signed(lo, hi) if layer.kind != "maxpool" else 0
         if bits > max_bits:
             raise SpecError(
@@ -225,16 +253,18 @@ def analyse_ranges(model: IntModel, max_bits: int = MAX_ACC_BITS) -> list[int]:
     return out
 
 
-def validate(model: IntModel) -> None:
+def validate(model: IntModel, max_bits: int = MAX_ACC_BITS) -> None:
     """Check every invariant of the specification; raises :class:`SpecError` naming the first problem."""
     check_qtf(model.Q, model.T, model.F)
+    check_qtf(model.input_Q, model.input_T, model.F)
     T = model.T
-    d = model.decode
-    if d.shape != (T + 1,) or d[T] != 0 or (d[:T] <= 0).any() or (np.diff(d[:T]) > 0).any():
-        raise SpecError(f"decode table must hold T+1={T + 1} entries, positive and non-increasing, ending in 0")
+    for what, d, t in (("decode", model.decode, T), ("input decode", model.input_decode, model.input_T)):
+        if d is None or d.shape != (t + 1,) or d[t] != 0 or (d[:t] <= 0).any() or (np.diff(d[:t]) > 0).any():
+            raise SpecError(f"{what} table must hold {t + 1} entries, positive and non-increasing, ending in 0 "
+                            f"(F={model.F} fraction bits are too few for this base and T)")
     e = model.encode
-    if e.shape != (256,) or e.dtype != np.uint8 or (e > T).any():
-        raise SpecError(f"input-encoding table must hold 256 uint8 phases in 0..{T}")
+    if e.shape != (256,) or e.dtype != np.uint8 or (e > model.input_T).any():
+        raise SpecError(f"input-encoding table must hold 256 uint8 phases in 0..{model.input_T}")
     if len(model.input_shape) != 3 or min(model.input_shape) < 1:
         raise SpecError(f"input shape must be (C, H, W), not {model.input_shape}")
     if not model.layers:
@@ -260,10 +290,14 @@ def validate(model: IntModel) -> None:
         if layer.kind in ("dense", "conv2d"):
             if layer.weight is None or layer.weight.dtype != np.int8:
                 raise SpecError(f"{where}: weights must be int8")
+            if layer.kind == "conv2d" and layer.weight.ndim == 4 and layer.kernel != layer.weight.shape[2]:
+                raise SpecError(f"{where}: kernel {layer.kernel} does not match the weight shape {tuple(layer.weight.shape)}")
             if (layer.weight == -128).any():
                 raise SpecError(f"{where}: weights must lie in -127..127")
             if layer.bias is None or layer.bias.shape != (layer.weight.shape[0],):
                 raise SpecError(f"{where}: bias must have one entry per output channel")
+        elif layer.weight is not None or layer.bias is not None:
+            raise SpecError(f"{where}: pooling layers carry no weights or bias")
         if layer.kind == "maxpool" and layer.padding * 2 > layer.kernel:
             raise SpecError(f"{where}: padding must be at most half the kernel")
         out = infer_out_shape(layer.kind, shape, layer.weight, layer.kernel, layer.stride, layer.padding)
@@ -279,7 +313,7 @@ def validate(model: IntModel) -> None:
         elif layer.theta is not None:
             raise SpecError(f"{where}: only firing layers carry a threshold table")
         shape = out
-    analyse_ranges(model)
+    analyse_ranges(model, max_bits)
 
 
 # --------------------------------------------------------------------------------------- counts

@@ -12,8 +12,10 @@ def random_theta(rng, channels, T, hi):
     return th.astype(np.int64)
 
 
-def random_model(rng, Q=None, T=None, F=None, input_shape=None, plan=None) -> IntModel:
-    """A random valid model. ``plan``: list of kinds ending in a dense/conv2d readout."""
+def random_model(rng, Q=None, T=None, F=None, input_shape=None, plan=None, input_code=None) -> IntModel:
+    """A random valid model. ``plan``: list of kinds ending in a dense/conv2d readout.
+
+    ``input_code``: (Q_in, T_in) of the input, or None for a random one (sometimes the hidden code)."""
     Q = float(Q if Q is not None else rng.choice([2.0, 1.5, 1.25]))
     T = int(T if T is not None else rng.integers(2, 9))
     F = int(F if F is not None else rng.integers(4, 11))
@@ -23,6 +25,10 @@ def random_model(rng, Q=None, T=None, F=None, input_shape=None, plan=None) -> In
                  ["dense", "dense"], ["conv2d", "conv2d"], ["maxpool", "conv2d", "dense", "dense"]]
         plan = plans[int(rng.integers(len(plans)))]
     dec = decode_table(Q, T, F)
+    if input_code is None:
+        input_code = (Q, T) if rng.random() < 0.3 else (float(rng.choice([1.1, 1.25, 1.5])), int(rng.integers(2, 12)))
+    qi, ti = input_code
+    dec_in = decode_table(qi, ti, F)
     layers = []
     shape = input_shape
     for i, kind in enumerate(plan):
@@ -55,7 +61,8 @@ def random_model(rng, Q=None, T=None, F=None, input_shape=None, plan=None) -> In
             th = random_theta(rng, shape[0], T, int(dec[0]) * k * k) if kind == "avgpool" else None
             layers.append(Layer(kind, shape, out, theta=th, kernel=k, stride=s, padding=p, name=f"{kind}{i}"))
         shape = out
-    return IntModel(Q=Q, T=T, F=F, input_shape=input_shape, decode=dec, encode=encode_table(Q, T), layers=layers)
+    return IntModel(Q=Q, T=T, F=F, input_shape=input_shape, decode=dec, encode=encode_table(qi, ti), layers=layers,
+                    input_Q=qi, input_T=ti, input_decode=dec_in)
 
 
 def random_images(rng, model, n):

@@ -7,8 +7,9 @@ The tests require the golden model to equal it exactly.
 
 def run_one(model, image):
     """image: nested lists / array (C, H, W) of uint8. Returns (logits list, phases per layer, sops per layer)."""
-    T = model.T
-    D = [int(x) for x in model.decode]
+    # the input code (Q_in, T_in) until the first firing layer, the hidden code (Q, T) after it
+    T = model.input_T
+    D = [int(x) for x in model.input_decode]
     E = [int(x) for x in model.encode]
     C, H, W = model.input_shape
     ph = [[[E[int(image[c][y][x])] for x in range(W)] for y in range(H)] for c in range(C)]
@@ -31,6 +32,7 @@ def run_one(model, image):
             if layer.readout:
                 phases.append(None)
                 return out, phases, sops
+            T, D = model.T, [int(x) for x in model.decode]
             ph = [fire(acc, layer.theta[o], T) for o, acc in enumerate(out)]
             phases.append(ph)
             continue
@@ -65,11 +67,13 @@ def run_one(model, image):
                                     wgt = int(layer.weight[o, c, ky, kx]) if kind == "conv2d" else 1
                                     acc += wgt * D[ph[c][iy][ix]]
                                     s += 1
-                    out[o][y][x] = acc if layer.readout else fire(acc, layer.theta[o], T)
+                    out[o][y][x] = acc if layer.readout else fire(acc, layer.theta[o], model.T)
         sops.append(s)
         if layer.readout:
             phases.append(None)
             return [v for ch in out for row in ch for v in row], phases, sops
+        if kind != "maxpool":
+            T, D = model.T, [int(x) for x in model.decode]
         ph = out
         phases.append(ph)
     raise AssertionError("no readout")

@@ -73,7 +73,7 @@ def test_time_stepped_equals_closed_form_exactly(Q, seed):
 
 def _exact_int_model(rng, plan, T, F):
     """A random integer model with Q = 2 whose tables are exact: D[f] = 2**(F-f), Theta = theta_f 2**F sigma_c."""
-    model = random_model(rng, Q=2.0, T=T, F=F, input_shape=(2, 6, 6), plan=plan)
+    model = random_model(rng, Q=2.0, T=T, F=F, input_shape=(2, 6, 6), plan=plan, input_code=(2.0, T))
     assert model.decode[:T].tolist() == [2 ** (F - f) for f in range(T)]
     sigmas = []
     for layer in model.layers:
