@@ -189,3 +189,25 @@ def test_run_reports_and_plots(capsys, tmp_path):
     for png in ("sparsity.png", "phases.png"):
         assert (tmp_path / "r" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "spikes per neuron" in out and "synaptic ops" in out and "energy estimate" in out
+
+
+def test_convert_cli_end_to_end_is_deterministic(capsys, tmp_path):
+    args = ["convert", ROOT / "models" / "mnist-mlp.ann.pt", "--dataset", "mnist", "--Q", "1.25", "--T", "16",
+            "--calib", "500", "-q"]
+    code, out, _ = run_cli(capsys, *args, "-o", tmp_path / "a.pt")
+    assert code == 0 and "ANN float" in out and "one-spike float" in out and "one-spike integer" in out
+    code, _, _ = run_cli(capsys, *args, "-o", tmp_path / "b.pt")
+    assert code == 0
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    m = modelfile.load(tmp_path / "a.pt")
+    assert (m.Q, m.T) == (1.25, 16) and m.meta["test_accuracy"]["integer"] > 0.97
+
+
+def test_training_is_reproducible_from_the_seed():
+    from codegen import train
+
+    a, meta_a = train.train("mnist-mlp", seed=3, epochs=1, progress=False)
+    b, meta_b = train.train("mnist-mlp", seed=3, epochs=1, progress=False)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    assert meta_a == meta_b
