@@ -194,12 +194,12 @@ def test_run_reports_and_plots(capsys, tmp_path):
 def test_convert_cli_end_to_end_is_deterministic(capsys, tmp_path):
     args = ["convert", ROOT / "models" / "mnist-mlp.ann.pt", "--dataset", "mnist", "--Q", "1.25", "--T", "16",
             "--calib", "500", "-q"]
-    code, out, _ = run_cli(capsys, *args, "-o", tmp_path / "a.pt")
+    code, out, _ = run_cli(capsys, *args, "-o", tmp_path / "a" / "m.pt")
     assert code == 0 and "ANN float" in out and "one-spike float" in out and "one-spike integer" in out
-    code, _, _ = run_cli(capsys, *args, "-o", tmp_path / "b.pt")
+    code, _, _ = run_cli(capsys, *args, "-o", tmp_path / "b" / "m.pt")
     assert code == 0
-    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
-    m = modelfile.load(tmp_path / "a.pt")
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
+    m = modelfile.load(tmp_path / "a" / "m.pt")
     assert (m.Q, m.T) == (1.25, 16) and m.meta["test_accuracy"]["integer"] > 0.97
 
 
