@@ -85,7 +85,8 @@ def cmd_convert(args) -> int:
     m = conv.model
     xte, yte = datasets.load(args.dataset, "test")
     ann_acc = float((convert.ann_predict(conv.lowered, xte) == yte).mean())
-    f1_acc = float((convert.onespike_predict(conv.normalised, xte, m.Q, m.T) == yte).mean())
+    f1_acc = float((convert.onespike_predict(conv.normalised, xte, m.Q, m.T, input_Q=m.input_Q,
+                                             input_T=m.input_T) == yte).mean())
     res = golden.run_batched(m, xte, progress=not args.quiet, desc="integer model")
     st = report.stats(m, res, yte)
     m.meta.update({

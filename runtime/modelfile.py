@@ -86,8 +86,8 @@ def from_dict(obj: dict, source: str = "model") -> IntModel:
         if not isinstance(q, (int, float)) or not np.isfinite(q):
             raise SpecError(f"{source}: {key} must be a finite number, not {q!r}")
     for key in ("T", "input_T", "F"):
-        if not isinstance(obj[key], int):
-            raise SpecError(f"{source}: {key} must be an integer, not {obj[key]!r}")
+        if not isinstance(obj[key], int) or isinstance(obj[key], bool) or obj[key] < (0 if key == "F" else 1):
+            raise SpecError(f"{source}: {key} must be a {'non-negative' if key == 'F' else 'positive'} integer, not {obj[key]!r}")
     layers = []
     if not isinstance(obj["layers"], list):
         raise SpecError(f"{source}: layers must be a list")
