@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 TARGETS = ("lut", "c", "fpga")
-IMPLEMENTED_TARGETS = ("lut",)
+IMPLEMENTED_TARGETS = ("lut", "c")
 
 
 def _model_name(path: Path) -> str:
@@ -160,9 +160,66 @@ def cmd_emit(args) -> int:
     m = modelfile.load(args.model)
     name = _model_name(Path(args.model))
     out = Path(args.output) if args.output else Path("build") / name / args.target
+    if args.target == "c":
+        from codegen import c_report
+
+        rep = c_report.emit_with_report(m, modelfile.file_sha256(args.model), name, out, args.board,
+                                        n_count=args.count_images, progress=not args.quiet)
+        print(c_report.format_text(rep))
+        print(f"wrote {out}")
+        return 0
+    if args.board:
+        raise UserError("--board applies to the c and fpga targets")
     man = emit_lut.emit(m, modelfile.file_sha256(args.model), name, out)
     print(f"wrote {len(man['files']) + 1} files to {out}")
     return 0
+
+
+def cmd_verify(args) -> int:
+    import numpy as np
+
+    from codegen import c_target, datasets, mcu
+    from runtime import golden, modelfile
+    from runtime.errors import UserError
+
+    if args.target != "c":
+        raise UserError(f"verify supports --target c in this version, not {args.target!r}")
+    m = modelfile.load(args.model)
+    name = _model_name(Path(args.model))
+    ds = args.dataset or m.meta.get("dataset")
+    if not ds:
+        raise UserError("the model records no dataset: give --dataset")
+    x, _ = datasets.load(ds, "test")
+    if args.n is not None:
+        if args.n < 1:
+            raise UserError(f"-n must be a positive integer, not {args.n}")
+        x = x[: args.n]
+    b = mcu.board(args.board) if args.board else None
+    if b is not None:
+        mcu.check_fit(m, b)
+    work = Path("build") / name / "verify-c"
+    matched, n, first = c_target.verify_host(m, name, x, work, trace=True)
+    print(f"host (gcc, every layer's phases compared): {matched}/{n} matched")
+    ok = matched == n
+    if first is not None:
+        print(f"  {first}")
+    if b is not None:
+        fw = mcu.build_firmware(m, name, b, work)
+        if b.qemu_machine is None:
+            print(f"{b.name}: firmware builds ({fw.sizes['flash_bytes']} B flash, {fw.sizes['ram_bytes']} B RAM); "
+                  f"not emulated, so not run")
+        else:
+            nq = len(x) if args.n is not None else min(len(x), 200)
+            g = golden.run(m, x[:nq], keep_phases=False)
+            lq, cq = mcu.run_qemu(fw, x[:nq], m.num_classes)
+            okq = np.all(lq == g.logits, axis=1) & (cq == g.classes)
+            print(f"{b.name} under QEMU (logits and class): {int(okq.sum())}/{nq} matched")
+            if not okq.all():
+                i = int(np.flatnonzero(~okq)[0])
+                j = int(np.flatnonzero(lq[i] != g.logits[i])[0]) if (lq[i] != g.logits[i]).any() else 0
+                print(f"  first mismatch: image {i}, layer readout (logits), neuron {j}: expected {int(g.logits[i, j])}, got {int(lq[i, j])}")
+            ok &= bool(okq.all())
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("--target", choices=TARGETS, required=True)
     e.add_argument("-o", "--output", help="output folder (default build/NAME/TARGET)")
+    e.add_argument("--board", help="MCU board for the C target (default mps2-an386): mps2-an386, nucleo-f446re, rp2040-pico")
+    e.add_argument("--count-images", type=int, default=10, help="test images whose instructions are counted (C target)")
+    e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_emit)
+
+    v = sub.add_parser("verify", help="check a backend against the golden model, exactly")
+    v.add_argument("model")
+    v.add_argument("--target", choices=TARGETS, required=True)
+    v.add_argument("--board", help="also build for this MCU board and, if it is emulated, run under QEMU")
+    v.add_argument("--dataset", help="test set (default: the model's own)")
+    v.add_argument("-n", type=int, help="first N test images (default: all on the host, 200 under QEMU)")
+    v.set_defaults(func=cmd_verify)
     return p
 
 

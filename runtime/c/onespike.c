@@ -8,7 +8,9 @@
  * the number of entries greater than acc: a binary search. */
 static uint8_t os_fire(int32_t acc, const int32_t *theta, int T)
 {
-    int lo = 0, hi = T;
+    if (acc < theta[T - 1])
+        return (uint8_t)T; /* most neurons stay silent: one compare */
+    int lo = 0, hi = T - 1;
     while (lo < hi) {
         int mid = (lo + hi) >> 1;
         if (theta[mid] > acc)
@@ -17,6 +19,27 @@ static uint8_t os_fire(int32_t acc, const int32_t *theta, int T)
             hi = mid;
     }
     return (uint8_t)lo;
+}
+
+#if defined(__GNUC__)
+#define OS_NOINLINE __attribute__((noinline))
+#else
+#define OS_NOINLINE
+#endif
+
+/* acc[o] += w[o] * d for o < n: the synaptic operations of one input spike. Kept out of line so
+ * that the compiler gives this loop all the registers; unrolled by four. */
+static OS_NOINLINE void os_scatter(int32_t *restrict acc, const int8_t *restrict w, int32_t d, int n)
+{
+    int o = 0;
+    for (; o + 4 <= n; o += 4) {
+        acc[o] += (int32_t)w[o] * d;
+        acc[o + 1] += (int32_t)w[o + 1] * d;
+        acc[o + 2] += (int32_t)w[o + 2] * d;
+        acc[o + 3] += (int32_t)w[o + 3] * d;
+    }
+    for (; o < n; o++)
+        acc[o] += (int32_t)w[o] * d;
 }
 
 int os_argmax(const int32_t *v, int n)
@@ -38,10 +61,7 @@ static void os_dense(const os_layer_t *L, const uint8_t *in, uint8_t *out, int32
         const uint8_t f = in[j];
         if (f == L->in_none)
             continue;
-        const int32_t d = L->in_decode[f];
-        const int8_t *w = L->weight + (size_t)j * n_out;
-        for (int o = 0; o < n_out; o++)
-            acc[o] += (int32_t)w[o] * d;
+        os_scatter(acc, L->weight + (size_t)j * n_out, L->in_decode[f], n_out);
     }
     if (L->readout) {
         for (int o = 0; o < n_out; o++)
@@ -124,12 +144,8 @@ static void os_conv2d(const os_layer_t *L, const uint8_t *in, uint8_t *out, int3
                             int32_t *arow = acc + (size_t)slot * row_sz;
                             const int8_t *wrow = L->weight + ((size_t)(c * K + ky) * K) * O;
                             for (int kx = kx0, ox = ox0; kx < K && ox >= 0; kx += S, ox--) {
-                                if (ox < OW) {
-                                    int32_t *a = arow + (size_t)ox * O;
-                                    const int8_t *w = wrow + (size_t)kx * O;
-                                    for (int o = 0; o < O; o++)
-                                        a[o] += (int32_t)w[o] * d;
-                                }
+                                if (ox < OW)
+                                    os_scatter(arow + (size_t)ox * O, wrow + (size_t)kx * O, d, O);
                             }
                         }
                         if (--slot < 0)

@@ -1,0 +1,117 @@
+"""``codegen emit --target c``: the generated C, the board's start-up files, and a build report.
+
+The report (``report.json`` and ``report.txt`` next to the code) holds, for the board, the
+arm-none-eabi-gcc builds at -O2 and -Os: flash and RAM per section, the static stack bound from
+GCC's call graph, the peak stack measured by stack painting, and instructions per inference counted
+under Unicorn on the first test images of the model's dataset (their outputs are checked against
+the golden model too).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from runtime import golden
+from runtime.spec import IntModel
+
+from . import datasets, emit_c, mcu
+from .emit_lut import layer_summary, tool_versions, write_dir_atomically
+
+OPTS = ("-O2", "-Os")
+
+
+def makefile(model: IntModel, name: str, b) -> str:
+    sym = emit_c.c_symbol(name)
+    return f"""# Builds the semihosting parity firmware for {b.name}. Generated; deterministic.
+CC = arm-none-eabi-gcc
+OPT ?= -O2
+CFLAGS = {' '.join(b.cpu_flags)} -std=c99 -Wall -Wextra -Werror $(OPT) -ffunction-sections -fdata-sections \\
+	-DOS_INFER={sym}_infer -DOS_INPUT_SIZE={int(np.prod(model.input_shape))} -DOS_N_LOGITS={model.num_classes}
+SRC = {sym}_model.c onespike.c startup.c semihost.c fw_main.c
+
+{sym}.elf: $(SRC) {sym}_model.h onespike.h semihost.h sections.ld memory.ld
+	$(CC) $(CFLAGS) $(SRC) -nostartfiles --specs=nano.specs --specs=nosys.specs -Wl,--gc-sections \\
+		-L. -T sections.ld -o $@ -lgcc
+
+clean:
+	rm -f {sym}.elf
+"""
+
+
+def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, board_name: str | None,
+                     n_count: int = 10, progress: bool = False) -> dict:
+    b = mcu.board(board_name)
+    mem = mcu.check_fit(model, b)  # refuse before generating anything
+    mcu.need("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    files = emit_c.generate(model, name)
+    for fn in ("startup.c", "semihost.c", "semihost.h", "fw_main.c", "sections.ld"):
+        files[fn] = (mcu.COMMON / fn).read_bytes()
+    files["memory.ld"] = (b.folder / "memory.ld").read_bytes()
+    files["Makefile"] = makefile(model, name, b).encode()
+
+    images = None
+    ds = model.meta.get("dataset")
+    if n_count > 0 and ds:
+        images, _ = datasets.load(ds, "test")
+        images = images[:n_count]
+    builds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for opt in OPTS:
+            fw = mcu.build_firmware(model, name, b, Path(tmp), opt=opt)
+            entry = {"sizes": fw.sizes}
+            if images is not None:
+                run = mcu.run_unicorn(fw, images, model.num_classes)
+                gold = golden.run(model, images, keep_phases=False)
+                ok = bool(np.array_equal(run.logits, gold.logits) and np.array_equal(run.classes, gold.classes))
+                ins = run.instructions
+                entry["instructions_per_inference"] = {
+                    "images": len(ins), "median": statistics.median(ins), "min": min(ins), "max": max(ins),
+                    "counter": "Unicorn 2 basic blocks, disassembled with Capstone (IT instructions included)",
+                    "dataset": ds, "outputs_equal_golden": ok}
+                entry["stack_peak_bytes_measured"] = run.stack_peak_bytes
+            builds[opt] = entry
+    sops = None
+    if images is not None:
+        sops = float(golden.run(model, images, keep_phases=False).sops.sum(1).mean())
+    report = {
+        "model": {"name": name, "sha256": model_sha256}, "board": {"name": b.name, "description": b.description,
+                                                                    "flash_bytes": b.flash_bytes, "ram_bytes": b.ram_bytes},
+        "estimate_before_build": {"flash_tables_bytes": mem.flash_tables, "ram_buffers_bytes": mem.ram_buffers},
+        "builds": builds, "synaptic_ops_per_inference": sops, "tools": tool_versions(), "layers": layer_summary(model),
+    }
+    files["report.json"] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+    files["report.txt"] = (format_text(report) + "\n").encode()
+    manifest = {
+        "target": "c", "board": b.name, "model": {"name": name, "sha256": model_sha256, "symbol": emit_c.c_symbol(name)},
+        "tools": tool_versions(),
+        "files": [{"name": n, "bytes": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()} for n in sorted(files)],
+    }
+    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    write_dir_atomically(out, files)
+    return report
+
+
+def format_text(rep: dict) -> str:
+    b = rep["board"]
+    lines = [f"model {rep['model']['name']} on {b['name']} ({b['description']}): "
+             f"{b['flash_bytes'] // 1024} KiB flash, {b['ram_bytes'] // 1024} KiB RAM"]
+    for opt, e in rep["builds"].items():
+        s = e["sizes"]
+        secs = ", ".join(f"{k} {v}" for k, v in s["sections"].items())
+        lines.append(f"  {opt}: flash {s['flash_bytes']} B, RAM {s['ram_bytes']} B (+ stack); sections: {secs}")
+        stack = f"static bound {s['stack_bytes_static']} B" if s.get("stack_bytes_static") is not None else "static bound n/a"
+        if "stack_peak_bytes_measured" in e:
+            stack += f", measured peak {e['stack_peak_bytes_measured']} B"
+        lines.append(f"       stack: {stack}")
+        ins = e.get("instructions_per_inference")
+        if ins:
+            lines.append(f"       instructions per inference: median {ins['median']:,.0f} (min {ins['min']:,}, max {ins['max']:,}) "
+                         f"over {ins['images']} {ins['dataset']} test images; outputs equal golden: {ins['outputs_equal_golden']}")
+    if rep.get("synaptic_ops_per_inference"):
+        lines.append(f"  synaptic operations per inference (same images): {rep['synaptic_ops_per_inference']:,.0f}")
+    return "\n".join(lines)
