@@ -68,23 +68,31 @@ class Firmware:
 
 
 def build_firmware(model: IntModel, name: str, b: McuBoard, work: Path, opt: str = "-O2") -> Firmware:
-    cc = need("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    """Generated C for ``model`` plus the board's start-up code and the parity firmware."""
     check_fit(model, b)
     sym = emit_c.c_symbol(name)
-    src = (Path(work) / f"{b.name}{opt}").resolve()
+    return build_elf(emit_c.generate(model, name), [f"{sym}_model.c", "onespike.c"], f"{sym}_infer",
+                     int(np.prod(model.input_shape)), model.num_classes, b, Path(work) / f"{b.name}{opt}", opt, sym)
+
+
+def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_size: int, n_logits: int, b: McuBoard,
+              src: Path, opt: str, stem: str) -> Firmware:
+    """Compile ``files`` (their ``sources``) with the firmware main for board ``b`` into ``src/stem.elf``."""
+    cc = need("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    src = Path(src).resolve()
     if src.exists():
         shutil.rmtree(src)
     src.mkdir(parents=True)
-    for fn, data in emit_c.generate(model, name).items():
+    for fn, data in files.items():
         (src / fn).write_bytes(data)
-    elf = src / f"{sym}.elf"
-    cfiles = [src / f"{sym}_model.c", src / "onespike.c", COMMON / "startup.c", COMMON / "semihost.c", COMMON / "fw_main.c"]
-    defs = [f"-DOS_INFER={sym}_infer", f"-DOS_INPUT_SIZE={int(np.prod(model.input_shape))}", f"-DOS_N_LOGITS={model.num_classes}"]
+    elf = src / f"{stem}.elf"
+    cfiles = [src / f for f in sources] + [COMMON / "startup.c", COMMON / "semihost.c", COMMON / "fw_main.c"]
+    defs = [f"-DOS_INFER={infer}", f"-DOS_INPUT_SIZE={input_size}", f"-DOS_N_LOGITS={n_logits}"]
     cmd = ([cc] + list(b.cpu_flags) + ["-std=c99", "-Wall", "-Wextra", "-Werror", opt, "-ffunction-sections", "-fdata-sections",
                                         "-fstack-usage", "-fcallgraph-info=su", "-I", str(src), "-I", str(COMMON)] + defs
            + [str(f) for f in cfiles]
            + ["-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections", "-L", str(b.folder),
-              "-T", str(COMMON / "sections.ld"), "-Wl,-Map," + str(src / f"{sym}.map"), "-o", str(elf), "-lgcc"])
+              "-T", str(COMMON / "sections.ld"), "-Wl,-Map," + str(src / f"{stem}.map"), "-o", str(elf), "-lgcc"])
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=src)
     if r.returncode != 0:
         raise RuntimeError(f"cross compile failed:\n{' '.join(cmd)}\n{r.stderr}")
