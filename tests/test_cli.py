@@ -156,7 +156,7 @@ def test_unknown_dataset_and_bad_numbers(capsys, tmp_path):
 
 
 def test_target_not_yet_available(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "emit", MLP, "--target", "c", "-o", tmp_path / "c")
+    code, _, err = run_cli(capsys, "emit", MLP, "--target", "fpga", "-o", tmp_path / "c")
     assert_one_line_error(code, err, "not available yet")
     assert not (tmp_path / "c").exists()
 

@@ -1,0 +1,123 @@
+"""Cortex-M: firmware for the boards builds, runs under QEMU and Unicorn, and equals the golden model."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codegen import cli, datasets, mcu
+from runtime import golden, modelfile
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = {"mnist-mlp": "mnist", "mnist-cnn": "mnist", "fmnist-cnn": "fashion-mnist"}
+pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+                                reason="needs gcc-arm-none-eabi and qemu-system-arm (scripts/setup.sh installs them)")
+
+
+def _load(name):
+    m = modelfile.load(ROOT / "models" / f"{name}.pt")
+    x, _ = datasets.load(SHIPPED[name], "test")
+    return m, x
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_qemu_mps2_an386_parity_200_images(name, tmp_path):
+    m, x = _load(name)
+    fw = mcu.build_firmware(m, name, mcu.board("mps2-an386"), tmp_path, opt="-O2")
+    logits, classes = mcu.run_qemu(fw, x[:200], m.num_classes)
+    gold = golden.run(m, x[:200], keep_phases=False)
+    assert np.array_equal(logits, gold.logits) and np.array_equal(classes, gold.classes)
+
+
+def test_qemu_parity_at_os_and_a_corrupted_model_is_caught(tmp_path):
+    m, x = _load("mnist-mlp")
+    gold = golden.run(m, x[:100], keep_phases=False)
+    fw = mcu.build_firmware(m, "mnist-mlp", mcu.board("mps2-an386"), tmp_path, opt="-Os")
+    logits, classes = mcu.run_qemu(fw, x[:100], m.num_classes)
+    assert np.array_equal(logits, gold.logits) and np.array_equal(classes, gold.classes)
+    m.layers[-1].bias[3] += 1  # firmware built from a different model must not match
+    fw2 = mcu.build_firmware(m, "mnist-mlp", mcu.board("mps2-an386"), tmp_path / "bad", opt="-O2")
+    logits2, _ = mcu.run_qemu(fw2, x[:100], m.num_classes)
+    assert not np.array_equal(logits2, gold.logits)
+
+
+@pytest.mark.parametrize("board", ["mps2-an386", "nucleo-f446re", "rp2040-pico"])
+def test_boards_build_and_count_instructions(board, tmp_path):
+    m, x = _load("mnist-cnn")
+    b = mcu.board(board)
+    fw = mcu.build_firmware(m, "mnist-cnn", b, tmp_path)
+    s = fw.sizes
+    assert 0 < s["flash_bytes"] <= b.flash_bytes and 0 < s["ram_bytes"] <= b.ram_bytes
+    assert s["sections"][".rodata"] > sum(l.weight.size for l in m.layers if l.weight is not None)
+    run = mcu.run_unicorn(fw, x[:3], m.num_classes)
+    gold = golden.run(m, x[:3], keep_phases=False)
+    assert np.array_equal(run.logits, gold.logits)
+    assert all(i > 100_000 for i in run.instructions)
+    assert 0 < run.stack_peak_bytes <= s["stack_bytes_static"]
+
+
+def test_emit_c_report_is_deterministic(tmp_path, capsys):
+    args = ["emit", str(ROOT / "models" / "mnist-mlp.pt"), "--target", "c", "--board", "mps2-an386", "--count-images", "3", "-q"]
+    assert cli.main(args + ["-o", str(tmp_path / "a")]) == 0
+    assert cli.main(args + ["-o", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert {"mnist_mlp_model.c", "mnist_mlp_model.h", "onespike.c", "onespike.h", "report.json", "report.txt",
+            "manifest.json", "Makefile", "memory.ld", "sections.ld", "startup.c"} <= set(names)
+    for n in names:
+        assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
+    text = (tmp_path / "a" / "report.txt").read_text()
+    assert "instructions per inference" in text and "outputs equal golden: True" in text
+    # the emitted folder builds on its own with its Makefile
+    import subprocess
+    r = subprocess.run(["make", "-s", "-C", str(tmp_path / "a")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # the generated C holds no floating point and no allocation
+    src = (tmp_path / "a" / "mnist_mlp_model.c").read_text() + (tmp_path / "a" / "onespike.c").read_text()
+    for bad in ("float", "double", "malloc", "free("):
+        assert bad not in src
+
+
+def test_verify_command(capsys):
+    code = cli.main(["verify", str(ROOT / "models" / "mnist-mlp.pt"), "--target", "c", "--board", "mps2-an386", "-n", "40"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "host (gcc, every layer's phases compared): 40/40 matched" in out
+    assert "mps2-an386 under QEMU (logits and class): 40/40 matched" in out
+
+
+def _one_line_error(capsys, args, *needles):
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_unknown_board_lists_the_known_ones(capsys, tmp_path):
+    _one_line_error(capsys, ["emit", str(ROOT / "models" / "mnist-mlp.pt"), "--target", "c", "--board", "arduino-uno",
+                             "-o", str(tmp_path / "o")], "unknown board 'arduino-uno'", "mps2-an386", "nucleo-f446re", "rp2040-pico")
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_that_does_not_fit_is_refused_before_compiling(capsys, tmp_path, monkeypatch):
+    def no_compiler(*a, **k):
+        raise AssertionError("must refuse before compiling")
+
+    monkeypatch.setattr(mcu.subprocess, "run", no_compiler)
+    _one_line_error(capsys, ["emit", str(ROOT / "models" / "fmnist-cnn.pt"), "--target", "c", "--board", "nucleo-f446re",
+                             "-o", str(tmp_path / "o")], "does not fit nucleo-f446re", "KiB flash (board has 512 KiB)",
+                    "KiB RAM (board has 128 KiB)")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("tool, package", [("arm-none-eabi-gcc", "gcc-arm-none-eabi"), ("qemu-system-arm", "qemu-system-arm")])
+def test_missing_tools_name_the_package(capsys, tmp_path, monkeypatch, tool, package):
+    real = shutil.which
+    monkeypatch.setattr(mcu.shutil, "which", lambda t, *a, **k: None if t == tool else real(t, *a, **k))
+    if tool == "qemu-system-arm":
+        args = ["verify", str(ROOT / "models" / "mnist-mlp.pt"), "--target", "c", "--board", "mps2-an386", "-n", "5"]
+    else:
+        args = ["emit", str(ROOT / "models" / "mnist-mlp.pt"), "--target", "c", "-o", str(tmp_path / "o")]
+    _one_line_error(capsys, args, f"{tool} not found", package)
+    assert not (tmp_path / "o").exists()
