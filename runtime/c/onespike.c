@@ -4,6 +4,8 @@
  */
 #include "onespike.h"
 
+#include <string.h>
+
 /* Layer kernels and the synapse loop stay out of line: inlined into one function they starve the
  * register allocator (measured: 2x more instructions per synaptic operation on Cortex-M4). */
 #if defined(__GNUC__)
@@ -35,12 +37,35 @@ static uint8_t os_fire(int32_t acc, const int32_t *theta, int T)
 static OS_NOINLINE void os_scatter(int32_t *restrict acc, const int8_t *restrict w, int32_t d, int n)
 {
     int o = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && \
+    (defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__i386__))
+    /* eight weights per two 32-bit loads, sign-extended from their byte lanes (one SXTB/SBFX each
+     * on Arm); the accumulators move in pairs (LDRD/STRD) */
+    for (; o + 8 <= n; o += 8) {
+        uint32_t wa, wb;
+        memcpy(&wa, w + o, sizeof wa);
+        memcpy(&wb, w + o + 4, sizeof wb);
+        int32_t a0 = acc[o], a1 = acc[o + 1], a2 = acc[o + 2], a3 = acc[o + 3];
+        int32_t a4 = acc[o + 4], a5 = acc[o + 5], a6 = acc[o + 6], a7 = acc[o + 7];
+        a0 += (int32_t)(int8_t)(wa & 0xFFu) * d;
+        a1 += (int32_t)(int8_t)((wa >> 8) & 0xFFu) * d;
+        a2 += (int32_t)(int8_t)((wa >> 16) & 0xFFu) * d;
+        a3 += (int32_t)(int8_t)(wa >> 24) * d;
+        a4 += (int32_t)(int8_t)(wb & 0xFFu) * d;
+        a5 += (int32_t)(int8_t)((wb >> 8) & 0xFFu) * d;
+        a6 += (int32_t)(int8_t)((wb >> 16) & 0xFFu) * d;
+        a7 += (int32_t)(int8_t)(wb >> 24) * d;
+        acc[o] = a0, acc[o + 1] = a1, acc[o + 2] = a2, acc[o + 3] = a3;
+        acc[o + 4] = a4, acc[o + 5] = a5, acc[o + 6] = a6, acc[o + 7] = a7;
+    }
+#else
     for (; o + 4 <= n; o += 4) {
         acc[o] += (int32_t)w[o] * d;
         acc[o + 1] += (int32_t)w[o + 1] * d;
         acc[o + 2] += (int32_t)w[o + 2] * d;
         acc[o + 3] += (int32_t)w[o + 3] * d;
     }
+#endif
     for (; o < n; o++)
         acc[o] += (int32_t)w[o] * d;
 }
@@ -189,31 +214,35 @@ static OS_NOINLINE void os_pool(const os_layer_t *L, const uint8_t *in, uint8_t 
 {
     const int K = L->kernel, S = L->stride, P = L->padding;
     const int H = L->in_h, W = L->in_w, OH = L->out_h, OW = L->out_w;
-    const int is_max = L->kind == OS_MAXPOOL;
+    const uint8_t none = L->in_none;
     for (int c = 0; c < L->in_c; c++) {
         const uint8_t *inc = in + (size_t)c * H * W;
+        uint8_t *outc = out + (size_t)c * OH * OW;
         for (int oy = 0; oy < OH; oy++) {
+            const int y0 = oy * S - P;
+            const int ky_lo = y0 < 0 ? -y0 : 0, ky_hi = y0 + K > H ? H - y0 : K;
             for (int ox = 0; ox < OW; ox++) {
-                uint8_t best = L->in_none;
-                int32_t acc = 0;
-                for (int ky = 0; ky < K; ky++) {
-                    const int iy = oy * S - P + ky;
-                    if (iy < 0 || iy >= H)
-                        continue;
-                    for (int kx = 0; kx < K; kx++) {
-                        const int ix = ox * S - P + kx;
-                        if (ix < 0 || ix >= W)
-                            continue;
-                        const uint8_t f = inc[iy * W + ix];
-                        if (is_max) {
-                            if (f < best)
-                                best = f;
-                        } else if (f != L->in_none) {
-                            acc += L->in_decode[f];
-                        }
+                const int x0 = ox * S - P;
+                const int kx_lo = x0 < 0 ? -x0 : 0, kx_hi = x0 + K > W ? W - x0 : K;
+                if (L->kind == OS_MAXPOOL) {
+                    uint8_t best = none; /* the earliest spike; padding is "no spike" */
+                    for (int ky = ky_lo; ky < ky_hi; ky++) {
+                        const uint8_t *r = inc + (y0 + ky) * W;
+                        for (int kx = kx_lo; kx < kx_hi; kx++)
+                            if (r[x0 + kx] < best)
+                                best = r[x0 + kx];
                     }
+                    outc[oy * OW + ox] = best;
+                } else {
+                    int32_t acc = 0; /* padding contributes 0 */
+                    for (int ky = ky_lo; ky < ky_hi; ky++) {
+                        const uint8_t *r = inc + (y0 + ky) * W;
+                        for (int kx = kx_lo; kx < kx_hi; kx++)
+                            if (r[x0 + kx] != none)
+                                acc += L->in_decode[r[x0 + kx]];
+                    }
+                    outc[oy * OW + ox] = os_fire(acc, L->theta + (size_t)c * L->T, L->T);
                 }
-                out[((size_t)c * OH + oy) * OW + ox] = is_max ? best : os_fire(acc, L->theta + (size_t)c * L->T, L->T);
             }
         }
     }
