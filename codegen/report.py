@@ -93,13 +93,14 @@ def plots(model: IntModel, st: dict, phases: list) -> dict[str, bytes]:
     out["sparsity.png"] = _png(fig)
     plt.close(fig)
 
-    T = model.T
-    layers = [(n, p) for n, p in zip(["input"] + [l.name for l in model.layers], phases) if p is not None]
-    fig, axes = plt.subplots(len(layers), 1, figsize=(6, 1.6 * len(layers)), sharex=True)
+    codes = [model.input_T] + [model.T if l.fires else model.code_of_layer_input(i)[1] for i, l in enumerate(model.layers)]
+    layers = [(n, p, t) for n, p, t in zip(["input"] + [l.name for l in model.layers], phases, codes) if p is not None]
+    fig, axes = plt.subplots(len(layers), 1, figsize=(6, 1.6 * len(layers)))
     axes = np.atleast_1d(axes)
-    for ax, (n, p) in zip(axes, layers):
-        counts = np.bincount(p.ravel().astype(np.int64), minlength=T + 1)[:T] / p.shape[0]
-        ax.bar(np.arange(T), counts, color="tab:orange")
+    for ax, (n, p, t) in zip(axes, layers):
+        counts = np.bincount(p.ravel().astype(np.int64), minlength=t + 1)[:t] / p.shape[0]
+        ax.bar(np.arange(t), counts, color="tab:orange", width=1.0 if t > 40 else 0.8)
+        ax.set_xlim(-0.5, t - 0.5)
         ax.set_ylabel(n, rotation=0, ha="right", va="center")
     axes[-1].set_xlabel("spike phase f (spikes per inference)")
     fig.suptitle("Spike phases per layer")
