@@ -36,8 +36,18 @@ def c_symbol(name: str) -> str:
     return s
 
 
-def ring_rows(k: int, s: int) -> int:
-    return (k + s - 1) // s + 1
+def blocked_weights(layer) -> np.ndarray:
+    """Weights in blocks of four output channels, zero-padded: [O/4][fan-in][4] (see onespike.h)."""
+    o = layer.weight.shape[0]
+    w = layer.weight.reshape(o, -1)
+    blocks = (o + 3) // 4
+    padded = np.zeros((blocks * 4, w.shape[1]), dtype=np.int8)
+    padded[:o] = w
+    return padded.reshape(blocks, 4, -1).transpose(0, 2, 1)
+
+
+def fan_in(layer) -> int:
+    return int(np.prod(layer.weight.shape[1:])) if layer.weight is not None else 0
 
 
 @dataclass
@@ -47,7 +57,7 @@ class Memory:
     flash_tables: int
     ram_buffers: int
     buf_sizes: tuple[int, int]
-    acc_entries: int
+    event_entries: int
     logits: int
 
 
@@ -56,21 +66,19 @@ def plan_memory(model: IntModel) -> Memory:
     buf = [0, 0]
     for pos, n in enumerate(sizes):  # activation pos lives in buffer pos % 2
         buf[pos % 2] = max(buf[pos % 2], n)
-    acc = 0
-    for l in model.layers:
-        if l.kind == "dense":
-            acc = max(acc, l.out_shape[0])
-        elif l.kind == "conv2d":
-            acc = max(acc, ring_rows(l.kernel, l.stride) * l.out_shape[2] * l.out_shape[0])
+    ev = max([fan_in(l) for l in model.layers] + [1])
+    if ev > 65536:
+        from runtime.errors import UserError
+        raise UserError(f"a layer has {ev} inputs per neuron; the C target supports at most 65536")
     flash = 256 + 4 * (model.T + 1) + 4 * (model.input_T + 1)
     for l in model.layers:
         if l.weight is not None:
-            flash += l.weight.size + 4 * l.bias.size
+            flash += blocked_weights(l).size + 4 * l.bias.size
         if l.theta is not None:
             flash += 4 * l.theta.size
         flash += 48  # os_layer_t
-    return Memory(flash_tables=int(flash), ram_buffers=int(buf[0] + buf[1] + 4 * acc), buf_sizes=(buf[0], buf[1]),
-                  acc_entries=int(acc), logits=model.num_classes)
+    return Memory(flash_tables=int(flash), ram_buffers=int(buf[0] + buf[1] + 6 * ev), buf_sizes=(buf[0], buf[1]),
+                  event_entries=int(ev), logits=model.num_classes)
 
 
 def _array(ctype: str, name: str, values: np.ndarray, per_line: int = 16) -> str:
@@ -96,11 +104,8 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
     for i, l in enumerate(model.layers):
         pre = f"{sym}_l{i}"
         w = b = th = "NULL"
-        if l.kind == "dense":
-            c_parts.append(_array("int8_t", f"{pre}_weight", l.weight.T))  # [in][out]
-            w = f"{pre}_weight"
-        elif l.kind == "conv2d":
-            c_parts.append(_array("int8_t", f"{pre}_weight", l.weight.transpose(1, 2, 3, 0)))  # [c][ky][kx][o]
+        if l.weight is not None:
+            c_parts.append(_array("int8_t", f"{pre}_weight", blocked_weights(l)))  # [O/4][fan-in][4]
             w = f"{pre}_weight"
         if l.bias is not None:
             c_parts.append(_array("int32_t", f"{pre}_bias", l.bias))
@@ -123,17 +128,18 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
     c_parts.append(f"\nstatic const os_layer_t {sym}_layers[{len(model.layers)}] = {{\n" + "\n".join(layer_inits) + "\n};\n\n")
     c_parts.append(f"static uint8_t {sym}_buf0[{max(1, mem.buf_sizes[0])}];\n")
     c_parts.append(f"static uint8_t {sym}_buf1[{max(1, mem.buf_sizes[1])}];\n")
-    c_parts.append(f"static int32_t {sym}_acc[{max(1, mem.acc_entries)}];\n\n")
+    c_parts.append(f"static uint16_t {sym}_ev_off[{mem.event_entries}];\n")
+    c_parts.append(f"static int32_t {sym}_ev_d[{mem.event_entries}];\n\n")
     C, H, W = model.input_shape
     c_parts.append(
         f"const os_model_t {sym}_model = {{\n    {len(model.layers)}, {sym}_layers, {sym}_encode, {C}, {H}, {W}, "
-        f"{model.num_classes},\n    {{ {sym}_buf0, {sym}_buf1 }}, {sym}_acc\n}};\n\n")
+        f"{model.num_classes},\n    {{ {sym}_buf0, {sym}_buf1 }}, {sym}_ev_off, {sym}_ev_d\n}};\n\n")
     c_parts.append(f"""void {sym}_init(void)
 {{
     size_t i;
     for (i = 0; i < sizeof {sym}_buf0; i++) {sym}_buf0[i] = 0;
     for (i = 0; i < sizeof {sym}_buf1; i++) {sym}_buf1[i] = 0;
-    for (i = 0; i < sizeof {sym}_acc / sizeof {sym}_acc[0]; i++) {sym}_acc[i] = 0;
+    for (i = 0; i < sizeof {sym}_ev_d / sizeof {sym}_ev_d[0]; i++) {sym}_ev_off[i] = 0, {sym}_ev_d[i] = 0;
 }}
 
 int {sym}_infer(const uint8_t *pixels, int32_t *logits)

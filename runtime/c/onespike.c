@@ -1,25 +1,37 @@
 /*
  * onespike.c - event-driven kernels of the one-spike integer specification (see onespike.h).
  * C99, integer only, no allocation, no division in the inner loops (Cortex-M0+ has no divider).
+ *
+ * Dense and conv2d layers work from a spike list: the spiking inputs a group of neurons can see,
+ * as (weight offset, D[f]) pairs. Silent inputs cost one compare while the list is built and
+ * nothing after; every list entry is a synaptic event for four output channels at a time, whose
+ * accumulators stay in registers. Weights are stored in blocks of four output channels
+ * ([O/4][inputs][4], zero-padded), so one 32-bit load fetches the four weights of an event.
  */
 #include "onespike.h"
 
 #include <string.h>
 
-/* Layer kernels and the synapse loop stay out of line: inlined into one function they starve the
- * register allocator (measured: 2x more instructions per synaptic operation on Cortex-M4). */
+/* Layer kernels stay out of line: inlined into one function they starve the register allocator
+ * (measured on Cortex-M4: twice the instructions per synaptic operation). */
 #if defined(__GNUC__)
 #define OS_NOINLINE __attribute__((noinline))
 #else
 #define OS_NOINLINE
 #endif
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && \
+    (defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__i386__) || defined(__aarch64__))
+#define OS_LE_WORDS 1
+#endif
+
 /* The first phase f with acc >= theta[f], or T (no spike). theta is non-increasing, so this is
- * the number of entries greater than acc: a binary search. */
+ * the number of entries greater than acc: one compare for the common silent case, then a
+ * binary search. */
 static uint8_t os_fire(int32_t acc, const int32_t *theta, int T)
 {
     if (acc < theta[T - 1])
-        return (uint8_t)T; /* most neurons stay silent: one compare */
+        return (uint8_t)T;
     int lo = 0, hi = T - 1;
     while (lo < hi) {
         int mid = (lo + hi) >> 1;
@@ -31,45 +43,6 @@ static uint8_t os_fire(int32_t acc, const int32_t *theta, int T)
     return (uint8_t)lo;
 }
 
-
-/* acc[o] += w[o] * d for o < n: the synaptic operations of one input spike. Kept out of line so
- * that the compiler gives this loop all the registers; unrolled by four. */
-static OS_NOINLINE void os_scatter(int32_t *restrict acc, const int8_t *restrict w, int32_t d, int n)
-{
-    int o = 0;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && \
-    (defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__i386__))
-    /* eight weights per two 32-bit loads, sign-extended from their byte lanes (one SXTB/SBFX each
-     * on Arm); the accumulators move in pairs (LDRD/STRD) */
-    for (; o + 8 <= n; o += 8) {
-        uint32_t wa, wb;
-        memcpy(&wa, w + o, sizeof wa);
-        memcpy(&wb, w + o + 4, sizeof wb);
-        int32_t a0 = acc[o], a1 = acc[o + 1], a2 = acc[o + 2], a3 = acc[o + 3];
-        int32_t a4 = acc[o + 4], a5 = acc[o + 5], a6 = acc[o + 6], a7 = acc[o + 7];
-        a0 += (int32_t)(int8_t)(wa & 0xFFu) * d;
-        a1 += (int32_t)(int8_t)((wa >> 8) & 0xFFu) * d;
-        a2 += (int32_t)(int8_t)((wa >> 16) & 0xFFu) * d;
-        a3 += (int32_t)(int8_t)(wa >> 24) * d;
-        a4 += (int32_t)(int8_t)(wb & 0xFFu) * d;
-        a5 += (int32_t)(int8_t)((wb >> 8) & 0xFFu) * d;
-        a6 += (int32_t)(int8_t)((wb >> 16) & 0xFFu) * d;
-        a7 += (int32_t)(int8_t)(wb >> 24) * d;
-        acc[o] = a0, acc[o + 1] = a1, acc[o + 2] = a2, acc[o + 3] = a3;
-        acc[o + 4] = a4, acc[o + 5] = a5, acc[o + 6] = a6, acc[o + 7] = a7;
-    }
-#else
-    for (; o + 4 <= n; o += 4) {
-        acc[o] += (int32_t)w[o] * d;
-        acc[o + 1] += (int32_t)w[o + 1] * d;
-        acc[o + 2] += (int32_t)w[o + 2] * d;
-        acc[o + 3] += (int32_t)w[o + 3] * d;
-    }
-#endif
-    for (; o < n; o++)
-        acc[o] += (int32_t)w[o] * d;
-}
-
 int os_argmax(const int32_t *v, int n)
 {
     int best = 0;
@@ -79,134 +52,97 @@ int os_argmax(const int32_t *v, int n)
     return best;
 }
 
-static OS_NOINLINE void os_dense(const os_layer_t *L, const uint8_t *in, uint8_t *out, int32_t *acc, int32_t *logits)
+/* acc[0..3] += the four weights at w[4 * off[e]] times d[e], for every list entry e. */
+static OS_NOINLINE void os_events4(int32_t *acc4, const int8_t *w, const uint16_t *off, const int32_t *d, int n)
 {
-    const int n_in = (int)L->in_c * L->in_h * L->in_w;
-    const int n_out = L->out_c;
-    for (int o = 0; o < n_out; o++)
-        acc[o] = L->bias[o];
-    for (int j = 0; j < n_in; j++) {
-        const uint8_t f = in[j];
-        if (f == L->in_none)
-            continue;
-        os_scatter(acc, L->weight + (size_t)j * n_out, L->in_decode[f], n_out);
+    int32_t a0 = acc4[0], a1 = acc4[1], a2 = acc4[2], a3 = acc4[3];
+    for (int e = 0; e < n; e++) {
+        const int8_t *wp = w + 4 * (size_t)off[e];
+        const int32_t de = d[e];
+#ifdef OS_LE_WORDS
+        uint32_t w4;
+        memcpy(&w4, wp, sizeof w4);
+        a0 += (int32_t)(int8_t)(w4 & 0xFFu) * de;
+        a1 += (int32_t)(int8_t)((w4 >> 8) & 0xFFu) * de;
+        a2 += (int32_t)(int8_t)((w4 >> 16) & 0xFFu) * de;
+        a3 += (int32_t)(int8_t)(w4 >> 24) * de;
+#else
+        a0 += (int32_t)wp[0] * de;
+        a1 += (int32_t)wp[1] * de;
+        a2 += (int32_t)wp[2] * de;
+        a3 += (int32_t)wp[3] * de;
+#endif
     }
-    if (L->readout) {
-        for (int o = 0; o < n_out; o++)
-            logits[o] = acc[o];
-    } else {
-        for (int o = 0; o < n_out; o++)
-            out[o] = os_fire(acc[o], L->theta + (size_t)o * L->T, L->T);
-    }
+    acc4[0] = a0, acc4[1] = a1, acc4[2] = a2, acc4[3] = a3;
 }
 
-/* Ring of accumulator rows for conv2d: an input row only reaches output rows
- * [ceil((iy+P-K+1)/S), floor((iy+P)/S)], so ceil(K/S)+1 rows of (OW x O) accumulators suffice. */
-#define OS_RING_ROWS(K, S) (((K) + (S) - 1) / (S) + 1)
-
-static void os_conv_init_row(const os_layer_t *L, int32_t *row)
+/* Accumulate the four channels of block ob over the spike list, then fire them or write logits. */
+static void os_block_out(const os_layer_t *L, int ob, const int8_t *wblock, const uint16_t *off, const int32_t *d,
+                         int n, size_t out_index, size_t out_stride, uint8_t *out, int32_t *logits)
 {
     const int O = L->out_c;
-    for (int ox = 0; ox < L->out_w; ox++)
-        for (int o = 0; o < O; o++)
-            row[ox * O + o] = L->bias[o];
-}
-
-static void os_conv_retire_row(const os_layer_t *L, const int32_t *row, int oy, uint8_t *out, int32_t *logits)
-{
-    const int O = L->out_c, OH = L->out_h, OW = L->out_w;
-    for (int o = 0; o < O; o++) {
-        const int32_t *th = L->theta + (size_t)o * L->T;
-        for (int ox = 0; ox < OW; ox++) {
-            const size_t idx = ((size_t)o * OH + oy) * OW + ox;
-            const int32_t a = row[ox * O + o];
-            if (L->readout)
-                logits[idx] = a;
-            else
-                out[idx] = os_fire(a, th, L->T);
-        }
+    int32_t acc4[4];
+    for (int k = 0; k < 4; k++)
+        acc4[k] = ob * 4 + k < O ? L->bias[ob * 4 + k] : 0;
+    os_events4(acc4, wblock, off, d, n);
+    for (int k = 0; k < 4 && ob * 4 + k < O; k++) {
+        const size_t idx = out_index + (size_t)(ob * 4 + k) * out_stride;
+        if (L->readout)
+            logits[idx] = acc4[k];
+        else
+            out[idx] = os_fire(acc4[k], L->theta + (size_t)(ob * 4 + k) * L->T, L->T);
     }
 }
 
-static OS_NOINLINE void os_conv2d(const os_layer_t *L, const uint8_t *in, uint8_t *out, int32_t *acc, int32_t *logits)
+static OS_NOINLINE void os_dense(const os_layer_t *L, const uint8_t *in, uint8_t *out, uint16_t *off, int32_t *d,
+                                 int32_t *logits)
+{
+    const int n_in = (int)L->in_c * L->in_h * L->in_w;
+    const int blocks = (L->out_c + 3) / 4;
+    int n = 0;
+    for (int j = 0; j < n_in; j++) {
+        const uint8_t f = in[j];
+        if (f != L->in_none) {
+            off[n] = (uint16_t)j;
+            d[n++] = L->in_decode[f];
+        }
+    }
+    for (int ob = 0; ob < blocks; ob++)
+        os_block_out(L, ob, L->weight + (size_t)ob * 4 * n_in, off, d, n, 0, 1, out, logits);
+}
+
+static OS_NOINLINE void os_conv2d(const os_layer_t *L, const uint8_t *in, uint8_t *out, uint16_t *off, int32_t *d,
+                                  int32_t *logits)
 {
     const int K = L->kernel, S = L->stride, P = L->padding;
     const int C = L->in_c, H = L->in_h, W = L->in_w;
-    const int O = L->out_c, OH = L->out_h, OW = L->out_w;
-    const int R = OS_RING_ROWS(K, S);
-    const size_t row_sz = (size_t)OW * O;
-    int next_init = 0, next_retire = 0;
-    /* slot of output row oy in the ring = oy % R, kept incrementally (no division) */
-    int init_slot = 0, retire_slot = 0;
-
-    for (int iy = 0; iy < H; iy++) {
-        /* output rows this input row reaches: oy in [lo, hi] */
-        int hi = (iy + P) / S;
-        if (hi > OH - 1)
-            hi = OH - 1;
-        while (next_init <= hi) {
-            os_conv_init_row(L, acc + (size_t)init_slot * row_sz);
-            next_init++;
-            if (++init_slot == R)
-                init_slot = 0;
-        }
-        /* ky0 = (iy + P) % S, oy0 = (iy + P - ky0) / S: the first kernel row and its output row */
-        const int ky0 = (iy + P) % S;
-        const int oy0 = (iy + P - ky0) / S;
-        int slot0 = next_init - 1 - oy0; /* rows back from the newest initialised row */
-        slot0 = init_slot - 1 - slot0;
-        while (slot0 < 0)
-            slot0 += R;
-        while (slot0 >= R)
-            slot0 -= R;
-        for (int c = 0; c < C; c++) {
-            const uint8_t *inrow = in + ((size_t)c * H + iy) * W;
-            int kx0 = P % S, ox0 = P / S; /* for ix = 0, updated incrementally */
-            for (int ix = 0; ix < W; ix++) {
-                const uint8_t f = inrow[ix];
-                if (f != L->in_none) {
-                    const int32_t d = L->in_decode[f];
-                    int slot = slot0;
-                    for (int ky = ky0, oy = oy0; ky < K && oy >= 0; ky += S, oy--) {
-                        if (oy < OH) {
-                            int32_t *arow = acc + (size_t)slot * row_sz;
-                            const int8_t *wrow = L->weight + ((size_t)(c * K + ky) * K) * O;
-                            for (int kx = kx0, ox = ox0; kx < K && ox >= 0; kx += S, ox--) {
-                                if (ox < OW)
-                                    os_scatter(arow + (size_t)ox * O, wrow + (size_t)kx * O, d, O);
-                            }
+    const int OH = L->out_h, OW = L->out_w;
+    const int blocks = (L->out_c + 3) / 4;
+    const size_t rf = (size_t)C * K * K;
+    const size_t plane = (size_t)OH * OW;
+    for (int oy = 0; oy < OH; oy++) {
+        const int y0 = oy * S - P;
+        const int ky_lo = y0 < 0 ? -y0 : 0, ky_hi = y0 + K > H ? H - y0 : K;
+        for (int ox = 0; ox < OW; ox++) {
+            const int x0 = ox * S - P;
+            const int kx_lo = x0 < 0 ? -x0 : 0, kx_hi = x0 + K > W ? W - x0 : K;
+            int n = 0; /* the spikes of this receptive field */
+            for (int c = 0; c < C; c++) {
+                for (int ky = ky_lo; ky < ky_hi; ky++) {
+                    const uint8_t *row = in + ((size_t)c * H + (size_t)(y0 + ky)) * W;
+                    const int base = (c * K + ky) * K;
+                    for (int kx = kx_lo; kx < kx_hi; kx++) {
+                        const uint8_t f = row[x0 + kx];
+                        if (f != L->in_none) {
+                            off[n] = (uint16_t)(base + kx);
+                            d[n++] = L->in_decode[f];
                         }
-                        if (--slot < 0)
-                            slot += R;
                     }
                 }
-                if (++kx0 == S) {
-                    kx0 = 0;
-                    ox0++;
-                }
             }
+            for (int ob = 0; ob < blocks; ob++)
+                os_block_out(L, ob, L->weight + (size_t)ob * 4 * rf, off, d, n, (size_t)oy * OW + ox, plane, out, logits);
         }
-        /* rows below lo(iy + 1) receive nothing more: fire them */
-        const int t = iy + 1 + P - K + 1;
-        const int lo_next = t <= 0 ? 0 : (t + S - 1) / S;
-        while (next_retire < lo_next && next_retire < next_init && next_retire < OH) {
-            os_conv_retire_row(L, acc + (size_t)retire_slot * row_sz, next_retire, out, logits);
-            next_retire++;
-            if (++retire_slot == R)
-                retire_slot = 0;
-        }
-    }
-    while (next_retire < OH) { /* bottom rows (padding only or not yet fired) */
-        if (next_init <= next_retire) {
-            os_conv_init_row(L, acc + (size_t)init_slot * row_sz);
-            next_init++;
-            if (++init_slot == R)
-                init_slot = 0;
-        }
-        os_conv_retire_row(L, acc + (size_t)retire_slot * row_sz, next_retire, out, logits);
-        next_retire++;
-        if (++retire_slot == R)
-            retire_slot = 0;
     }
 }
 
@@ -258,10 +194,10 @@ int os_infer_phases(const os_model_t *m, const uint8_t *phases, int32_t *logits,
             in = m->buf[L->in_buf];
         switch (L->kind) {
         case OS_DENSE:
-            os_dense(L, in, out, m->acc, logits);
+            os_dense(L, in, out, m->ev_off, m->ev_d, logits);
             break;
         case OS_CONV2D:
-            os_conv2d(L, in, out, m->acc, logits);
+            os_conv2d(L, in, out, m->ev_off, m->ev_d, logits);
             break;
         default:
             os_pool(L, in, out);

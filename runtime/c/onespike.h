@@ -6,8 +6,9 @@
  *   dense / conv2d: acc = B + sum W * D[f_in]; avgpool: acc = sum D[f_in];
  *   fire: the first f with acc >= Theta[c][f], else no spike; maxpool: earliest spike;
  *   the last layer (readout) does not fire: its accumulators are the logits.
- * The kernels are event-driven: only spiking inputs cost work. Accumulators are int32: the
- * code generator's range analysis proves no overflow for any input.
+ * The kernels are event-driven: each dense/conv2d output group gathers the list of spiking inputs it
+ * can see, and only those cost multiply-accumulates. Accumulators are int32: the code generator's
+ * range analysis proves no overflow for any input (or partial sum).
  *
  * Generated code (codegen emit --target c) provides the tables, one os_model_t and the static
  * buffers, plus a two-call API (NAME_init, NAME_infer) declared in its own header.
@@ -35,7 +36,8 @@ typedef struct {
     uint16_t in_c, in_h, in_w;
     uint16_t out_c, out_h, out_w;
     const int32_t *in_decode; /* decode table of the input's code, in_none + 1 entries, last = 0 */
-    const int8_t *weight;     /* dense: [in][out]; conv2d: [in_c][ky][kx][out_c] */
+    const int8_t *weight;     /* blocks of four output channels, zero-padded:
+                               * dense [out/4][in][4]; conv2d [out/4][in_c][ky][kx][4] */
     const int32_t *bias;      /* [out_c], accumulator units */
     const int32_t *theta;     /* [out_c][T], non-increasing in the phase */
 } os_layer_t;
@@ -47,7 +49,8 @@ typedef struct {
     uint16_t in_c, in_h, in_w;
     uint16_t n_logits;
     uint8_t *buf[2];          /* activation (phase) buffers */
-    int32_t *acc;             /* accumulator scratch (ring of conv output rows, or dense outputs) */
+    uint16_t *ev_off;         /* spike list scratch: weight offsets of the spiking inputs ... */
+    int32_t *ev_d;            /* ... and their decoded values D[f] (largest fan-in entries each) */
 } os_model_t;
 
 /* Called after each layer with its output phases (debug / trace mode); may be NULL. */
