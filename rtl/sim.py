@@ -1,0 +1,127 @@
+"""Run the RTL in amaranth.sim: stream helpers and a whole-network driver for tests and benchmarks."""
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from .mlp import DenseNetwork
+
+__all__ = ["SimResult", "simulate_network", "stream_put", "stream_get"]
+
+
+async def stream_put(ctx, s, payload, rng=None, gap=0.0):
+    """Send one transfer on stream ``s`` (after idle cycles with probability ``gap`` each)."""
+    while rng is not None and gap and rng.random() < gap:
+        await ctx.tick()
+    ctx.set(s.valid, 1)
+    ctx.set(s.payload, payload)
+    await ctx.tick().until(s.ready)
+    ctx.set(s.valid, 0)
+
+
+async def stream_get(ctx, s, rng=None, stall=0.0):
+    """Receive one transfer from stream ``s``; ``ready`` drops with probability ``stall`` per cycle."""
+    while True:
+        ready = not (rng is not None and stall and rng.random() < stall)
+        ctx.set(s.ready, ready)
+        _, _, valid, payload = await ctx.tick().sample(s.valid, s.payload)
+        if ready and valid:
+            ctx.set(s.ready, 0)
+            return payload
+
+
+@dataclass
+class SimResult:
+    """What :func:`simulate_network` observed, per frame.
+
+    ``phases[k]`` holds layer ``k``'s output phases (N, n_out) for every firing layer, rebuilt from
+    the events on ``engines[k].o`` (silent neurons get the code T). ``done_cycle[n]`` is the cycle in
+    which frame n's result left ``o``; ``eof_cycle[k][n]`` the one in which layer k's end-of-frame
+    marker (or last logit) left it, ``eof_in_cycle[k][n]`` the one in which layer k accepted the
+    frame's input marker (so ``eof_cycle - eof_in_cycle`` is the drain time).
+    """
+
+    logits: np.ndarray
+    classes: np.ndarray
+    phases: list
+    done_cycle: list = field(default_factory=list)
+    eof_cycle: list = field(default_factory=list)
+    eof_in_cycle: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+
+
+def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.0, seed=0,
+                     dut=None) -> SimResult:
+    """Stream ``images`` (N, C, H, W) uint8 through a :class:`~rtl.mlp.DenseNetwork`, back to back.
+
+    ``gap``: probability of an idle input cycle before each pixel; ``stall``: probability that the
+    result consumer holds ``ready`` low in a cycle. Protocol errors seen by the monitors (an event
+    index out of order, a neuron reported twice, a spike with phase ``>= T``) are listed in
+    ``errors`` rather than raised, so that a test can assert on them.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    dut = dut if dut is not None else DenseNetwork(model, lanes, fifo_depth)
+    n = len(images)
+    rng = np.random.default_rng(seed)
+    T = model.T
+    firing = [k for k, l in enumerate(model.layers) if l.fires]
+    phases = {k: np.full((n, dut.engines[k].n_out), T, dtype=np.uint8) for k in firing}
+    res = SimResult(logits=np.zeros((n, model.num_classes), dtype=np.int64),
+                    classes=np.zeros(n, dtype=np.int64), phases=[],
+                    eof_cycle=[[] for _ in dut.engines], eof_in_cycle=[[] for _ in dut.engines])
+    cycle = [0]
+
+    async def driver(ctx):
+        for img in images:
+            for p in img.reshape(-1):
+                await stream_put(ctx, dut.i, int(p), rng, gap)
+
+    async def sink(ctx):
+        for k in range(n):
+            payload = await stream_get(ctx, dut.o, rng, stall)
+            res.classes[k] = int(payload.cls)
+            res.logits[k] = [int(payload.logits[c]) for c in range(model.num_classes)]
+            res.done_cycle.append(cycle[0])
+
+    streams = [e.o for e in dut.engines]
+    sampled = []
+    for s in streams:
+        sampled += [s.valid, s.ready, s.payload]
+    for e in dut.engines:
+        sampled.append(e.i.valid & e.i.ready & e.i.payload.eof)
+
+    async def monitor(ctx):
+        frame = [0] * len(streams)
+        last_index = [-1] * len(streams)
+        async for _, _, *vals in ctx.tick().sample(*sampled):
+            cycle[0] += 1
+            for k, eof_in in enumerate(vals[3 * len(streams):]):
+                if eof_in:
+                    res.eof_in_cycle[k].append(cycle[0])
+            for k, s in enumerate(streams):
+                valid, ready, payload = vals[3 * k: 3 * k + 3]
+                if not (valid and ready):
+                    continue
+                end = payload.last if dut.engines[k].readout else payload.eof
+                if not dut.engines[k].readout and not payload.eof:
+                    o, f = int(payload.index), int(payload.phase)
+                    if o <= last_index[k] or f >= T:
+                        res.errors.append(f"layer {k} frame {frame[k]}: bad event ({o}, {f})")
+                    last_index[k] = o
+                    if frame[k] < n:
+                        phases[k][frame[k], o] = f
+                if end:
+                    res.eof_cycle[k].append(cycle[0])
+                    frame[k] += 1
+                    last_index[k] = -1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(driver)
+    sim.add_testbench(sink)
+    sim.add_process(monitor)
+    sim.run()
+    res.phases = [phases.get(k) for k in range(len(model.layers))]
+    return res
