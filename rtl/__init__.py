@@ -1,0 +1,11 @@
+"""Amaranth RTL for one-spike models: event-driven engines linked by valid/ready spike streams.
+
+See ``rtl/README.md`` for the block diagram, the stream formats and measured cycle counts.
+"""
+from .dense import DenseEngine
+from .encoder import PixelEncoder
+from .fire import FireUnit
+from .mlp import DenseNetwork
+from .readout import Argmax
+
+__all__ = ["Argmax", "DenseEngine", "DenseNetwork", "FireUnit", "PixelEncoder"]

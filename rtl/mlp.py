@@ -18,9 +18,11 @@ class DenseNetwork(wiring.Component):
     """A whole one-spike model whose layers are all dense, as one streaming pipeline.
 
     ``PixelEncoder -> DenseEngine (fires) -> ... -> DenseEngine (readout) -> Argmax``, linked by
-    valid/ready streams of spike events (see :mod:`rtl.layouts`). Layers overlap in time: a layer
-    drains (fires) frame ``k`` while the next one accumulates it, and the encoder can already take
-    frame ``k + 1``'s pixels, which stall only when the first engine is busy.
+    valid/ready streams of spike events (see :mod:`rtl.layouts`), with an optional event FIFO in
+    front of every engine. Layers overlap in time: a layer drains (fires) frame ``k`` while the
+    next one accumulates it, and the encoder already takes frame ``k + 1``'s pixels, stalling only
+    when the first engine (and its FIFO) is busy. The engines hold one frame's accumulators, so a
+    layer accepts frame ``k + 1``'s events once it has drained frame ``k``.
 
     Parameters
     ----------

@@ -1,4 +1,5 @@
 """Run the RTL in amaranth.sim: stream helpers and a whole-network driver for tests and benchmarks."""
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -6,7 +7,8 @@ from amaranth.sim import Simulator
 
 from .mlp import DenseNetwork
 
-__all__ = ["SimResult", "simulate_network", "stream_put", "stream_get"]
+__all__ = ["PERIOD", "SimResult", "SimTimeout", "make_simulator", "run_bounded", "simulate_network",
+           "stream_put", "stream_get"]
 
 
 async def stream_put(ctx, s, payload, rng=None, gap=0.0):
@@ -30,6 +32,45 @@ async def stream_get(ctx, s, rng=None, stall=0.0):
             return payload
 
 
+PERIOD = 1e-8  #: the simulated clock period (100 MHz)
+
+
+class SimTimeout(RuntimeError):
+    """A simulation did not finish within its cycle budget (a hang: lost transfer or deadlock)."""
+
+
+def run_bounded(sim: Simulator, max_cycles: int, finished=None) -> None:
+    """Run ``sim`` until its testbenches finish; raise :class:`SimTimeout` after ``max_cycles``.
+
+    ``finished()``, if given, is checked afterwards as well (a testbench may end early).
+    """
+    async def watchdog(ctx):
+        await ctx.delay(max_cycles * PERIOD)
+        raise SimTimeout(f"simulation did not finish within {max_cycles} cycles")
+
+    sim.add_testbench(watchdog, background=True)
+    sim.run()
+    if finished is not None and not finished():
+        raise SimTimeout("simulation ended before every expected output arrived")
+
+
+def make_simulator(dut) -> Simulator:
+    """A :class:`Simulator` for ``dut`` with a 100 MHz ``sync`` clock.
+
+    amaranth.sim compiles each memory write port into one Python expression; for words wider than
+    about 2,500 bits (a wide accumulator memory, e.g. 128 lanes of 32 bits) that expression exceeds
+    Python's default compiler recursion limit, so the limit is raised while the design compiles.
+    """
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 20000))
+    try:
+        sim = Simulator(dut)
+    finally:
+        sys.setrecursionlimit(old)
+    sim.add_clock(PERIOD)
+    return sim
+
+
 @dataclass
 class SimResult:
     """What :func:`simulate_network` observed, per frame.
@@ -51,13 +92,15 @@ class SimResult:
 
 
 def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.0, seed=0,
-                     dut=None) -> SimResult:
+                     dut=None, max_cycles=None) -> SimResult:
     """Stream ``images`` (N, C, H, W) uint8 through a :class:`~rtl.mlp.DenseNetwork`, back to back.
 
     ``gap``: probability of an idle input cycle before each pixel; ``stall``: probability that the
     result consumer holds ``ready`` low in a cycle. Protocol errors seen by the monitors (an event
     index out of order, a neuron reported twice, a spike with phase ``>= T``) are listed in
-    ``errors`` rather than raised, so that a test can assert on them.
+    ``errors`` rather than raised, so that a test can assert on them. A run that has not delivered
+    every result after ``max_cycles`` (default: a generous bound from the layer sizes) raises
+    :class:`SimTimeout`.
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -117,11 +160,16 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
                     frame[k] += 1
                     last_index[k] = -1
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
+    if max_cycles is None:
+        # Worst case per frame: every pixel spikes and every neuron fires, slowly.
+        per_frame = images[0].size * (1 + dut.engines[0].groups) + 100
+        for e in dut.engines:
+            per_frame += e.n_in * e.groups + e.n_out * (e.lanes + 12) + 4 * e.groups
+        max_cycles = int(4 * n * per_frame / (1 - gap) / (1 - stall)) + 1000
+    sim = make_simulator(dut)
     sim.add_testbench(driver)
     sim.add_testbench(sink)
     sim.add_process(monitor)
-    sim.run()
+    run_bounded(sim, max_cycles, lambda: len(res.done_cycle) == n)
     res.phases = [phases.get(k) for k in range(len(model.layers))]
     return res
