@@ -1,5 +1,5 @@
 """Board definitions. MCU boards: linker-script memory maps and start-up code under boards/mcu/;
-FPGA boards arrive with the FPGA target."""
+FPGA boards (device resources, Yosys/nextpnr arguments): boards/fpga.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 TARGETS = ("lut", "c", "fpga")
-IMPLEMENTED_TARGETS = ("lut", "c")
+IMPLEMENTED_TARGETS = ("lut", "c", "fpga")
 
 
 def _model_name(path: Path) -> str:
@@ -168,6 +168,20 @@ def cmd_emit(args) -> int:
         print(c_report.format_text(rep))
         print(f"wrote {out}")
         return 0
+    if args.target == "fpga":
+        from codegen import emit_fpga
+
+        emit_fpga.emit(m, modelfile.file_sha256(args.model), name, out, board=args.board, lanes=args.lanes)
+        print((out / "estimate.txt").read_text().rstrip())
+        if args.synth:
+            from codegen import synth
+
+            if not args.board:
+                raise UserError("--synth needs --board (icebreaker or ulx3s)")
+            rep = synth.synthesize(m, args.board, args.lanes, out / "synth", name=name)
+            print((out / "synth" / "synth_report.txt").read_text().rstrip() if (out / "synth" / "synth_report.txt").exists() else rep)
+        print(f"wrote {out}")
+        return 0
     if args.board:
         raise UserError("--board applies to the c and fpga targets")
     man = emit_lut.emit(m, modelfile.file_sha256(args.model), name, out)
@@ -289,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("--target", choices=TARGETS, required=True)
     e.add_argument("-o", "--output", help="output folder (default build/NAME/TARGET)")
-    e.add_argument("--board", help="MCU board for the C target (default mps2-an386): mps2-an386, nucleo-f446re, rp2040-pico")
+    e.add_argument("--board", help="C target: mps2-an386 (default), nucleo-f446re, rp2040-pico; "
+                                   "FPGA target: icebreaker (iCE40 UP5K), ulx3s (ECP5-25k)")
+    e.add_argument("--lanes", type=int, default=8, help="FPGA: synapse lanes per layer (area for speed; default 8)")
+    e.add_argument("--synth", action="store_true", help="FPGA: also run Yosys + nextpnr for --board and report resources and Fmax")
     e.add_argument("--count-images", type=int, default=10, help="test images whose instructions are counted (C target)")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_emit)

@@ -155,10 +155,10 @@ def test_unknown_dataset_and_bad_numbers(capsys, tmp_path):
     assert not out.exists()
 
 
-def test_target_not_yet_available(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "emit", MLP, "--target", "fpga", "-o", tmp_path / "c")
-    assert_one_line_error(code, err, "not available yet")
-    assert not (tmp_path / "c").exists()
+def test_fpga_target_refuses_conv_models(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "emit", ROOT / "models" / "mnist-cnn.pt", "--target", "fpga", "-o", tmp_path / "f")
+    assert_one_line_error(code, err, "dense layers only", "conv2d")
+    assert not (tmp_path / "f").exists()
 
 
 def test_verbose_shows_traceback_and_exit_code_is_2(tmp_path):

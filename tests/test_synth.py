@@ -1,0 +1,97 @@
+"""Synthesis smoke (Yosys + nextpnr) for the fpga target. Marked ``synth``: about 2-3 minutes on 2 cores.
+
+* MNIST MLP on the ULX3S (ECP5-25k) at 4 lanes: fits; LUT/FF/BRAM/DSP counts and Fmax are reported,
+  and the block RAM / DSP counts equal the estimate made before synthesis.
+* MNIST MLP on the iCEBreaker (iCE40UP5K): does NOT fit (its ~800 Kbit of weights need ~230 EBR of
+  4 Kbit; the UP5K has 30, and the design keeps weights out of SPRAM); the report says so with the
+  tools' own numbers and nextpnr's failure message.
+* A small random dense model on the UP5K: fits; LUT/FF/Fmax numbers.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from randmodels import random_model
+
+from codegen import emit_fpga, synth
+from runtime import modelfile
+
+MLP = Path(__file__).resolve().parent.parent / "models" / "mnist-mlp.pt"
+
+pytestmark = pytest.mark.synth
+
+
+def need(*kinds):
+    for k in kinds:
+        try:
+            synth.find_tool(k)
+        except Exception as e:  # UserError: tool missing
+            pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return modelfile.load(MLP)
+
+
+def check_files(work, rep):
+    for f in ("synth_report.json", "synth_report.txt", "resources.png", "yosys.log", "synth.ys"):
+        assert (work / f).is_file(), f
+    assert (work / "resources.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((work / "synth_report.json").read_text())
+    assert on_disk["fits"] == rep["fits"]
+
+
+def test_mnist_mlp_ecp5_fits(mlp, tmp_path):
+    need("yosys", "nextpnr-ecp5")
+    rep = synth.synthesize(mlp, "ulx3s", 4, tmp_path, name="mnist-mlp")
+    check_files(tmp_path, rep)
+    assert rep["synthesis"]["ok"] and rep["place_and_route"]["ok"] and rep["fits"], synth.format_text(rep)
+    r = rep["synthesis"]["resources"]
+    assert 1000 < r["lut"] < 24288 and 500 < r["ff"] < 24288
+    est = emit_fpga.estimate(mlp, "ulx3s", 4, n_images=0)["boards"]["ulx3s"]
+    assert r["bram"] == est["block_rams"] <= 56    # the estimate models Yosys's memory mapping
+    assert r["dsp"] == est["dsp"] <= 28
+    assert r["lutram"] == est["lutram_cells"]
+    util = rep["place_and_route"]["utilisation"]
+    assert util["DP16KD"]["used"] == r["bram"] and util["DP16KD"]["available"] == 56
+    assert 15 < rep["place_and_route"]["fmax_mhz"] < 400
+    assert rep["latency_us_at_fmax"] == pytest.approx(rep["cycles_per_inference"] / rep["place_and_route"]["fmax_mhz"],
+                                                      rel=1e-3)
+    assert "Fmax" in (tmp_path / "synth_report.txt").read_text()
+
+
+def test_mnist_mlp_up5k_overflow_reported(mlp, tmp_path):
+    need("yosys", "nextpnr-ice40")
+    rep = synth.synthesize(mlp, "icebreaker", 4, tmp_path, name="mnist-mlp")
+    check_files(tmp_path, rep)
+    assert rep["synthesis"]["ok"]
+    r = rep["synthesis"]["resources"]
+    est = emit_fpga.estimate(mlp, "icebreaker", 4, n_images=0)["boards"]["icebreaker"]
+    assert r["bram"] == est["block_rams"] > 30 and r["spram"] == 0
+    assert not rep["fits"] and not rep["place_and_route"]["ok"]
+    pr = rep["place_and_route"]
+    assert "ICESTORM_RAM" in pr["error"]                                # nextpnr's own message
+    assert pr["over_capacity"]["ICESTORM_RAM"] == {"used": r["bram"], "available": 30}
+    txt = (tmp_path / "synth_report.txt").read_text()
+    assert "DOES NOT FIT" in txt and f"ICESTORM_RAM: {r['bram']} used, 30 available" in txt
+    assert "SPRAM" in txt and "not used" in txt
+    assert "latency_us_at_fmax" not in rep
+
+
+def test_small_dense_model_fits_up5k(tmp_path):
+    need("yosys", "nextpnr-ice40")
+    m = random_model(np.random.default_rng(1), plan=["dense", "dense"])
+    rep = synth.synthesize(m, "icebreaker", 2, tmp_path, name="small")
+    check_files(tmp_path, rep)
+    assert rep["fits"], synth.format_text(rep)
+    r = rep["synthesis"]["resources"]
+    assert 100 < r["lut"] <= 5280 and 50 < r["ff"] <= 5280 and r["bram"] <= 30 and r["dsp"] <= 8
+    est = emit_fpga.estimate(m, "icebreaker", 2)["boards"]["icebreaker"]
+    assert r["bram"] == est["block_rams"] and r["dsp"] == est["dsp"]
+    pr = rep["place_and_route"]
+    assert pr["utilisation"]["ICESTORM_LC"]["used"] > 100
+    assert 5 < pr["fmax_mhz"] < 300
+    assert shutil.which(pr["command"].split()[0]) or pr["command"].startswith(("nextpnr", "yowasp"))
