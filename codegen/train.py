@@ -7,7 +7,6 @@ and can only represent non-negative values.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import torch
@@ -109,7 +108,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     steps = epochs * ((len(ytr) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     lossf = nn.CrossEntropyLoss(label_smoothing=0.05)
-    t0 = time.perf_counter()
+
     for ep in range(epochs):
         model.train()
         perm = torch.randperm(len(ytr), generator=gen)

@@ -68,7 +68,6 @@ def simulate(stages: list[dict], input_values: np.ndarray, Q, T: int, theta: np.
     # the input layer: a neuron preloaded with its value, no synaptic input, firing in window 0
     th_step = np.array([theta[f] * Q ** (T + f) for f in range(T)], dtype=object)
     v_in = np.array(input_values, dtype=object) * Q ** (T - 1)  # preloaded at step 0 of window -1
-    trains = []  # trains[l][f] = binary spike map at fire step f of the current firing layer
     done = np.zeros(v_in.shape, dtype=bool)
     phase = np.full(v_in.shape, T, dtype=np.int64)
     cur = []

@@ -1,7 +1,7 @@
 """Random small integer models that satisfy the specification, for property tests."""
 import numpy as np
 
-from runtime.spec import IntModel, Layer, conv_out, decode_table, encode_table
+from runtime.spec import IntModel, Layer, SpecError, conv_out, decode_table, encode_table, validate
 
 
 def random_theta(rng, channels, T, hi):
@@ -69,3 +69,15 @@ def random_images(rng, model, n):
     x = rng.integers(0, 256, size=(n,) + tuple(model.input_shape)).astype(np.uint8)
     x[rng.random(x.shape) < 0.3] = 0
     return x
+
+
+def valid_model(seed, plan, T, input_code=None):
+    """The first random model of ``plan`` from ``seed`` that satisfies the spec (F may be too low)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        model = random_model(rng, plan=plan, T=T, input_code=input_code)
+        try:
+            validate(model)
+        except SpecError:
+            continue
+        return model, rng

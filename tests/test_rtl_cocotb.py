@@ -8,14 +8,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from codegen import datasets, fpga_sim
-from randmodels import random_images, random_model
+from randmodels import random_images, valid_model
 from runtime import modelfile
 from runtime.errors import UserError
-from runtime.spec import SpecError, validate
+
 
 from conftest import ROOT
 
@@ -40,17 +39,6 @@ def mnist():
     model = modelfile.load(ROOT / "models" / "mnist-mlp.pt")
     x, _ = datasets.load("mnist", "test")
     return model, x[:8]
-
-
-def valid_model(seed, plan, T, input_code):
-    rng = np.random.default_rng(seed)
-    while True:
-        model = random_model(rng, plan=plan, T=T, input_code=input_code)
-        try:
-            validate(model)
-        except SpecError:
-            continue
-        return model, rng
 
 
 # (seed, plan, T, separate input code, lanes): one hidden layer, then two, with several lane groups

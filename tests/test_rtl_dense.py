@@ -9,28 +9,16 @@ from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.back import verilog
 from amaranth.hdl import UnusedElaboratable
 
-from randmodels import random_images, random_model
+from randmodels import random_images, valid_model
 from rtl.dense import DenseEngine
 from rtl.mlp import DenseNetwork
 from rtl.sim import make_simulator, run_bounded, simulate_network, stream_get, stream_put
 from runtime import golden, modelfile
-from runtime.spec import SpecError, fire_int, validate
+from runtime.spec import fire_int
 
 from conftest import ROOT
 
 DD, DDD = ["dense", "dense"], ["dense", "dense", "dense"]
-
-
-def valid_model(seed, plan, T, input_code=None):
-    """The first random model of ``plan`` from ``seed`` that satisfies the spec (F may be too low)."""
-    rng = np.random.default_rng(seed)
-    while True:
-        model = random_model(rng, plan=plan, T=T, input_code=input_code)
-        try:
-            validate(model)
-        except SpecError:
-            continue
-        return model, rng
 
 
 def frames_for(rng, model, n):
