@@ -8,7 +8,6 @@ the golden model too).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import tempfile
@@ -20,7 +19,7 @@ from runtime import golden
 from runtime.spec import IntModel
 
 from . import datasets, emit_c, mcu
-from .emit_lut import layer_summary, tool_versions, write_dir_atomically
+from .emit_lut import layer_summary, tool_versions, write_with_manifest
 
 OPTS = ("-O2", "-Os")
 
@@ -89,10 +88,8 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
     manifest = {
         "target": "c", "board": b.name, "model": {"name": name, "sha256": model_sha256, "symbol": emit_c.c_symbol(name)},
         "tools": tool_versions(),
-        "files": [{"name": n, "bytes": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()} for n in sorted(files)],
     }
-    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    write_dir_atomically(out, files)
+    write_with_manifest(out, files, manifest)
     return report
 
 

@@ -12,8 +12,6 @@ generated files so the folder builds on its own.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 
 from runtime.spec import IntModel
 
-from .emit_lut import layer_summary, tool_versions, write_dir_atomically
+from .emit_lut import layer_summary, tool_versions, write_with_manifest
 
 C_DIR = Path(__file__).resolve().parent.parent / "runtime" / "c"
 KERNEL_FILES = ("onespike.h", "onespike.c")
@@ -203,8 +201,6 @@ def emit(model: IntModel, model_sha256: str, model_name: str, out_dir: Path, boa
         "model": {"name": model_name, "sha256": model_sha256, "symbol": c_symbol(model_name)},
         "tools": tool_versions(), "layers": layer_summary(model),
         "memory_estimate_bytes": {"flash_tables": mem.flash_tables, "ram_buffers": mem.ram_buffers},
-        "files": [{"name": n, "bytes": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()} for n in sorted(files)],
     }
-    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    write_dir_atomically(out_dir, files)
+    write_with_manifest(out_dir, files, manifest)
     return manifest

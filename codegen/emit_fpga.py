@@ -30,7 +30,6 @@ Files (deterministic: same model and flags give byte-identical files; no timesta
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from runtime import spec
 from runtime.errors import UserError
 from runtime.spec import SCHEMA_VERSION, IntModel
 
-from .emit_lut import layer_summary, mem_lines, tables, tool_versions, write_dir_atomically
+from .emit_lut import layer_summary, mem_lines, tables, tool_versions, write_with_manifest
 
 FIFO_DEPTH = 16     # DenseNetwork's default event FIFO in front of every engine
 N_COUNT = 10        # test images whose spikes drive the cycle estimate
@@ -561,10 +560,8 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
         "layers": layer_summary(model),
         "tables": {t: {"entries": int(np.size(arr)), "bits": bits, "signed": signed}
                    for t, (arr, bits, signed) in sorted(tabs.items())},
-        "files": [{"name": n, "bytes": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()} for n in sorted(files)],
     }
-    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    write_dir_atomically(out_dir, files)
+    write_with_manifest(out_dir, files, manifest)
     return manifest
 
 

@@ -15,6 +15,7 @@ Files (all deterministic: sorted, no timestamps):
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import platform
@@ -113,14 +114,21 @@ def write_dir_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
         raise
 
 
+def write_with_manifest(out_dir: Path, files: dict[str, bytes], manifest: dict) -> dict:
+    """Add every file's size and sha256 to ``manifest``, write it as manifest.json, and swap the folder in."""
+    manifest["files"] = [{"name": n, "bytes": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()}
+                         for n in sorted(files)]
+    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    write_dir_atomically(out_dir, files)
+    return manifest
+
+
 def emit(model: IntModel, model_sha256: str, model_name: str, out_dir: Path) -> dict:
     tabs = tables(model)
     files: dict[str, bytes] = {}
     for name, (arr, bits, signed) in tabs.items():
         files[f"{name}.mem"] = mem_lines(arr, bits + (0 if signed else 1)) if not signed else mem_lines(arr, bits)
     files["tables.npz"] = npz_bytes({k: v[0] for k, v in tabs.items()})
-    import hashlib
-
     manifest = {
         "target": "lut",
         "model": {"name": model_name, "sha256": model_sha256},
@@ -132,10 +140,8 @@ def emit(model: IntModel, model_sha256: str, model_name: str, out_dir: Path) -> 
         "layers": layer_summary(model),
         "tables": {name: {"entries": int(np.size(arr)), "bits": bits, "signed": signed}
                    for name, (arr, bits, signed) in sorted(tabs.items())},
-        "files": [{"name": n, "bytes": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()} for n in sorted(files)],
     }
-    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    write_dir_atomically(out_dir, files)
+    write_with_manifest(out_dir, files, manifest)
     return manifest
 
 
