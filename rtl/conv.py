@@ -1,0 +1,390 @@
+"""Event-driven synaptic layer engine (conv2d; dense is the 1x1 case): scatter spikes, then fire or read out."""
+import numpy as np
+from amaranth import *
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .coords import unflatten, window_runs
+from .fire import FireUnit, check_fits
+from .layouts import event_layout, logit_layout
+
+__all__ = ["ConvEngine"]
+
+
+def _uint(value: int) -> unsigned:
+    return unsigned(max(1, int(value).bit_length()))
+
+
+class ConvEngine(wiring.Component):
+    """One conv2d layer ``acc[o, y, x] = bias[o] + sum W[o, c, ky, kx] * D[f[c, y*s-p+ky, x*s-p+kx]]``.
+
+    The layer is driven by its input spikes rather than by its outputs: an input event
+    ``(c, y, x, f)`` adds ``W[:, c, ky, kx] * D[f]`` to every output position ``(oy, ox)`` whose window
+    holds ``(y, x)`` (``ky = y + p - oy*s``; zero padding contributes nothing, so nothing is done
+    for it). A dense layer is the case ``H = W = k = 1`` (:class:`~rtl.dense.DenseEngine`); an
+    average pool is a conv whose weights are the identity over channels.
+
+    Output channels are split into ``groups = ceil(C_out / lanes)`` groups of ``lanes`` neighbouring
+    channels (``o = g * lanes + l``); all lanes of a group are updated in the same cycle.
+
+    Memories (all synchronous-read, block-RAM friendly)
+        weights: ``C_in * k * k * groups`` words of ``lanes`` int8 (word ``((c*k + ky)*k + kx)*G + g``);
+        accumulators: ``OH * OW * groups`` words of ``lanes`` signed ``acc_bits`` (word
+        ``pos * G + g``, ``pos = oy * OW + ox``); biases ``groups`` words; the decode table ``D``;
+        for a firing layer one :class:`~rtl.fire.FireUnit` per lane with the threshold rows of the
+        channels of its lane.
+
+    Frame behaviour
+        1. *Accumulate.* An input event is registered (its flat index split into ``(c, y, x)`` by
+           constant reciprocal multiplication, :mod:`rtl.coords`), then the engine spends one cycle
+           per (covered output position, group), adding to the accumulators in a two-stage
+           read-modify-write pipeline. The next event is taken in the last cycle of the previous
+           one, so back-to-back events cost no bubble. Input gaps are idle cycles; events with
+           the no-spike phase add 0.
+        2. *Drain*, on the end-of-frame marker. Word by word (position-major, then group) the
+           accumulators are read and reset to the bias, so every frame starts from the bias. A
+           firing layer hands each lane to its FireUnit; a collector waits for a word's answers
+           and forwards its spikes, one per cycle, skipping silent lanes (a silent word costs one
+           cycle), then the end-of-frame marker. A readout emits ``{index, value, last}`` for every
+           neuron. Output back-pressure stalls the drain.
+
+        After reset the engine spends ``2 * OH * OW * groups`` cycles loading the biases before it
+        starts accumulating (memories have no reset); events may queue in the input register.
+
+    Event order
+        Output events leave in *drain order*: increasing ``(pos, o)`` with ``pos = oy * OW + ox``,
+        i.e. position-major; the flat index is ``o * OH * OW + pos``. For a dense layer
+        (``OH = OW = 1``) this is increasing index. :meth:`order_key` gives the sort key.
+
+    Cycles: ``n_pos * groups`` per input event, ``n_pos`` the number of output positions it feeds
+    (``k*k`` inside the image for stride 1, 1 for a dense layer). Drain: per word about
+    ``max(steps + 1, spikes in the word)`` for a firing layer (``steps = T.bit_length()``) and
+    ``lanes`` for a readout, plus 2 to read the first word.
+
+    Parameters
+    ----------
+    in_shape : (C_in, H, W)
+    kernel, stride, padding : int
+    lanes : int
+        Output channels updated per cycle (area/speed trade-off: ``lanes`` multipliers).
+    weights : int array (C_out, C_in, k, k)
+        ``W``, values in -128..127.
+    bias : int array (C_out,)
+    theta : int array (C_out, T) or None
+        Threshold rows of a firing layer, or None for the readout.
+    decode : int array
+        The decode table of the layer's input code (its last entry, the no-spike code's, is 0).
+    acc_bits : int
+        Signed accumulator width (``Layer.acc_bits``): every partial sum, bias and threshold fits.
+
+    Members
+    -------
+    i : ``In(stream.Signature(event_layout(C_in * H * W)))``
+    o : ``Out(stream.Signature(event_layout(n_out)))`` for a firing layer, else
+        ``Out(stream.Signature(logit_layout(n_out, acc_bits)))``; ``n_out = C_out * OH * OW``.
+    """
+
+    def __init__(self, in_shape, kernel: int, stride: int, padding: int, lanes: int,
+                 weights, bias, theta, decode, acc_bits: int):
+        in_shape = tuple(int(v) for v in in_shape)
+        if len(in_shape) != 3 or min(in_shape) < 1:
+            raise ValueError(f"Input shape must be (C, H, W) of positive sizes, not {in_shape!r}")
+        for name, v, lo in (("Kernel", kernel, 1), ("Stride", stride, 1), ("Padding", padding, 0),
+                            ("Lane count", lanes, 1)):
+            if not (isinstance(v, (int, np.integer)) and v >= lo):
+                raise ValueError(f"{name} must be an integer >= {lo}, not {v!r}")
+        if not (isinstance(acc_bits, (int, np.integer)) and 2 <= acc_bits <= 64):
+            raise ValueError(f"Accumulator width must be an integer in 2..64, not {acc_bits!r}")
+        C, H, W = in_shape
+        k, s, p = int(kernel), int(stride), int(padding)
+        OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+        if OH < 1 or OW < 1:
+            raise ValueError(f"Kernel {k}, stride {s}, padding {p} leave no output of a {H}x{W} input")
+        weights, bias, decode = np.asarray(weights), np.asarray(bias), np.asarray(decode)
+        if weights.ndim != 4 or weights.shape[1:] != (C, k, k) or weights.shape[0] < 1:
+            raise ValueError(f"Weights must have shape (C_out, {C}, {k}, {k}), not {weights.shape}")
+        if weights.size and (weights.min() < -128 or weights.max() > 127):
+            raise ValueError("Weights must be int8 values")
+        C_out = weights.shape[0]
+        if bias.shape != (C_out,):
+            raise ValueError(f"Bias must have shape ({C_out},), not {bias.shape}")
+        check_fits(bias, acc_bits, "Biases")
+        if decode.ndim != 1 or len(decode) < 2 or decode.min() < 0:
+            raise ValueError("Decode table must be a 1-D table of at least 2 non-negative integers")
+        if theta is not None:
+            theta = np.asarray(theta)
+            if theta.ndim != 2 or theta.shape[0] != C_out:
+                raise ValueError(f"Threshold table must have {C_out} rows, not shape {theta.shape}")
+        self.in_shape, self.out_shape = in_shape, (C_out, OH, OW)
+        self.kernel, self.stride, self.padding = k, s, p
+        self.n_in, self.n_out, self.n_pos = C * H * W, C_out * OH * OW, OH * OW
+        self.lanes = int(lanes)
+        self.groups = -(-C_out // self.lanes)
+        self.words = self.n_pos * self.groups
+        self.weights = weights.astype(np.int64)
+        self.bias = bias.astype(np.int64)
+        self.theta = None if theta is None else theta.astype(np.int64)
+        self.decode = decode.astype(np.int64)
+        self.acc_bits = int(acc_bits)
+        self.readout = theta is None
+        self.runs_y = window_runs(H, k, s, p, OH)
+        self.runs_x = window_runs(W, k, s, p, OW)
+        if self.readout:
+            out_layout = logit_layout(self.n_out, self.acc_bits)
+        else:
+            self.T = self.theta.shape[1]
+            out_layout = event_layout(self.n_out)
+        # The FireUnits are built here so that their parameters (and errors) show up early.
+        self.fire_units = []
+        if not self.readout:
+            for l in range(self.lanes):
+                rows = [min(g * self.lanes + l, C_out - 1) for g in range(self.groups)]
+                self.fire_units.append(FireUnit(self.theta[rows], self.acc_bits))
+        super().__init__({
+            "i": In(stream.Signature(event_layout(self.n_in))),
+            "o": Out(stream.Signature(out_layout)),
+        })
+
+    def order_key(self, index):
+        """Sort key of output neuron ``index`` (int or array) in the order the engine emits it."""
+        index = np.asarray(index)
+        return (index % self.n_pos) * self.out_shape[0] + index // self.n_pos
+
+    def _lane_words(self, per_channel):
+        """Per-channel values (C_out, ...) as ``groups`` words of ``lanes`` (zero-padded)."""
+        C_out, G, L = self.out_shape[0], self.groups, self.lanes
+        padded = np.zeros((G * L,) + per_channel.shape[1:], dtype=np.int64)
+        padded[:C_out] = per_channel
+        return padded.reshape((G, L) + per_channel.shape[1:])
+
+    def weight_words(self):
+        """The weight memory's contents: one list of ``lanes`` int8 per word, in address order."""
+        w = self._lane_words(self.weights)                      # (G, L, C_in, k, k)
+        C, k = self.in_shape[0], self.kernel
+        return [[int(v) for v in w[g, :, c, ky, kx]]
+                for c in range(C) for ky in range(k) for kx in range(k) for g in range(self.groups)]
+
+    def elaborate(self, platform):
+        m = Module()
+        G, L, P = self.groups, self.lanes, self.n_pos
+        C_out, OH, OW = self.out_shape
+        k, s = self.kernel, self.stride
+        acc_word = data.ArrayLayout(signed(self.acc_bits), L)
+        bias_words = [[int(x) for x in w] for w in self._lane_words(self.bias)]
+
+        w_init = self.weight_words()
+        m.submodules.wmem = wmem = memory.Memory(
+            shape=data.ArrayLayout(signed(8), L), depth=len(w_init), init=w_init)
+        m.submodules.accmem = accmem = memory.Memory(shape=acc_word, depth=self.words, init=bias_words * P)
+        m.submodules.biasmem = biasmem = memory.Memory(shape=acc_word, depth=G, init=bias_words)
+        d_bits = max(1, int(self.decode.max()).bit_length())
+        m.submodules.decmem = decmem = memory.Memory(
+            shape=unsigned(d_bits), depth=len(self.decode), init=[int(x) for x in self.decode])
+        w_rd = wmem.read_port()
+        acc_wr = accmem.write_port()
+        # Transparent, so that an access right after a write to the same word sees the new value.
+        acc_rd = accmem.read_port(transparent_for=(acc_wr,))
+        bias_rd = biasmem.read_port()
+        dec_rd = decmem.read_port()
+        for i, fu in enumerate(self.fire_units):
+            m.submodules[f"fire{i}"] = fu
+
+        # ---- input register: the event split into (c, y, x)
+        C_in, H, W = self.in_shape
+        c_in, y_in, x_in = unflatten(self.i.payload.index, self.in_shape)
+        r_valid, r_eof = Signal(), Signal()
+        r_c, r_y, r_x = Signal(range(C_in)), Signal(range(H)), Signal(range(W))
+        r_f = Signal.like(self.i.payload.phase)
+
+        # ---- issue stage: walk the covered outputs of one event, one (position, group) per cycle
+        w_span = C_in * k * k * G
+        busy = Signal()
+        g = Signal(range(G))
+        ox_left, oy_left, nx = Signal(range(k + 1)), Signal(range(k + 1)), Signal(range(k + 1))
+        acc_addr, acc_row = Signal(range(self.words)), Signal(range(self.words))
+        w_addr, w_base, w_row = Signal(range(w_span)), Signal(range(w_span)), Signal(range(w_span))
+        cur_f = Signal.like(r_f)
+        ex_valid = Signal()                      # execute stage: rd data belong to word ex_addr
+        ex_addr = Signal(range(self.words))
+        last_issue = busy & (g == G - 1) & (ox_left == 0) & (oy_left == 0)
+
+        # ---- drain
+        init = Signal(init=1)                    # draining only to load the biases (after reset)
+        word = Signal(acc_word)                  # the word being dispatched
+        d_addr, d_g, d_pos = Signal(range(self.words)), Signal(range(G)), Signal(range(P))
+        pending = Signal(L)                      # lanes not yet handed to their FireUnit / sent
+        lane = Signal(range(L))                  # readout: lane being sent
+        frame_done = Signal()                    # collector: the end-of-frame marker left
+        full_mask = (1 << L) - 1
+        last_mask = (1 << (C_out - (G - 1) * L)) - 1
+
+        # ---- execute stage of the accumulate pipeline: acc[w] += W * D[f]
+        m.d.sync += ex_valid.eq(0)
+        with m.If(ex_valid):
+            m.d.comb += [acc_wr.addr.eq(ex_addr), acc_wr.en.eq(1)]
+            for l in range(L):
+                # Partial sums are bounded by the range analysis, so the truncation is exact.
+                m.d.comb += acc_wr.data[l].eq(acc_rd.data[l] + w_rd.data[l] * dec_rd.data)
+
+        take = Signal()                          # the issue stage takes the registered event
+        m.d.comb += self.i.ready.eq(~r_valid | take)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [r_valid.eq(1), r_eof.eq(self.i.payload.eof), r_f.eq(self.i.payload.phase),
+                         r_c.eq(c_in), r_y.eq(y_in), r_x.eq(x_in)]
+        with m.Elif(take):
+            m.d.sync += r_valid.eq(0)
+
+        # The run of outputs fed by (r_y, r_x), and the first word of the walk.
+        ry = [Array(Const(int(v), _uint(self.runs_y[:, j].max())) for v in self.runs_y[:, j]) for j in range(3)]
+        rx = [Array(Const(int(v), _uint(self.runs_x[:, j].max())) for v in self.runs_x[:, j]) for j in range(3)]
+        oy_lo, ny, ky0 = (t[r_y] for t in ry)
+        ox_lo, nx_, kx0 = (t[r_x] for t in rx)
+        first_acc = (oy_lo * OW + ox_lo) * G
+        first_w = ((r_c * k + ky0) * k + kx0) * G
+
+        with m.If(busy):
+            m.d.comb += [w_rd.addr.eq(w_addr), acc_rd.addr.eq(acc_addr), dec_rd.addr.eq(cur_f)]
+            m.d.sync += [ex_valid.eq(1), ex_addr.eq(acc_addr)]
+            with m.If(g != G - 1):
+                m.d.sync += [g.eq(g + 1), acc_addr.eq(acc_addr + 1), w_addr.eq(w_addr + 1)]
+            with m.Elif(ox_left != 0):
+                m.d.sync += [g.eq(0), acc_addr.eq(acc_addr + 1), ox_left.eq(ox_left - 1),
+                             w_base.eq(w_base - s * G), w_addr.eq(w_base - s * G)]
+            with m.Elif(oy_left != 0):
+                m.d.sync += [g.eq(0), oy_left.eq(oy_left - 1), ox_left.eq(nx - 1),
+                             acc_row.eq(acc_row + OW * G), acc_addr.eq(acc_row + OW * G),
+                             w_row.eq(w_row - s * k * G), w_base.eq(w_row - s * k * G),
+                             w_addr.eq(w_row - s * k * G)]
+            with m.Else():
+                m.d.sync += busy.eq(0)
+
+        with m.FSM(init="DRAIN_RD"):
+            with m.State("ACCUM"):
+                m.d.comb += take.eq(r_valid & (~busy | last_issue))
+                with m.If(take):
+                    with m.If(r_eof):
+                        m.d.sync += [d_addr.eq(0), d_g.eq(0), d_pos.eq(0)]
+                        m.next = "DRAIN_RD"
+                    with m.Elif((ny != 0) & (nx_ != 0)):
+                        m.d.sync += [
+                            busy.eq(1), g.eq(0), cur_f.eq(r_f),
+                            oy_left.eq(ny - 1), ox_left.eq(nx_ - 1), nx.eq(nx_),
+                            acc_addr.eq(first_acc), acc_row.eq(first_acc),
+                            w_addr.eq(first_w), w_base.eq(first_w), w_row.eq(first_w),
+                        ]
+
+            with m.State("DRAIN_RD"):
+                m.d.comb += [acc_rd.addr.eq(d_addr), bias_rd.addr.eq(d_g)]
+                m.next = "DRAIN_LATCH"
+
+            with m.State("DRAIN_LATCH"):
+                # Read and reset in different cycles: the transparent port would return the bias.
+                m.d.comb += [acc_wr.addr.eq(d_addr), acc_wr.data.eq(bias_rd.data), acc_wr.en.eq(1)]
+                m.d.sync += word.eq(acc_rd.data)
+                last_word = d_addr == self.words - 1
+                with m.If(init):
+                    with m.If(last_word):
+                        m.d.sync += [d_addr.eq(0), d_g.eq(0), d_pos.eq(0), init.eq(0)]
+                        m.next = "ACCUM"
+                    with m.Else():
+                        self._next_word(m, d_addr, d_g, d_pos)
+                        m.next = "DRAIN_RD"
+                with m.Else():
+                    m.d.sync += [pending.eq(Mux(d_g == G - 1, last_mask, full_mask)), lane.eq(0)]
+                    m.next = "DISPATCH"
+
+            with m.State("DISPATCH"):
+                group_done = Signal()
+                if self.readout:
+                    last_lane = Mux(d_g == G - 1, C_out - (G - 1) * L - 1, L - 1)
+                    m.d.comb += [
+                        self.o.valid.eq(1),
+                        self.o.payload.index.eq((d_g * L + lane) * P + d_pos),
+                        self.o.payload.value.eq(word[lane]),
+                        self.o.payload.last.eq((d_addr == self.words - 1) & (lane == last_lane)),
+                    ]
+                    with m.If(self.o.ready):
+                        m.d.sync += lane.eq(lane + 1)
+                        m.d.comb += group_done.eq(lane == last_lane)
+                else:
+                    taken = Signal(L)
+                    for l, fu in enumerate(self.fire_units):
+                        m.d.comb += [
+                            fu.i.valid.eq(pending[l]),
+                            fu.i.payload.acc.eq(word[l]),
+                            fu.i.payload.index.eq(d_g),
+                            taken[l].eq(pending[l] & fu.i.ready),
+                        ]
+                    m.d.sync += pending.eq(pending & ~taken)
+                    m.d.comb += group_done.eq((pending & ~taken) == 0)
+                with m.If(group_done):
+                    with m.If(d_addr == self.words - 1):
+                        m.d.sync += [d_addr.eq(0), d_g.eq(0), d_pos.eq(0)]
+                        m.next = "ACCUM" if self.readout else "FINISH"
+                    with m.Else():
+                        self._next_word(m, d_addr, d_g, d_pos)
+                        m.next = "DRAIN_RD"
+
+            if not self.readout:
+                with m.State("FINISH"):
+                    # The FireUnits are at least `steps` cycles behind the dispatch, so the collector
+                    # always ends the frame while the FSM waits here.
+                    with m.If(frame_done):
+                        m.next = "ACCUM"
+
+        if not self.readout:
+            self._collector(m, frame_done, full_mask, last_mask)
+        return m
+
+    def _next_word(self, m, addr, g, pos):
+        m.d.sync += addr.eq(addr + 1)
+        with m.If(g == self.groups - 1):
+            m.d.sync += [g.eq(0), pos.eq(pos + 1)]
+        with m.Else():
+            m.d.sync += g.eq(g + 1)
+
+    def _collector(self, m, frame_done, full_mask, last_mask):
+        """Forward a word's spikes in lane order once all its lanes are answered; then the marker."""
+        G, L, P = self.groups, self.lanes, self.n_pos
+        fus = self.fire_units
+        c_addr, c_g, c_pos = Signal(range(self.words)), Signal(range(G)), Signal(range(P))
+        sent = Signal(L)                          # lanes of the current word already forwarded
+        send_eof = Signal()
+        active = Mux(c_g == G - 1, last_mask, full_mask)
+        answered = Cat(fu.o.valid for fu in fus)
+        spikes = Cat(fu.o.payload.phase != self.T for fu in fus)
+        ready_all = (answered & active) == active
+        todo = Signal(L)
+        m.d.comb += todo.eq(spikes & active & ~sent)
+        first = Signal(range(L))
+        for l in reversed(range(L)):
+            with m.If(todo[l]):
+                m.d.comb += first.eq(l)
+        phase = Array(fu.o.payload.phase for fu in fus)[first]
+
+        with m.If(send_eof):
+            m.d.comb += [self.o.valid.eq(1), self.o.payload.eof.eq(1)]
+            with m.If(self.o.ready):
+                m.d.sync += send_eof.eq(0)
+                m.d.comb += frame_done.eq(1)
+        with m.Elif(ready_all):
+            finish = Signal()
+            with m.If(todo == 0):
+                m.d.comb += finish.eq(1)
+            with m.Else():
+                m.d.comb += [
+                    self.o.valid.eq(1),
+                    self.o.payload.index.eq((c_g * L + first) * P + c_pos),
+                    self.o.payload.phase.eq(phase),
+                ]
+                with m.If(self.o.ready):
+                    m.d.sync += sent.eq(sent | (Const(1, L) << first))
+                    m.d.comb += finish.eq((todo & ~(Const(1, L) << first)) == 0)
+            with m.If(finish):
+                # Release every lane of the word at once; they take the next word in this cycle.
+                m.d.comb += [fu.o.ready.eq(active[l]) for l, fu in enumerate(fus)]
+                m.d.sync += sent.eq(0)
+                with m.If(c_addr == self.words - 1):
+                    m.d.sync += [c_addr.eq(0), c_g.eq(0), c_pos.eq(0), send_eof.eq(1)]
+                with m.Else():
+                    self._next_word(m, c_addr, c_g, c_pos)
