@@ -2,10 +2,11 @@
 
 See ``rtl/README.md`` for the block diagram, the stream formats and measured cycle counts.
 """
+from .conv import ConvEngine
 from .dense import DenseEngine
 from .encoder import PixelEncoder
 from .fire import FireUnit
-from .mlp import DenseNetwork
+from .network import Network
 from .readout import Argmax
 
-__all__ = ["Argmax", "DenseEngine", "DenseNetwork", "FireUnit", "PixelEncoder"]
+__all__ = ["Argmax", "ConvEngine", "DenseEngine", "Network", "FireUnit", "PixelEncoder"]

@@ -1,14 +1,14 @@
-"""Verification view of a :class:`~rtl.mlp.DenseNetwork`: a registered copy of every firing layer's spike events.
+"""Verification view of a :class:`~rtl.network.Network`: a registered copy of every firing layer's spike events.
 
 The tap only observes: it reads ``valid``, ``ready`` and the payload of each firing engine's output
-stream and registers them, so the network's behaviour and timing are those of ``DenseNetwork``.
+stream and registers them, so the network's behaviour and timing are those of ``Network``.
 """
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import PHASE_BITS
-from .mlp import DenseNetwork
+from .network import Network
 
 __all__ = ["DebugNetwork", "SEQ_BITS"]
 
@@ -17,7 +17,7 @@ SEQ_BITS = 16
 
 
 class DebugNetwork(wiring.Component):
-    """A :class:`~rtl.mlp.DenseNetwork` plus a debug event port with one slot per firing layer.
+    """A :class:`~rtl.network.Network` plus a debug event port with one slot per firing layer.
 
     Slot ``s`` observes the output stream of layer ``firing[s]`` (``firing``: the indices of the
     layers that fire, i.e. all but the readout). In the cycle after a transfer ``(index, phase,
@@ -34,7 +34,7 @@ class DebugNetwork(wiring.Component):
     Members
     -------
     i, o :
-        As :class:`~rtl.mlp.DenseNetwork`.
+        As :class:`~rtl.network.Network`.
     dbg_seq : ``Out(unsigned(SEQ_BITS))``
     dbg_valid, dbg_eof : ``Out(unsigned(slots))``, bit ``s`` for slot ``s``
     dbg_index : ``Out(ArrayLayout(unsigned(index_bits), slots))``
@@ -42,14 +42,14 @@ class DebugNetwork(wiring.Component):
 
     Attributes
     ----------
-    net : DenseNetwork
+    net : Network
     firing : list of int
         The layer observed by each slot.
     slots, index_bits : int
     """
 
     def __init__(self, model, lanes=8, fifo_depth: int = 16):
-        self.net = DenseNetwork(model, lanes, fifo_depth)
+        self.net = Network(model, lanes, fifo_depth)
         self.firing = [k for k, e in enumerate(self.net.engines) if not e.readout]
         self.slots = max(1, len(self.firing))
         self.index_bits = max([len(self.net.engines[k].o.payload.index) for k in self.firing] or [1])

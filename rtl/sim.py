@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from amaranth.sim import Simulator
 
-from .mlp import DenseNetwork
+from .network import Network
 
 __all__ = ["PERIOD", "SimResult", "SimTimeout", "make_simulator", "run_bounded", "simulate_network",
            "stream_put", "stream_get"]
@@ -71,12 +71,18 @@ def make_simulator(dut) -> Simulator:
     return sim
 
 
+def _order_keys(engine) -> list:
+    """Rank of every output neuron in the order ``engine`` emits its events (increasing index by default)."""
+    idx = np.arange(engine.n_out)
+    return (engine.order_key(idx) if hasattr(engine, "order_key") else idx).tolist()
+
+
 @dataclass
 class SimResult:
     """What :func:`simulate_network` observed, per frame.
 
     ``phases[k]`` holds layer ``k``'s output phases (N, n_out) for every firing layer, rebuilt from
-    the events on ``engines[k].o`` (silent neurons get the code T). ``done_cycle[n]`` is the cycle in
+    the events on ``engines[k].o`` (silent neurons get the no-spike code of the layer's output, T). ``done_cycle[n]`` is the cycle in
     which frame n's result left ``o``; ``eof_cycle[k][n]`` the one in which layer k's end-of-frame
     marker (or last logit) left it, ``eof_in_cycle[k][n]`` the one in which layer k accepted the
     frame's input marker (so ``eof_cycle - eof_in_cycle`` is the drain time).
@@ -93,11 +99,11 @@ class SimResult:
 
 def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.0, seed=0,
                      dut=None, max_cycles=None) -> SimResult:
-    """Stream ``images`` (N, C, H, W) uint8 through a :class:`~rtl.mlp.DenseNetwork`, back to back.
+    """Stream ``images`` (N, C, H, W) uint8 through a :class:`~rtl.network.Network`, back to back.
 
     ``gap``: probability of an idle input cycle before each pixel; ``stall``: probability that the
     result consumer holds ``ready`` low in a cycle. Protocol errors seen by the monitors (an event
-    index out of order, a neuron reported twice, a spike with phase ``>= T``) are listed in
+    event out of the engine's order, a neuron reported twice, a spike with phase ``>= T``) are listed in
     ``errors`` rather than raised, so that a test can assert on them. A run that has not delivered
     every result after ``max_cycles`` (default: a generous bound from the layer sizes) raises
     :class:`SimTimeout`.
@@ -105,12 +111,12 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
-    dut = dut if dut is not None else DenseNetwork(model, lanes, fifo_depth)
+    dut = dut if dut is not None else Network(model, lanes, fifo_depth)
     n = len(images)
     rng = np.random.default_rng(seed)
-    T = model.T
-    firing = [k for k, l in enumerate(model.layers) if l.fires]
-    phases = {k: np.full((n, dut.engines[k].n_out), T, dtype=np.uint8) for k in firing}
+    firing = [k for k, e in enumerate(dut.engines) if not e.readout]
+    keys = [_order_keys(e) for e in dut.engines]
+    phases = {k: np.full((n, dut.engines[k].n_out), dut.engines[k].T, dtype=np.uint8) for k in firing}
     res = SimResult(logits=np.zeros((n, model.num_classes), dtype=np.int64),
                     classes=np.zeros(n, dtype=np.int64), phases=[],
                     eof_cycle=[[] for _ in dut.engines], eof_in_cycle=[[] for _ in dut.engines])
@@ -150,9 +156,10 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
                 end = payload.last if dut.engines[k].readout else payload.eof
                 if not dut.engines[k].readout and not payload.eof:
                     o, f = int(payload.index), int(payload.phase)
-                    if o <= last_index[k] or f >= T:
+                    if o >= len(keys[k]) or keys[k][o] <= last_index[k] or f >= dut.engines[k].T:
                         res.errors.append(f"layer {k} frame {frame[k]}: bad event ({o}, {f})")
-                    last_index[k] = o
+                        continue
+                    last_index[k] = keys[k][o]
                     if frame[k] < n:
                         phases[k][frame[k], o] = f
                 if end:
@@ -164,7 +171,7 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
         # Worst case per frame: every pixel spikes and every neuron fires, slowly.
         per_frame = images[0].size * (1 + dut.engines[0].groups) + 100
         for e in dut.engines:
-            per_frame += e.n_in * e.groups + e.n_out * (e.lanes + 12) + 4 * e.groups
+            per_frame += e.n_in * e.groups * getattr(e, "kernel", 1) ** 2 + e.n_out * (e.lanes + 12) + 4 * e.groups
         max_cycles = int(4 * n * per_frame / (1 - gap) / (1 - stall)) + 1000
     sim = make_simulator(dut)
     sim.add_testbench(driver)

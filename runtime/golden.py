@@ -176,18 +176,23 @@ def encode(model: IntModel, images: np.ndarray) -> np.ndarray:
 
 
 def _prepared(model: IntModel) -> list:
-    """Weights laid out for the scatter kernels (cached on the model object)."""
-    cache = getattr(model, "_golden_cache", None)
-    if cache is None:
-        cache = []
-        for l in model.layers:
-            if l.kind == "dense":
-                cache.append(np.ascontiguousarray(l.weight.T))
-            elif l.kind == "conv2d":
-                cache.append(np.ascontiguousarray(l.weight.transpose(1, 2, 3, 0)))
-            else:
-                cache.append(None)
-        model._golden_cache = cache
+    """Weights laid out for the scatter kernels.
+
+    Cached on the model object, keyed by the identity and contents of every weight array, so that
+    a model changed in place (or a deep copy that was then changed) is never run with stale tables."""
+    key = tuple((id(l.weight), hash(l.weight.tobytes())) if l.weight is not None else None for l in model.layers)
+    cached = getattr(model, "_golden_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    cache = []
+    for l in model.layers:
+        if l.kind == "dense":
+            cache.append(np.ascontiguousarray(l.weight.T))
+        elif l.kind == "conv2d":
+            cache.append(np.ascontiguousarray(l.weight.transpose(1, 2, 3, 0)))
+        else:
+            cache.append(None)
+    model._golden_cache = (key, cache)
     return cache
 
 

@@ -2,6 +2,7 @@
 import numpy as np
 from amaranth import ClockDomain, Elaboratable, Module
 
+from randmodels import random_images
 from rtl.sim import make_simulator, run_bounded, stream_get, stream_put
 
 
@@ -78,3 +79,25 @@ def run_engine(engine, frames, *, seed=0, gap=0.0, stall=0.0, junk=None):
                            + len(frames) * engine.n_out * 20) + 1000,
                 lambda: len(out) > len(frames))
     return out[:len(frames)], marks
+
+
+def frames_for(rng, model, n):
+    """``n`` random images, then an empty one (no input spike) and a saturated one."""
+    x = random_images(rng, model, n)
+    return np.concatenate([x, np.zeros_like(x[:1]), np.full_like(x[:1], 255)])
+
+
+def mismatches(model, res, gold) -> list:
+    """Every difference between an RTL run and the golden result (empty: bit-exact)."""
+    errs = list(res.errors)
+    for n in range(len(gold.logits)):
+        if res.logits[n].tolist() != gold.logits[n].tolist():
+            errs.append(f"frame {n}: logits {res.logits[n].tolist()} != {gold.logits[n].tolist()}")
+        if int(res.classes[n]) != int(gold.classes[n]):
+            errs.append(f"frame {n}: class {res.classes[n]} != {gold.classes[n]}")
+        for k, layer in enumerate(model.layers):
+            if not layer.readout:
+                got, want = res.phases[k][n], gold.phases[k + 1][n].reshape(-1)
+                if got.tolist() != want.tolist():
+                    errs.append(f"frame {n} layer {k}: phases {got.tolist()} != {want.tolist()}")
+    return errs

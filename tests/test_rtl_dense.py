@@ -1,17 +1,14 @@
-"""DenseEngine and DenseNetwork in amaranth.sim, compared exactly with the golden model."""
+"""DenseEngine and all-dense Networks in amaranth.sim, compared exactly with the golden model."""
 import copy
-import gc
-import warnings
 
 import numpy as np
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import UnusedElaboratable
 
-from enginebench import run_engine
-from randmodels import random_images, valid_model
+from enginebench import frames_for, mismatches, run_engine
+from randmodels import valid_model
 from rtl.dense import DenseEngine
-from rtl.mlp import DenseNetwork
+from rtl.network import Network
 from rtl.sim import simulate_network
 from runtime import golden, modelfile
 from runtime.spec import fire_int
@@ -19,28 +16,6 @@ from runtime.spec import fire_int
 from conftest import ROOT
 
 DD, DDD = ["dense", "dense"], ["dense", "dense", "dense"]
-
-
-def frames_for(rng, model, n):
-    """``n`` random images, then an empty one (no input spike) and a saturated one."""
-    x = random_images(rng, model, n)
-    return np.concatenate([x, np.zeros_like(x[:1]), np.full_like(x[:1], 255)])
-
-
-def mismatches(model, res, gold) -> list:
-    """Every difference between an RTL run and the golden result (empty: bit-exact)."""
-    errs = list(res.errors)
-    for n in range(len(gold.logits)):
-        if res.logits[n].tolist() != gold.logits[n].tolist():
-            errs.append(f"frame {n}: logits {res.logits[n].tolist()} != {gold.logits[n].tolist()}")
-        if int(res.classes[n]) != int(gold.classes[n]):
-            errs.append(f"frame {n}: class {res.classes[n]} != {gold.classes[n]}")
-        for k, layer in enumerate(model.layers):
-            if layer.fires:
-                got, want = res.phases[k][n], gold.phases[k + 1][n].reshape(-1)
-                if got.tolist() != want.tolist():
-                    errs.append(f"frame {n} layer {k}: phases {got.tolist()} != {want.tolist()}")
-    return errs
 
 
 # (seed, plan, T, input code, lanes, FIFO depth): every lane count with both plans, T from 1 to 16,
@@ -220,17 +195,7 @@ def test_engine_cycles_per_event(lanes):
 
 def test_verilog_generation():
     model, _ = valid_model(1, DD, 4, (2.0, 4))
-    text = verilog.convert(DenseNetwork(model, lanes=3), name="dense_network")
+    text = verilog.convert(Network(model, lanes=3), name="dense_network")
     assert "module dense_network(" in text
     for port in ("i__payload", "i__valid", "i__ready", "o__payload", "o__valid", "o__ready"):
         assert port in text
-
-
-def test_refuses_other_layers():
-    model, _ = valid_model(3, ["conv2d", "dense"], 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(ValueError, match=r"^DenseNetwork supports dense layers only, not \['conv2d', 'dense'\]$") as info:
-            DenseNetwork(model)
-        del info
-        gc.collect()

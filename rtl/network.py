@@ -1,4 +1,4 @@
-"""Top level for all-dense models: encoder -> dense engines -> argmax."""
+"""Top level of a whole model: pixel encoder -> one event engine per layer -> argmax."""
 import numpy as np
 from amaranth import *
 from amaranth.lib import fifo, stream, wiring
@@ -6,33 +6,63 @@ from amaranth.lib.wiring import In, Out
 
 from runtime import spec
 
+from .conv import ConvEngine
 from .dense import DenseEngine
 from .encoder import PixelEncoder
 from .layouts import result_layout
 from .readout import Argmax
 
-__all__ = ["DenseNetwork"]
+__all__ = ["Network", "build_engine"]
 
 
-class DenseNetwork(wiring.Component):
-    """A whole one-spike model whose layers are all dense, as one streaming pipeline.
+def build_engine(model: spec.IntModel, i: int, lanes: int):
+    """The event engine of layer ``i`` of a validated ``model``.
 
-    ``PixelEncoder -> DenseEngine (fires) -> ... -> DenseEngine (readout) -> Argmax``, linked by
-    valid/ready streams of spike events (see :mod:`rtl.layouts`), with an optional event FIFO in
-    front of every engine. Layers overlap in time: a layer drains (fires) frame ``k`` while the
-    next one accumulates it, and the encoder already takes frame ``k + 1``'s pixels, stalling only
-    when the first engine (and its FIFO) is busy. The engines hold one frame's accumulators, so a
-    layer accepts frame ``k + 1``'s events once it has drained frame ``k``.
+    dense: :class:`~rtl.dense.DenseEngine`; conv2d: :class:`~rtl.conv.ConvEngine`; avgpool: a
+    ConvEngine whose weights are the identity over channels (``acc[c] = sum D[f]`` over the window,
+    no bias); maxpool: :class:`~rtl.pool.MaxPoolEngine` (``lanes`` does not apply).
+    """
+    layer = model.layers[i]
+    decode, t_in = model.code_of_layer_input(i)
+    theta = None if layer.readout else layer.theta
+    if layer.kind == "dense":
+        w = layer.weight.reshape(layer.weight.shape[0], -1)
+        return DenseEngine(n_in=w.shape[1], n_out=w.shape[0], lanes=lanes, weights=w, bias=layer.bias,
+                           theta=theta, decode=decode, acc_bits=layer.acc_bits)
+    if layer.kind == "conv2d":
+        return ConvEngine(layer.in_shape, layer.kernel, layer.stride, layer.padding, lanes,
+                          layer.weight, layer.bias, theta, decode, layer.acc_bits)
+    if layer.kind == "avgpool":
+        C, k = layer.in_shape[0], layer.kernel
+        eye = np.zeros((C, C, k, k), dtype=np.int64)
+        eye[np.arange(C), np.arange(C)] = 1
+        return ConvEngine(layer.in_shape, k, layer.stride, layer.padding, lanes, eye,
+                          np.zeros(C, dtype=np.int64), theta, decode, layer.acc_bits)
+    if layer.kind == "maxpool":
+        from .pool import MaxPoolEngine
+        # A max-pool keeps the code of its input (the image's, if it comes first).
+        return MaxPoolEngine(layer.in_shape, layer.kernel, layer.stride, layer.padding, t_in)
+    raise ValueError(f"Layer {i}: no engine for layer kind {layer.kind!r}")
+
+
+class Network(wiring.Component):
+    """A whole one-spike model as one streaming pipeline.
+
+    ``PixelEncoder -> engine (layer 0) -> ... -> engine (readout) -> Argmax``, linked by valid/ready
+    streams of spike events (see :mod:`rtl.layouts`), with an optional event FIFO in front of every
+    engine. Layers overlap in time: a layer drains (fires) frame ``k`` while the next one
+    accumulates it, and the encoder already takes frame ``k + 1``'s pixels, stalling only when the
+    first engine (and its FIFO) is busy. The engines hold one frame's accumulators, so a layer
+    accepts frame ``k + 1``'s events once it has drained frame ``k``.
 
     Parameters
     ----------
     model : runtime.spec.IntModel
-        A valid model whose layers are all dense. It is validated here (which also sets every
-        ``acc_bits``); a model with another layer kind raises :class:`ValueError`.
+        A valid model (validated here, which also sets every ``acc_bits``).
     lanes : int or list of int
-        Lanes of every dense engine, or one value per layer.
+        Lanes of every dense/conv/avgpool engine, or one value per layer (ignored for max-pool).
     fifo_depth : int
-        Depth of an event FIFO in front of every dense engine (0: none). It lets the encoder skip
+        Depth of an event FIFO in front of every engine (0: none). It lets the encoder skip
         silent pixels, and a layer drain, while the next engine is still busy with earlier events.
 
     Members
@@ -45,15 +75,13 @@ class DenseNetwork(wiring.Component):
     Attributes
     ----------
     encoder : PixelEncoder
-    engines : list of DenseEngine
-        In layer order; ``engines[k].o`` carries layer ``k``'s output events (logits for the last).
+    engines : list
+        In layer order (:func:`build_engine`); ``engines[k].o`` carries layer ``k``'s output
+        events (logits for the last).
     argmax : Argmax
     """
 
     def __init__(self, model: spec.IntModel, lanes=8, fifo_depth: int = 16):
-        kinds = [l.kind for l in model.layers]
-        if any(k != "dense" for k in kinds):
-            raise ValueError(f"DenseNetwork supports dense layers only, not {kinds!r}")
         spec.validate(model)
         if isinstance(lanes, (int, np.integer)):
             lanes = [int(lanes)] * len(model.layers)
@@ -65,13 +93,7 @@ class DenseNetwork(wiring.Component):
         self.fifo_depth = int(fifo_depth)
         n_pixels = int(np.prod(model.input_shape))
         self.encoder = PixelEncoder(model.encode, model.input_T, n_pixels)
-        self.engines = []
-        for i, (layer, ln) in enumerate(zip(model.layers, lanes)):
-            decode, _ = model.code_of_layer_input(i)
-            w = layer.weight.reshape(layer.weight.shape[0], -1)
-            self.engines.append(DenseEngine(
-                n_in=w.shape[1], n_out=w.shape[0], lanes=ln, weights=w, bias=layer.bias,
-                theta=None if layer.readout else layer.theta, decode=decode, acc_bits=layer.acc_bits))
+        self.engines = [build_engine(model, i, ln) for i, ln in enumerate(lanes)]
         readout = model.layers[-1]
         self.argmax = Argmax(model.num_classes, readout.acc_bits)
         super().__init__({

@@ -1,0 +1,59 @@
+"""Whole conv/pool networks (rtl.network.Network) in amaranth.sim, compared exactly with the golden model."""
+import numpy as np
+import pytest
+
+from enginebench import frames_for, mismatches
+from randmodels import valid_model
+from rtl.sim import simulate_network
+from runtime import golden, modelfile
+
+from conftest import ROOT
+
+CMD = ["conv2d", "maxpool", "dense"]
+CACD = ["conv2d", "avgpool", "conv2d", "dense"]
+MCDD = ["maxpool", "conv2d", "dense", "dense"]
+CC = ["conv2d", "conv2d"]
+
+# (seed, plan, T, input code, lanes, FIFO depth)
+CASES = [
+    (0, CMD, 4, None, 2, 16), (1, CMD, 12, (1.1, 9), 3, 0), (2, CACD, 5, None, 1, 4),
+    (3, CACD, 8, (1.5, 3), 4, 16), (4, MCDD, 6, None, 2, 16), (5, MCDD, 3, (2.0, 4), 8, 1),
+    (6, CC, 7, None, 3, 16), (7, CC, 2, (1.25, 5), 1, 0), (8, ["conv2d"], 4, None, 2, 16),
+]
+
+
+@pytest.mark.parametrize("seed,plan,T,input_code,lanes,fifo_depth", CASES)
+def test_conv_network_equals_golden(seed, plan, T, input_code, lanes, fifo_depth):
+    """Logits, class and every layer's spike phases (max-pool too), back to back with gaps and stalls."""
+    model, rng = valid_model(seed, plan, T, input_code)
+    images = frames_for(rng, model, 3)
+    res = simulate_network(model, images, lanes, fifo_depth=fifo_depth, gap=0.2, stall=0.3, seed=seed)
+    assert mismatches(model, res, golden.run(model, images)) == []
+
+
+def test_conv_network_mutation_is_caught():
+    """A conv weight pushed to the other extreme shows up as a mismatch (the comparison is not vacuous)."""
+    model, rng = valid_model(0, CMD, 4)
+    images = frames_for(rng, model, 2)
+    res = simulate_network(model, images, 2)
+    gold = golden.run(model, images)
+    assert mismatches(model, res, gold) == []
+    for _ in range(50):
+        w = model.layers[0].weight
+        idx = tuple(int(rng.integers(n)) for n in w.shape)
+        w[idx] = 127 if w[idx] < 0 else -127
+        if mismatches(model, res, golden.run(model, images)):
+            return
+    raise AssertionError("no weight change altered the golden result: the comparison may be vacuous")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,dataset", [("mnist-cnn", "mnist")])
+def test_shipped_cnn_in_amaranth_sim(name, dataset):
+    """One image of a shipped CNN, every layer compared (slow in amaranth.sim: the cocotb bench runs more)."""
+    from codegen import datasets
+
+    model = modelfile.load(ROOT / "models" / f"{name}.pt")
+    images, _ = datasets.load(dataset, "test")
+    res = simulate_network(model, images[:1], 16)
+    assert mismatches(model, res, golden.run(model, images[:1])) == []
