@@ -1,4 +1,4 @@
-"""Verify the dense-network RTL in a Verilog simulator (Icarus or Verilator) with cocotb, against the golden model.
+"""Verify the network RTL in a Verilog simulator (Icarus or Verilator) with cocotb, against the golden model.
 
 * :func:`write_top` converts ``rtl.top.FlatTop`` (the network plus its debug spike-event port) to
   Verilog with flat port names.
@@ -269,18 +269,18 @@ def _max_cycles(model: IntModel, lanes, n: int, gap: float, stall: float) -> int
     for l, ln in zip(model.layers, ls):
         n_in, n_out = int(np.prod(l.in_shape)), int(np.prod(l.out_shape))
         groups = -(-n_out // ln)
-        per_frame += n_in * (groups + 1) + n_out * (ln + 12) + 4 * groups
+        per_frame += n_in * (groups * l.kernel ** 2 + 1) + n_out * (ln + 12) + 4 * groups
     per_frame += n_pixels * 4
     # Result holds: at most 400 cycles each, plus the 4000-cycle one.
     return int(4 * (n + 1) * per_frame / (1 - min(gap, 0.9))) + (400 * n + 4000 if stall else 0) + 20000
 
 
-def _mutate(phases: list, logits: np.ndarray, layer_names: list, firing: list, T: int) -> dict:
+def _mutate(phases: list, logits: np.ndarray, layer_names: list, firing: list, slot_T: list) -> dict:
     """Corrupt one expected value: the first spike of a firing layer in the middle frame, else a logit."""
     n = len(logits)
     for f in [(n // 2 + i) % n for i in range(n)]:
         for s, k in enumerate(firing):
-            spikes = np.flatnonzero(phases[s][f] < T)
+            spikes = np.flatnonzero(phases[s][f] < slot_T[s])
             if len(spikes):
                 j = int(spikes[0])
                 old = int(phases[s][f, j])
@@ -310,8 +310,8 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     half the frames go without) and ``result_ready`` stalls (``stall``: share of results held back,
     a quarter of them for 50 to 400 cycles, which backs up the whole pipeline),
     and with ``reset`` it aborts a frame in its middle with a reset before frame ``N // 2``. Every
-    result (logits, class) and every spike event of every firing layer (neuron, phase, in
-    increasing neuron order, then the end-of-frame marker) is compared as it arrives. The stimulus
+    result (logits, class) and every spike event of every firing layer (neuron, phase, in the
+    layer's event order, then the end-of-frame marker) is compared as it arrives. The stimulus
     is drawn from ``seed`` (reproducible).
 
     ``mutate``: corrupt one expected value (self-test: the result must then show a mismatch).
@@ -322,8 +322,7 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     the input ``data.npz`` is deleted after a passing run unless ``keep``. Run folders beyond the
     20 newest are deleted once an hour old.
 
-    Raises :class:`~runtime.errors.UserError` for an unknown or missing simulator, bad images or a
-    model with non-dense layers.
+    Raises :class:`~runtime.errors.UserError` for an unknown or missing simulator or bad images.
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -335,8 +334,6 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     waves = bool(waves) or os.environ.get("ONESPIKE_WAVES", "") not in ("", "0")
     if not (0 <= gap < 1 and 0 <= stall < 1):
         raise UserError(f"gap and stall must be probabilities below 1, not {gap!r} and {stall!r}")
-    if any(l.kind != "dense" for l in model.layers):
-        raise UserError(f"the FPGA simulation supports all-dense models only, not {[l.kind for l in model.layers]}")
     lanes = _lanes(model, lanes)
     images = golden.check_images(model, images)
     n = len(images)
@@ -372,7 +369,7 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     layer_names = [f"{i}:readout (logits)" if l.readout else f"{i}:{l.kind}" for i, l in enumerate(model.layers)]
     phases = [np.ascontiguousarray(gold.phases[k + 1].reshape(n, -1)).astype(np.uint8) for k in firing]
     logits = gold.logits.astype(np.int64).copy()
-    mutated = _mutate(phases, logits, layer_names, firing, model.T) if mutate else None
+    mutated = _mutate(phases, logits, layer_names, firing, desc["slot_T"]) if mutate else None
     runs = work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     _prune_runs(runs)

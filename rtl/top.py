@@ -1,4 +1,4 @@
-"""A flat-ported top level of a dense network with its debug events, for Verilog simulation (cocotb)."""
+"""A flat-ported top level of a network with its debug events, for Verilog simulation (cocotb)."""
 from amaranth import *
 
 from .debug import SEQ_BITS, DebugNetwork
@@ -68,6 +68,13 @@ class FlatTop(Elaboratable):
             "fifo_depth": int(net.fifo_depth),
             "layer_sizes": [int(e.n_out) for e in net.engines],
             "T": int(self.model.T),
+            # Per slot: the no-spike code of the layer's output, and its event order as
+            # (positions, channels): key(index) = (index % positions) * channels + index // positions
+            # (conv engines drain position-major; (1, n) is increasing index).
+            "slot_T": [int(net.engines[k].T) for k in core.firing],
+            "slot_order": [[int(net.engines[k].n_pos), int(net.engines[k].out_shape[0])]
+                           if hasattr(net.engines[k], "order_key") else [1, int(net.engines[k].n_out)]
+                           for k in core.firing],
         }
 
     def elaborate(self, platform):

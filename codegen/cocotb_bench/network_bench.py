@@ -1,4 +1,4 @@
-"""cocotb testbench for the flat dense-network top (``rtl.top.FlatTop``), run by ``codegen.fpga_sim.verify``.
+"""cocotb testbench for the flat network top (``rtl.top.FlatTop``), run by ``codegen.fpga_sim.verify``.
 
 It runs inside the simulator and reads everything from the JSON file named by ``ONESPIKE_BENCH``
 (written by ``codegen/fpga_sim.py``): the top's port layout, the stimulus settings, and the ``.npz``
@@ -39,6 +39,13 @@ class Scoreboard:
         self.logits = data["logits"].astype(np.int64).tolist()
         self.classes = data["classes"].astype(np.int64).tolist()
         self.phases = [data[f"phases{k}"] for k in self.firing]
+        # Events leave each layer in its drain order; compare in that order (see FlatTop.describe).
+        self.slot_T = [int(t) for t in top["slot_T"]]
+        self.order = [(int(a), int(b)) for a, b in top["slot_order"]]
+        self.by_key = []
+        for npos, ch in self.order:
+            keys = np.arange(npos * ch)
+            self.by_key.append(((keys % ch) * npos + keys // ch).tolist())   # key -> flat index
         self.mismatches = []
         self.n_mismatches = 0
         self.bad = set()                     # frames with a mismatch
@@ -60,15 +67,19 @@ class Scoreboard:
                                     "expected": expected, "actual": actual, "what": what})
 
     def _expect(self, s):
+        """Frame ``ev_frame[s]``'s expected phases of slot ``s``, in the layer's event order."""
         f = self.ev_frame[s]
-        exp = self.phases[s][f].tolist()
+        exp = self.phases[s][f][self.by_key[s]].tolist()
+        T = self.slot_T[s]
         nxt = [len(exp)] * (len(exp) + 1)
         for j in range(len(exp) - 1, -1, -1):
-            nxt[j] = j if exp[j] < self.T else nxt[j + 1]
+            nxt[j] = j if exp[j] < T else nxt[j + 1]
         self.ev_exp[s], self.ev_next[s] = exp, nxt
 
     def event(self, s, index, phase, eof, cycle):
-        """Layer ``firing[s]`` sent ``(index, phase, eof)``; events come in increasing index."""
+        """Layer ``firing[s]`` sent ``(index, phase, eof)``; events come in the layer's order.
+
+        Positions in that order are "keys"; mismatches report the neuron's flat index."""
         layer = self.firing[s]
         name = self.layer_names[layer]
         f = self.ev_frame[s]
@@ -78,27 +89,31 @@ class Scoreboard:
             return
         if self.ev_exp[s] is None:
             self._expect(s)
-        exp, nxt, prev, T = self.ev_exp[s], self.ev_next[s], self.ev_prev[s], self.T
+        exp, nxt, prev, T = self.ev_exp[s], self.ev_next[s], self.ev_prev[s], self.slot_T[s]
+        neuron = self.by_key[s]
         if eof:
             j = nxt[prev + 1]
             if j < len(exp):
-                self.record(f, name, j, exp[j], T, "phase (missing spike)")
+                self.record(f, name, neuron[j], exp[j], T, "phase (missing spike)")
             self.ev_frame[s] += 1
             self.ev_prev[s] = -1
             self.ev_exp[s] = None
             self.eof_times[s].append(cycle)
             return
         self.events[s] += 1
-        if index <= prev or index >= len(exp):
-            self.record(f, name, index, exp[index] if index < len(exp) else None, phase,
-                        f"phase (event out of order after neuron {prev})")
+        npos, ch = self.order[s]
+        key = (index % npos) * ch + index // npos if index < len(exp) else len(exp)
+        if key <= prev or key >= len(exp):
+            after = neuron[prev] if prev >= 0 else None
+            self.record(f, name, index, exp[key] if key < len(exp) else None, phase,
+                        f"phase (event out of order after neuron {after})")
             return
         j = nxt[prev + 1]
-        if j < index:
-            self.record(f, name, j, exp[j], T, "phase (missing spike)")
-        elif exp[index] != phase:
-            self.record(f, name, index, exp[index], phase, "phase")
-        self.ev_prev[s] = index
+        if j < key:
+            self.record(f, name, neuron[j], exp[j], T, "phase (missing spike)")
+        elif exp[key] != phase:
+            self.record(f, name, index, exp[key], phase, "phase")
+        self.ev_prev[s] = key
 
     def unknown(self, valid_cycle, text):
         """A result with X/Z bits: every bit of it is a mismatch."""
