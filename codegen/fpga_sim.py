@@ -303,7 +303,7 @@ def _prune_runs(runs: Path, keep: int = 20, age_s: float = 3600.0) -> None:
 
 def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = False, mutate: bool = False,
            seed: int = 0, *, fifo_depth: int = 16, gap: float = 0.25, stall: float = 0.3, reset: bool = True,
-           work: str | Path | None = None, keep: bool = False) -> FpgaResult:
+           isolate: bool = False, work: str | Path | None = None, keep: bool = False) -> FpgaResult:
     """Run ``images`` (N, C, H, W) uint8 through the RTL in ``sim`` and compare with the golden model.
 
     The bench sends the frames back to back, with idle input runs (``gap``: probability per pixel,
@@ -314,6 +314,8 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     layer's event order, then the end-of-frame marker) is compared as it arrives. The stimulus
     is drawn from ``seed`` (reproducible).
 
+    ``isolate``: send each frame only after the previous result left (one frame in the pipeline at
+    a time), so that ``cycles`` are latencies without queueing (for benchmarks).
     ``mutate``: corrupt one expected value (self-test: the result must then show a mismatch).
     ``waves`` (or ``ONESPIKE_WAVES=1``): write a waveform (FST for Icarus, VCD for Verilator) and
     return its path in ``waves``. ``work``: folder for designs, simulator builds and runs (default
@@ -381,7 +383,7 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
         "results": str(run_dir / "results.json"), "layer_names": layer_names,
         "gap": float(gap), "burst": 0.5 if gap else 0.0, "frame_gap": 0.25 if gap else 0.0,
         "stall": float(stall), "long_stall": 0.25 if stall else 0.0,
-        "reset_before": n // 2 if reset else -1,
+        "reset_before": n // 2 if reset else -1, "isolate": bool(isolate),
         "max_cycles": _max_cycles(model, lanes, n, gap, stall),
     }
     (run_dir / "bench.json").write_text(json.dumps(cfg, indent=1))

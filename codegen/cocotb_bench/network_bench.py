@@ -160,6 +160,7 @@ async def network(dut):
     gap, burst, frame_gap = float(cfg["gap"]), float(cfg["burst"]), float(cfg["frame_gap"])
     stall, long_stall = float(cfg["stall"]), float(cfg["long_stall"])
     reset_before = int(cfg["reset_before"])
+    isolate = bool(cfg.get("isolate", False))
     ibits = int(top["index_bits"])
     n_slots = len(top["firing_layers"])
 
@@ -237,6 +238,9 @@ async def network(dut):
                 rst.value = 0
                 dut.pixel_valid.value = 0
                 await ClockCycles(clk, rng.randint(0, 3))
+            elif isolate:
+                await wait_results(k)         # one frame in flight at a time: clean latencies
+                await edge                    # the monitor signals in the read-only phase
             elif k and frame_gap and rng.random() < frame_gap:
                 dut.pixel_valid.value = 0
                 idle = rng.randint(1, 64)
