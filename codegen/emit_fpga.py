@@ -56,12 +56,6 @@ def symbol(name: str) -> str:
     return c_symbol(name)
 
 
-def check_dense(model: IntModel) -> None:
-    for i, l in enumerate(model.layers):
-        if l.kind != "dense":
-            raise UserError(f"the fpga target supports dense layers only in this version: layer {i} is {l.kind}")
-
-
 def check_lanes(lanes) -> int:
     if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
         raise UserError(f"--lanes must be a positive integer, not {lanes!r}")
@@ -81,7 +75,7 @@ class Mem:
     """One memory of the design, as rtl/ instantiates it."""
 
     name: str       # hierarchical name in the design (layer0.wmem, ...)
-    what: str       # weights | bias | accumulators | thresholds | decode | encode | fifo
+    what: str       # weights | bias | accumulators | thresholds | decode | encode | fifo | pool
     depth: int
     width: int
     rom: bool       # no write port (initialised, read only)
@@ -108,72 +102,97 @@ def varying_bits(fields: np.ndarray, bits: int) -> int:
     return n
 
 
-def _lanes_of(values: np.ndarray, lanes: int) -> np.ndarray:
-    """Per-neuron rows (n_out, ...) packed as rtl/dense.py does: (groups * lanes, ...) zero-padded,
-    reshaped to (groups, lanes, ...)."""
-    n = values.shape[0]
-    groups = -(-n // lanes)
-    padded = np.zeros((groups * lanes,) + values.shape[1:], dtype=np.int64)
-    padded[:n] = values
-    return padded.reshape((groups, lanes) + values.shape[1:])
+def is_conv_engine(e) -> bool:
+    """dense, conv2d and avgpool layers are :class:`rtl.conv.ConvEngine` s; max-pool is not."""
+    from rtl.conv import ConvEngine
+
+    return isinstance(e, ConvEngine)
 
 
-def layer_geometry(model: IntModel, lanes: int) -> list[dict]:
-    """Per layer: n_in, n_out, groups = ceil(n_out / lanes), acc_bits, decode table size and width."""
-    spec.validate(model)  # sets acc_bits
-    out = []
-    for i, l in enumerate(model.layers):
-        dec, _ = model.code_of_layer_input(i)
-        n_in = int(np.prod(l.weight.shape[1:]))
-        n_out = int(l.weight.shape[0])
-        out.append({
-            "index": i, "n_in": n_in, "n_out": n_out, "lanes": lanes, "groups": -(-n_out // lanes),
-            "acc_bits": int(l.acc_bits), "readout": bool(l.readout), "decode_entries": int(len(dec)),
-            "decode_bits": max(1, int(np.max(dec)).bit_length()),
-            "T": None if l.readout else int(l.theta.shape[1]),
-        })
-    return out
+def weight_words(e) -> np.ndarray:
+    """A ConvEngine's weight memory as a (words, lanes) int array: ``e.weight_words()`` (word
+    ``((c*k + ky)*k + kx)*G + g``), built with numpy from the engine's own lane packing."""
+    w = e._lane_words(e.weights)                      # (G, L, C_in, k, k)
+    return w.transpose(2, 3, 4, 0, 1).reshape(-1, e.lanes)
 
 
-def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH) -> list[Mem]:
-    """Every memory of ``DenseNetwork(model, lanes, fifo_depth)`` (see rtl/dense.py, fire.py, encoder.py),
-    with the ROM contents' varying bits."""
-    from rtl.layouts import PHASE_BITS, event_layout
+def payload_bits(component) -> int:
+    """Width of a component's output stream payload (what an event FIFO behind it stores)."""
+    return len(component.o.payload.as_value())
 
-    mems = [Mem("encoder.rom", "encode", 256, 8, True, varying_bits(model.encode[:, None], 8))]
-    n_act = int(np.prod(model.input_shape))
-    for g in layer_geometry(model, lanes):
-        i, G, L, acc = g["index"], g["groups"], lanes, g["acc_bits"]
-        layer = model.layers[i]
-        dec, _ = model.code_of_layer_input(i)
-        if fifo_depth >= 2:  # SyncFIFOBuffered(depth) keeps depth - 1 entries in memory
-            # With one lane an engine's phases are its FireUnit's T.bit_length()-bit search result
-            # directly: the upper phase bits are constant 0 and Yosys drops them from the FIFO (it
-            # does not see that through the lane multiplexer, nor for the encoder's table output).
-            ev = event_layout(n_act)
-            live = None if i == 0 or lanes > 1 else (
-                ev.size - PHASE_BITS + min(PHASE_BITS, int(model.layers[i - 1].theta.shape[1]).bit_length()))
-            mems.append(Mem(f"fifo{i}.storage", "fifo", fifo_depth - 1, ev.size, False, live))
-        w = _lanes_of(layer.weight.reshape(g["n_out"], -1), L)            # (G, L, n_in)
-        w_words = w.transpose(2, 0, 1).reshape(-1, L)                     # word j*G + g
-        mems.append(Mem(f"layer{i}.wmem", "weights", g["n_in"] * G, 8 * L, True, varying_bits(w_words, 8)))
-        mems.append(Mem(f"layer{i}.accmem", "accumulators", G, L * acc, False))
-        mems.append(Mem(f"layer{i}.biasmem", "bias", G, L * acc, True,
-                        varying_bits(_lanes_of(layer.bias, L).reshape(G, L), acc)))
-        mems.append(Mem(f"layer{i}.decmem", "decode", g["decode_entries"], g["decode_bits"], True,
-                        varying_bits(np.asarray(dec)[:, None], g["decode_bits"] + 1)))
-        if not g["readout"]:
-            T = g["T"]
-            f_bits = (T - 1).bit_length()
-            for lane in range(L):
-                rows = [min(k * L + lane, g["n_out"] - 1) for k in range(G)]
-                init = np.zeros((G, 1 << f_bits), dtype=np.int64)
-                init[:, :T] = layer.theta[rows]
-                mems.append(Mem(f"layer{i}.fire{lane}.rom", "thresholds", G << f_bits, acc, True,
-                                varying_bits(init.reshape(-1, 1), acc)))
-        n_act = g["n_out"]
+
+def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None) -> list[Mem]:
+    """Every memory of ``rtl.network.Network(model, lanes, fifo_depth)``, read off its engines
+    (constructing the network does not elaborate it), with the ROM contents' varying bits.
+
+    * ``encoder.rom``: the 256-entry input encoder (8-bit phases).
+    * ``fifo<k>.storage``: the event FIFO in front of engine ``k`` (``SyncFIFOBuffered`` keeps
+      ``fifo_depth - 1`` entries in memory, the last in a register), one event per word.
+    * dense / conv2d / avg-pool (:class:`rtl.conv.ConvEngine`): ``layer<k>.wmem`` (``C_in*k*k*groups``
+      words of ``lanes`` int8; an avg-pool's are the 0/1 identity), ``layer<k>.accmem`` (``OH*OW*groups``
+      words of ``lanes`` accumulators), ``layer<k>.biasmem`` (``groups`` words), ``layer<k>.decmem``
+      (the decode table of the layer's input code) and, for a firing layer, one threshold ROM per
+      lane ``layer<k>.fire<l>.rom`` (``groups << ceil(log2 T)`` words, rows padded to a power of two).
+    * max-pool (:class:`rtl.pool.MaxPoolEngine`): ``layer<k>.mem``, the phase word of every output
+      neuron (``n_out`` words of ``T.bit_length()`` bits).
+    """
+    from rtl.layouts import PHASE_BITS
+
+    net = net if net is not None else inspect_network(model, lanes, fifo_depth)
+    enc = net.encoder
+    mems = [Mem("encoder.rom", "encode", 256, PHASE_BITS, True,
+                varying_bits(np.asarray(enc.encode)[:, None], PHASE_BITS))]
+    prev = None
+    for k, e in enumerate(net.engines):
+        if net.fifo_depth >= 2:
+            width = payload_bits(enc if prev is None else prev)
+            # Phase bits that are constant 0 in every event written: Yosys drops them from the FIFO.
+            # A one-lane ConvEngine sends its FireUnit's T.bit_length()-bit search result directly and
+            # a max-pool its T.bit_length()-bit phase word; Yosys does not see the zero upper bits
+            # through a multi-lane collector's multiplexer, nor for the encoder's table output.
+            live = None
+            if prev is not None and not prev.readout and (not is_conv_engine(prev) or prev.lanes == 1):
+                live = width - PHASE_BITS + min(PHASE_BITS, int(prev.T).bit_length())
+            mems.append(Mem(f"fifo{k}.storage", "fifo", net.fifo_depth - 1, width, False, live))
+        if is_conv_engine(e):
+            G, L, acc = e.groups, e.lanes, e.acc_bits
+            w = weight_words(e)
+            mems.append(Mem(f"layer{k}.wmem", "weights", len(w), 8 * L, True, varying_bits(w, 8)))
+            mems.append(Mem(f"layer{k}.accmem", "accumulators", e.words, L * acc, False))
+            mems.append(Mem(f"layer{k}.biasmem", "bias", G, L * acc, True,
+                            varying_bits(e._lane_words(e.bias).reshape(G, L), acc)))
+            d_bits = max(1, int(e.decode.max()).bit_length())
+            mems.append(Mem(f"layer{k}.decmem", "decode", len(e.decode), d_bits, True,
+                            varying_bits(e.decode[:, None], d_bits + 1)))
+            for lane, fu in enumerate(e.fire_units):
+                f_bits = (fu.T - 1).bit_length()
+                init = np.zeros((fu.rows, 1 << f_bits), dtype=np.int64)
+                init[:, :fu.T] = fu.theta
+                mems.append(Mem(f"layer{k}.fire{lane}.rom", "thresholds", init.size, fu.acc_bits, True,
+                                varying_bits(init.reshape(-1, 1), fu.acc_bits)))
+        else:
+            mems.append(Mem(f"layer{k}.mem", "pool", e.n_out, int(e.T).bit_length(), False))
+        prev = e
     return mems
 
+
+def elaborated_memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH) -> dict[str, tuple[int, int]]:
+    """``{name: (depth, width)}`` of every memory in the elaborated design (Amaranth's RTLIL), named
+    as :func:`memories` names them: the check that the estimate lists what the RTL builds."""
+    import re
+
+    text = rtlil(model, "top", lanes, fifo_depth)
+    out, module = {}, None
+    for line in text.splitlines():
+        m = re.match(r"module \\top(?:\.(\S+))?$", line)
+        if m:
+            module = m.group(1)
+            continue
+        m = re.match(r"\s+memory width (\d+) size (\d+) \\(\S+)$", line)
+        if m:
+            name = f"{module}.{m.group(3)}" if module else m.group(3)
+            out[name] = (int(m.group(2)), int(m.group(1)))
+    return out
 
 MUX_FACTOR = 0.5    # Yosys memory_libmap FACTOR_MUX / FACTOR_DEMUX
 # Soft logic Yosys adds around a block RAM to emulate what the RAM's read port needs and the block
@@ -225,46 +244,194 @@ def map_memory(mem: Mem, b: FpgaBoard) -> dict:
 
 # ------------------------------------------------------------------------------------- multipliers
 
-def _mul_dsps(a_bits: int, b_bits: int, b: FpgaBoard) -> int:
-    """DSP blocks for one ``a_bits x b_bits`` signed multiplier after Yosys's mul2dsp split."""
-    if a_bits < 2 or b_bits < 2:
+@dataclass(frozen=True)
+class Mul:
+    """One multiplier of the design as Yosys sees it before DSP mapping (after ``wreduce``): a lane
+    multiplier ``int8 x D[f]`` or a multiply by a constant (``const``: its odd part; the constant's
+    trailing zero bits are a shift)."""
+
+    site: str       # layer<k>.<where>
+    a_bits: int     # the variable operand
+    b_bits: int     # the other operand (the constant's odd part)
+    y_bits: int     # product bits that are used
+    const: int | None = None
+
+
+def _tz(c: int) -> int:
+    return (c & -c).bit_length() - 1
+
+
+def _ubits(n: int) -> int:
+    """Bits of ``Signal(range(n))`` (0 for ``range(1)``)."""
+    return max(0, int(n) - 1).bit_length()
+
+
+def _mul_width(a: int, c: int) -> int:
+    """Width of ``x * c`` (``x`` ``a`` bits wide, ``c`` a Python int) as Amaranth builds it; 0 when
+    ``x`` has no bits (the product is the constant 0, which Yosys folds away)."""
+    return a + max(1, int(c).bit_length()) if a > 0 else 0
+
+
+def _add_width(a: int, b: int) -> int:
+    """Width of ``x + y``; adding a constant 0 (a folded product or a constant table) adds no bit."""
+    return max(a, b) + 1 if a > 0 and b > 0 else max(a, b)
+
+
+def _const_mul(out: list, site: str, a: int, const: int, need: int) -> None:
+    """Record ``x * const`` (``x``: ``a`` bits; ``need``: product bits used downstream) unless Yosys
+    turns it into a shift (``const`` a power of two, or 0), or it has no variable input or no used bits."""
+    const = int(const)
+    if const <= 0 or a <= 0:
+        return
+    tz = _tz(const)
+    odd = const >> tz
+    y = min(a + odd.bit_length(), need - tz)
+    if odd == 1 or y <= 0:
+        return
+    out.append(Mul(site, a, odd.bit_length(), y, odd))
+
+
+def _table_bits(values) -> int:
+    """Bits of a constant table ``Array(Const(v, _uint(max)))`` indexed by a signal, 0 if every entry
+    is the same (the lookup is a constant)."""
+    values = np.asarray(values)
+    if len(np.unique(values)) < 2:
         return 0
-    pieces_a = math.ceil(a_bits / b.dsp_a_max)
-    full, rem = divmod(b_bits, b.dsp_b_max)
-    n = full + (1 if rem >= 2 and min(a_bits, b.dsp_a_max) + rem >= b.dsp_y_min else 0)
-    if full == 0 and a_bits + b_bits < b.dsp_y_min:
-        n = 0
-    return pieces_a * n
+    return max(1, int(values.max()).bit_length())
 
 
-def multipliers(model: IntModel, lanes: int, b: FpgaBoard | None) -> dict:
-    """``lanes`` multipliers ``W x D[f]`` per engine (int8 x the decode width), plus the constant
-    address multiply ``index * groups`` when ``groups`` is not a power of two. (Yosys may map one
-    more small constant multiply, the readout's lane select, to a DSP on ECP5.)"""
-    geo = layer_geometry(model, lanes)
-    lane_muls = sum(g["lanes"] for g in geo)
-    addr = [g for g in geo if g["groups"] > 1 and g["groups"] & (g["groups"] - 1)]
-    out = {"lane_multipliers": lane_muls, "address_multipliers": len(addr),
-           "operands": [f"int8 x uint{g['decode_bits']}" for g in geo]}
+def _unflatten_muls(out: list, site: str, n_index_bits: int, shape) -> None:
+    """The constant multiplies of :func:`rtl.coords.unflatten` (``c = index // (H*W)`` and
+    ``y = r // W`` by a reciprocal multiply and shift, then ``index - c*(H*W)``, ``r - y*W``)."""
+    from rtl.coords import magic_divisor
+
+    C, H, W = (int(v) for v in shape)
+    HW = H * W
+    if HW == 1:
+        return
+    ib = n_index_bits
+    m1, s1 = magic_divisor(HW, C * HW - 1)
+    _const_mul(out, f"{site}.c", ib, m1, ib + m1.bit_length())
+    c_bits = max(0, ib + m1.bit_length() - s1)           # the shift drops the low product bits
+    r_bits = max(1, (HW - 1).bit_length())
+    _const_mul(out, f"{site}.c*HW", c_bits, HW, r_bits)
+    if W == 1:
+        return
+    m2, s2 = magic_divisor(W, HW - 1)
+    _const_mul(out, f"{site}.y", r_bits, m2, r_bits + m2.bit_length())
+    y_bits = max(0, r_bits + m2.bit_length() - s2)
+    _const_mul(out, f"{site}.y*W", y_bits, W, max(1, (W - 1).bit_length()))
+
+
+def engine_multipliers(k: int, e) -> list[Mul]:
+    """Every multiplier engine ``k`` (of :func:`network`) builds, with the widths Yosys sees.
+
+    ConvEngine (dense, conv2d, avg-pool): ``lanes`` lane multipliers ``W x D[f]`` (signed int8 times
+    the unsigned decode value: ``8 x (d+1)`` bits; an avg-pool's 0/1 weights are still read as int8,
+    and DSP mapping happens before Yosys looks at ROM contents), :func:`rtl.coords.unflatten` of the
+    input index, the first accumulator and weight addresses of an event
+    (``(oy_lo*OW + ox_lo)*G``, ``((c*k + ky0)*k + kx0)*G``) and the output index
+    ``(g*lanes + lane)*OH*OW + pos``. MaxPoolEngine: ``unflatten`` and ``c * OH*OW``.
+    Products by powers of two are shifts and not listed."""
+    out: list[Mul] = []
+    site = f"layer{k}"
+    if is_conv_engine(e):
+        C_in, H, W = e.in_shape
+        C_out, OH, OW = e.out_shape
+        G, L, kk = e.groups, e.lanes, e.kernel
+        d_bits = max(1, int(e.decode.max()).bit_length())
+        for lane in range(L):
+            out.append(Mul(f"{site}.lane{lane}", 8, d_bits + 1, min(8 + d_bits, e.acc_bits)))
+        _unflatten_muls(out, f"{site}.unflatten", max(1, (e.n_in - 1).bit_length()), e.in_shape)
+        # first_acc = (oy_lo * OW + ox_lo) * G into Signal(range(words))
+        acc_bits = _ubits(e.words)
+        oy, ox = _table_bits(e.runs_y[:, 0]), _table_bits(e.runs_x[:, 0])
+        _const_mul(out, f"{site}.first_acc.oy*OW", oy, OW, acc_bits - _tz(G))
+        _const_mul(out, f"{site}.first_acc*G", _add_width(_mul_width(oy, OW), ox), G, acc_bits)
+        # first_w = ((c * k + ky0) * k + kx0) * G into Signal(range(C_in * k * k * G))
+        w_bits = _ubits(C_in * kk * kk * G)
+        c_bits = _ubits(C_in)
+        ky, kx = _table_bits(e.runs_y[:, 2]), _table_bits(e.runs_x[:, 2])
+        _const_mul(out, f"{site}.first_w.c*k", c_bits, kk, w_bits - _tz(G) - 2 * _tz(kk))
+        x1 = _add_width(_mul_width(c_bits, kk), ky)
+        _const_mul(out, f"{site}.first_w*k", x1, kk, w_bits - _tz(G) - _tz(kk))
+        _const_mul(out, f"{site}.first_w*G", _add_width(_mul_width(x1, kk), kx), G, w_bits)
+        # output index (g * L + lane) * P + pos (collector of a firing layer, dispatch of a readout)
+        o_bits = max(1, (e.n_out - 1).bit_length())
+        P = e.n_pos
+        g_bits, l_bits = _ubits(G), _ubits(L)
+        _const_mul(out, f"{site}.index.g*L", g_bits, L, o_bits - _tz(P) - _tz(L))
+        _const_mul(out, f"{site}.index*P", _add_width(_mul_width(g_bits, L), l_bits), P, o_bits)
+    else:
+        C, _, _ = e.in_shape
+        _, OH, OW = e.out_shape
+        _unflatten_muls(out, f"{site}.unflatten", max(1, (e.n_in - 1).bit_length()), e.in_shape)
+        _const_mul(out, f"{site}.c*OH*OW", _ubits(C), OH * OW, (e.n_out + OW).bit_length())
+    return out
+
+
+DSP_MIN_WIDTH = 2   # synth_ecp5 / synth_ice40 -dsp: mul2dsp DSP_A_MINWIDTH = DSP_B_MINWIDTH = 2
+
+
+def mul_dsps(a: int, b: int, y: int, b_: FpgaBoard, top: bool = True) -> int:
+    """DSP blocks for one ``a x b`` multiplier (``y`` product bits) after Yosys's ``mul2dsp``: operands
+    or a product narrower than the board's minimums stay in soft logic; wider ones are split into
+    pieces of at most ``dsp_a_max x dsp_b_max`` (each piece checked again)."""
+    if a < DSP_MIN_WIDTH or b < DSP_MIN_WIDTH or y < b_.dsp_y_min:
+        return 0
+    if top and a < b:
+        a, b = b, a
+    if a > b_.dsp_a_max:
+        n = (a - 1) // b_.dsp_a_max
+        last = a - n * b_.dsp_a_max
+        return (n * mul_dsps(b_.dsp_a_max, b, min(y, b + b_.dsp_a_max), b_, False)
+                + mul_dsps(last, b, b + last, b_, False))
+    if b > b_.dsp_b_max:
+        n = (b - 1) // b_.dsp_b_max
+        last = b - n * b_.dsp_b_max
+        return (n * mul_dsps(a, b_.dsp_b_max, min(y, a + b_.dsp_b_max), b_, False)
+                + mul_dsps(a, last, a + last, b_, False))
+    return 1
+
+
+def all_multipliers(model: IntModel, lanes: int, net=None) -> list[Mul]:
+    net = net if net is not None else inspect_network(model, lanes, 0)
+    return [mu for k, e in enumerate(net.engines) for mu in engine_multipliers(k, e)]
+
+
+def multipliers(model: IntModel, lanes: int, b: FpgaBoard | None, net=None) -> dict:
+    """The multipliers of the design (:func:`engine_multipliers`) and, for a board, the DSP blocks
+    Yosys maps them to (``dsp``; per multiplier in ``dsp_by_site``)."""
+    net = net if net is not None else inspect_network(model, lanes, 0)
+    muls = all_multipliers(model, lanes, net)
+    lane = [mu for mu in muls if mu.const is None]
+    const = [mu for mu in muls if mu.const is not None]
+    operands = []
+    for k, e in enumerate(net.engines):
+        if is_conv_engine(e):
+            operands.append(f"int8 x uint{max(1, int(e.decode.max()).bit_length())}")
+        else:
+            operands.append("none (max-pool)")
+    out = {"lane_multipliers": len(lane), "constant_multipliers": len(const), "operands": operands,
+           "constant": [{"site": mu.site, "a_bits": mu.a_bits, "const": mu.const, "y_bits": mu.y_bits}
+                        for mu in const]}
     if b is not None:
-        dsp = sum(g["lanes"] * _mul_dsps(8, g["decode_bits"] + 1, b) for g in geo)
-        for g in addr:  # a constant multiply: Yosys leaves the narrowest ones in LUTs
-            a_bits, c_bits = max(1, (g["n_in"] - 1).bit_length()), g["groups"].bit_length()
-            if a_bits + c_bits > b.dsp_y_min:
-                dsp += _mul_dsps(a_bits, c_bits, b)
-        out["dsp"] = dsp
+        per = {mu.site: mul_dsps(mu.a_bits, mu.b_bits, mu.y_bits, b) for mu in muls}
+        out["dsp"] = sum(per.values())
+        out["dsp_lane"] = sum(per[mu.site] for mu in lane)
+        out["dsp_constant"] = sum(per[mu.site] for mu in const)
         out["dsp_available"] = b.dsp_count
     return out
 
 
 # ------------------------------------------------------------------------------------------ cycles
 
-def spike_counts(model: IntModel, n_images: int = N_COUNT) -> tuple[list[float], str]:
-    """Mean input spikes of every layer on the first test images of the model's dataset, or the
-    worst case (every input neuron spikes) when the dataset is unknown or missing."""
+def golden_phases(model: IntModel, n_images: int = N_COUNT) -> tuple[list | None, str]:
+    """The golden model's phases (``phases[0]`` the encoded input, ``phases[l + 1]`` layer ``l``'s
+    output, None for the readout) on the first test images of the model's dataset, or None (and the
+    reason) when the dataset is unknown or missing."""
     from . import datasets
 
-    n_in = [int(np.prod(l.weight.shape[1:])) for l in model.layers]
     ds = model.meta.get("dataset") if isinstance(model.meta, dict) else None
     if ds and n_images > 0:
         try:
@@ -274,44 +441,119 @@ def spike_counts(model: IntModel, n_images: int = N_COUNT) -> tuple[list[float],
         if images is not None and tuple(images.shape[1:]) == tuple(model.input_shape):
             from runtime import golden
 
-            r = golden.run(model, images[:n_images], keep_phases=False)
-            spikes = r.spikes.mean(0)  # (L + 1,): input, then every layer's output
-            return ([round(float(spikes[i]), 3) for i in range(len(model.layers))],
-                    f"mean over the first {min(n_images, len(images))} {ds} test images (golden model)")
-    return [float(n) for n in n_in], "worst case: every input neuron of every layer spikes (no dataset available)"
+            images = images[:n_images]
+            r = golden.run(model, images, keep_phases=True)
+            return r.phases, f"mean over the first {len(images)} {ds} test images (golden model)"
+    return None, "worst case: every input neuron of every layer spikes (no dataset available)"
 
 
-def cycle_estimate(model: IntModel, lanes: int, spikes: list[float], source: str) -> dict:
-    """Cycles per inference: ``sum over layers of input spikes * ceil(n_out / lanes) + drain cycles``.
+def _covered(e) -> np.ndarray:
+    """(H, W): output positions an input spike at (y, x) feeds (its window run lengths)."""
+    if is_conv_engine(e):
+        ry, rx = e.runs_y, e.runs_x
+    else:
+        ry, rx = e.row_runs, e.col_runs
+    return np.outer(ry[:, 1], rx[:, 1]).astype(np.int64)
 
-    Drain (rtl/README.md): ``groups * max(3, T.bit_length() + 1, lanes)`` for a firing layer,
-    ``n_out + 2 * groups`` for the readout. The pixel stream takes ``C*H*W + 1`` cycles (one pixel per
-    cycle plus the end-of-frame marker) and overlaps the first layer's accumulation, so
-    ``cycles_per_inference`` is ``max(pixels + 1, layer-0 accumulate) + the rest``."""
-    geo = layer_geometry(model, lanes)
-    layers = []
-    for g, s in zip(geo, spikes):
-        G = g["groups"]
-        if g["readout"]:
-            drain = g["n_out"] + 2 * G
+
+def layer_cycles(e, in_spikes: np.ndarray, out_spikes: np.ndarray | None) -> dict:
+    """Cycles of one engine for a batch: ``in_spikes`` (N, C, H, W) bool (the layer's input spikes),
+    ``out_spikes`` (N, n_out) bool in flat ``(C, OH, OW)`` order (firing layers) or None.
+
+    ConvEngine: an input spike costs ``covered * groups`` cycles (``covered``: the output positions
+    its windows reach, from ``runs_y`` / ``runs_x``), at least 1; its synaptic operations are
+    ``covered * C_out``. Drain: per accumulator word ``max(3, T.bit_length() + 1, spikes in the word)``
+    for a firing layer (read, latch, dispatch; a FireUnit search; the collector forwards one spike
+    per cycle, a silent word costs one), ``n_out + 2 * words`` for the readout.
+    MaxPoolEngine: ``max(1, covered)`` per input spike; drain ``n_out + 3``."""
+    cov = _covered(e)[None, None]                        # (1, 1, H, W)
+    n = len(in_spikes)
+    hit = in_spikes * cov
+    events = in_spikes.reshape(n, -1).sum(1)
+    covered = hit.reshape(n, -1).sum(1)
+    zero = (in_spikes & (cov == 0)).reshape(n, -1).sum(1)     # spikes that reach no output
+    if is_conv_engine(e):
+        C_out = e.out_shape[0]
+        G, L = e.groups, e.lanes
+        acc = covered * G + zero
+        sops = covered * C_out
+        limit = sops / L
+        if e.readout:
+            drain = np.full(n, e.n_out + 2 * e.words)
         else:
-            drain = G * max(3, g["T"].bit_length() + 1, g["lanes"])
-        layers.append({"layer": g["index"], "n_in": g["n_in"], "n_out": g["n_out"], "lanes": g["lanes"],
-                       "cycles_per_event": G, "input_spikes": s, "accumulate_cycles": round(s * G, 3),
-                       "drain_cycles": drain})
+            s = np.zeros((n, G * L, e.n_pos), dtype=np.int64)
+            s[:, :C_out] = out_spikes.reshape(n, C_out, e.n_pos)
+            per_word = s.reshape(n, G, L, e.n_pos).sum(2)          # (N, G, P): spikes per word
+            drain = np.maximum(max(3, int(e.T).bit_length() + 1), per_word).reshape(n, -1).sum(1)
+    else:
+        acc = covered + zero
+        sops = covered
+        limit = sops.astype(float)
+        drain = np.full(n, e.n_out + 3)
+    return {"events": events, "acc": acc, "sops": sops, "limit": limit, "drain": drain}
+
+
+def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str, net=None) -> dict:
+    """Cycles per inference, per layer: accumulate (from the input spikes and the engines' window
+    tables, :func:`layer_cycles`) plus drain; averaged over the images of ``phases``
+    (:func:`golden_phases`), or the worst case (every neuron spikes) when ``phases`` is None.
+
+    The event-driven limit of a layer is its synaptic operations divided by its lanes (every lane
+    busy on a real channel in every cycle); ``accumulate / limit`` is the engine's overhead from
+    padded lanes (``C_out`` not a multiple of ``lanes``). The pixel stream takes ``C*H*W + 1`` cycles
+    (one pixel per cycle plus the end-of-frame marker) and overlaps the first layer's accumulation,
+    so ``cycles_per_inference`` is ``max(pixels + 1, layer-0 accumulate) + the other layers'
+    accumulate + every drain``: layers taken one after the other, which overstates a frame's
+    latency where a layer accumulates while the previous one drains."""
+    net = net if net is not None else inspect_network(model, lanes, 0)
+    if phases is None:   # worst case: every neuron spikes
+        spikes = [np.ones((1,) + tuple(model.input_shape), dtype=bool)]
+        for e in net.engines:
+            spikes.append(np.ones((1, e.n_out), dtype=bool))
+    else:
+        spikes = []
+        for i, ph in enumerate(phases):
+            if ph is None:
+                spikes.append(None)
+                continue
+            code = model.input_T if i == 0 else model.code_of_layer_input(i)[1]
+            spikes.append(np.asarray(ph).reshape(len(ph), -1) < code)
+    layers = []
+    for k, e in enumerate(net.engines):
+        x = spikes[k].reshape((len(spikes[k]),) + tuple(e.in_shape))
+        out = spikes[k + 1] if not e.readout else None
+        c = layer_cycles(e, x, out)
+        mean = {key: float(np.mean(v)) for key, v in c.items()}
+        layer = model.layers[k]
+        cov = _covered(e)
+        layers.append({
+            "layer": k, "kind": layer.kind, "n_in": int(e.n_in), "n_out": int(e.n_out),
+            "lanes": int(e.lanes) if is_conv_engine(e) else None, "groups": int(e.groups) if is_conv_engine(e) else None,
+            "cycles_per_event": int(cov.max() * (e.groups if is_conv_engine(e) else 1)),
+            "input_spikes": round(mean["events"], 3),
+            "accumulate_cycles": round(mean["acc"], 3),
+            "synaptic_ops": round(mean["sops"], 3),
+            "event_driven_limit": round(mean["limit"], 3),
+            "limit_ratio": round(mean["acc"] / mean["limit"], 3) if mean["limit"] else None,
+            "drain_cycles": round(mean["drain"], 3),
+        })
     acc = sum(x["accumulate_cycles"] for x in layers)
     drain = sum(x["drain_cycles"] for x in layers)
     pixels = int(np.prod(model.input_shape)) + 1
     per_inf = max(pixels, layers[0]["accumulate_cycles"]) + acc - layers[0]["accumulate_cycles"] + drain
-    return {"spikes_source": source, "layers": layers, "accumulate_cycles": round(acc, 3), "drain_cycles": drain,
-            "formula_cycles": round(acc + drain, 3), "pixel_input_cycles": pixels,
+    limit = sum(x["event_driven_limit"] for x in layers)
+    init = max(2 * e.words if is_conv_engine(e) else e.n_out for e in net.engines)
+    return {"spikes_source": source, "layers": layers, "accumulate_cycles": round(acc, 3),
+            "drain_cycles": round(drain, 3), "formula_cycles": round(acc + drain, 3),
+            "event_driven_limit": round(limit, 3), "pixel_input_cycles": pixels,
             "cycles_per_inference": round(per_inf, 3),
-            "bias_load_cycles_after_reset": sum(2 * g["groups"] for g in geo)}
-
+            # Every engine initialises its memories after reset, in parallel (conv: 2 cycles per
+            # accumulator word to load the biases; max-pool: 1 per phase word).
+            "init_cycles_after_reset": init}
 
 # ---------------------------------------------------------------------------------------- estimate
 
-WHAT_ORDER = ("weights", "bias", "accumulators", "thresholds", "decode", "encode", "fifo")
+WHAT_ORDER = ("weights", "bias", "accumulators", "thresholds", "decode", "encode", "fifo", "pool")
 
 
 def board_mapping(mems: list[Mem], b: FpgaBoard, muls: dict) -> dict:
@@ -328,7 +570,8 @@ def board_mapping(mems: list[Mem], b: FpgaBoard, muls: dict) -> dict:
         "block_ram_bits_used": sum(m.bits for m, p in zip(mems, per) if p["style"] == "bram"),
         "block_ram_bits_available": b.bram_total_bits,
         "lutram_cells": lutram, "lutram_cell": b.lutram_name, "memory_bits_in_logic": logic_bits,
-        "dsp": muls["dsp"], "dsp_available": b.dsp_count, "dsp_cell": b.dsp_name,
+        "dsp": muls["dsp"], "dsp_lane": muls["dsp_lane"], "dsp_constant": muls["dsp_constant"],
+        "dsp_available": b.dsp_count, "dsp_cell": b.dsp_name,
         "memories": per,
     }
     if b.spram_count:
@@ -344,40 +587,46 @@ def board_mapping(mems: list[Mem], b: FpgaBoard, muls: dict) -> dict:
 
 
 def estimate(model: IntModel, board: FpgaBoard | str | None = None, lanes: int = 8, fifo_depth: int = FIFO_DEPTH,
-             n_images: int = N_COUNT, spikes: tuple[list[float], str] | None = None) -> dict:
-    """The resource and cycle estimate (no file written). ``board=None``: every known board."""
-    check_dense(model)
+             n_images: int = N_COUNT, phases: tuple[list | None, str] | None = None) -> dict:
+    """The resource and cycle estimate (no file written). ``board=None``: every known board.
+    ``phases``: ``(phases, source)`` as :func:`golden_phases` returns them (default: computed here)."""
     lanes = check_lanes(lanes)
     fifo_depth = check_fifo_depth(fifo_depth)
     b = get_board(board) if isinstance(board, str) else board
-    mems = memories(model, lanes, fifo_depth)
+    net = inspect_network(model, lanes, fifo_depth)
+    mems = memories(model, lanes, fifo_depth, net)
     bits = {w: sum(m.bits for m in mems if m.what == w) for w in WHAT_ORDER}
     bits["total"] = sum(m.bits for m in mems)
-    spk, source = spikes if spikes is not None else spike_counts(model, n_images)
+    ph, source = phases if phases is not None else golden_phases(model, n_images)
     est = {
         "lanes": lanes, "fifo_depth": fifo_depth,
         "memories": [{"name": m.name, "what": m.what, "depth": m.depth, "width": m.width, "bits": m.bits,
                       "rom": m.rom, "varying_bits": m.varying} for m in mems],
         "memory_bits": bits,
-        "multipliers": multipliers(model, lanes, None),
-        "cycles": cycle_estimate(model, lanes, spk, source),
+        "multipliers": multipliers(model, lanes, None, net),
+        "cycles": cycle_estimate(model, lanes, ph, source, net),
         "logic_note": "LUTs and flip-flops are not estimated; codegen.synth measures them with Yosys and nextpnr",
     }
     boards = [b] if b is not None else list(FPGA_BOARDS.values())
-    est["boards"] = {x.name: board_mapping(mems, x, multipliers(model, lanes, x)) for x in boards}
+    est["boards"] = {x.name: board_mapping(mems, x, multipliers(model, lanes, x, net)) for x in boards}
     est["board"] = b.name if b is not None else None
     return est
 
 
+def fits(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH) -> bool:
+    net = inspect_network(model, lanes, fifo_depth)
+    return board_mapping(memories(model, lanes, fifo_depth, net), b, multipliers(model, lanes, b, net))["fits"]
+
+
 def largest_fitting_lanes(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH) -> int | None:
     for ln in range(lanes - 1, 0, -1):
-        mems = memories(model, ln, fifo_depth)
-        if board_mapping(mems, b, multipliers(model, ln, b))["fits"]:
+        if fits(model, b, ln, fifo_depth):
             return ln
     return None
 
 
 def check_fit(model: IntModel, est: dict, b: FpgaBoard) -> None:
+    """Refuse (one line, naming what is needed and what the board has) a design that does not fit ``b``."""
     m = est["boards"][b.name]
     if m["fits"]:
         return
@@ -398,13 +647,14 @@ def format_text(est: dict, name: str) -> str:
     c = est["cycles"]
     lines = [f"FPGA estimate for {name}: lanes={est['lanes']}, event FIFO depth {est['fifo_depth']} (ESTIMATE, before synthesis)"]
     bits = est["memory_bits"]
-    lines.append("  memory bits (as laid out, zero-padded to whole lane groups): " + ", ".join(f"{w} {bits[w]:,}" for w in WHAT_ORDER) + f"; total {bits['total']:,}")
+    lines.append("  memory bits (as laid out, zero-padded to whole lane groups): "
+                 + ", ".join(f"{w} {bits[w]:,}" for w in WHAT_ORDER if bits[w]) + f"; total {bits['total']:,}")
     mu = est["multipliers"]
     lines.append(f"  multipliers: {mu['lane_multipliers']} lane multipliers ({', '.join(mu['operands'])}) "
-                 f"+ {mu['address_multipliers']} constant address multiplier(s)")
+                 f"+ {mu['constant_multipliers']} constant multiplier(s) (index split, addresses)")
     for bn, m in est["boards"].items():
         line = (f"  {bn} ({m['part']}): {m['block_rams']}/{m['block_rams_available']} {m['block_ram_cell']}, "
-                f"{m['dsp']}/{m['dsp_available']} {m['dsp_cell']}")
+                f"{m['dsp']}/{m['dsp_available']} {m['dsp_cell']} ({m['dsp_lane']} lane + {m['dsp_constant']} constant)")
         if m.get("lutram_cell"):
             line += f", {m['lutram_cells']} {m['lutram_cell']}"
         line += f", {m['memory_bits_in_logic']:,} memory bits in soft logic: {'fits' if m['fits'] else 'DOES NOT FIT'}"
@@ -412,11 +662,15 @@ def format_text(est: dict, name: str) -> str:
         if "spram_note" in m:
             lines.append(f"      SPRAM {m['spram']}/{m['spram_available']}: {m['spram_note']}")
     lines.append(f"  cycles per inference: {c['cycles_per_inference']:,.0f} "
-                 f"(sum of input spikes x ceil(n_out/lanes) {c['accumulate_cycles']:,.0f} + drain {c['drain_cycles']:,} "
-                 f"= {c['formula_cycles']:,.0f}; pixel stream {c['pixel_input_cycles']:,}); spikes: {c['spikes_source']}")
+                 f"(accumulate {c['accumulate_cycles']:,.0f} + drain {c['drain_cycles']:,.0f} = {c['formula_cycles']:,.0f}; "
+                 f"pixel stream {c['pixel_input_cycles']:,}; event-driven limit {c['event_driven_limit']:,.0f}); "
+                 f"spikes: {c['spikes_source']}")
     for x in c["layers"]:
-        lines.append(f"      layer {x['layer']}: {x['n_in']} -> {x['n_out']}, {x['cycles_per_event']} cycles per event, "
-                     f"{x['input_spikes']:g} input spikes, accumulate {x['accumulate_cycles']:,.0f}, drain {x['drain_cycles']:,}")
+        ratio = f"{x['limit_ratio']:.2f}x the limit" if x["limit_ratio"] else "no input spikes"
+        lines.append(f"      layer {x['layer']} {x['kind']}: {x['n_in']} -> {x['n_out']}, up to {x['cycles_per_event']} cycles "
+                     f"per event, {x['input_spikes']:g} input spikes, {x['synaptic_ops']:,.0f} synaptic ops, "
+                     f"accumulate {x['accumulate_cycles']:,.0f} ({ratio} {x['event_driven_limit']:,.0f}), "
+                     f"drain {x['drain_cycles']:,.0f}")
     lines.append(f"  {est['logic_note']}")
     return "\n".join(lines)
 
@@ -485,9 +739,22 @@ endmodule
 
 
 def network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH):
-    from rtl.mlp import DenseNetwork
+    """The design: ``rtl.network.Network(model, lanes, fifo_depth)``."""
+    from rtl.network import Network
 
-    return DenseNetwork(model, lanes=lanes, fifo_depth=fifo_depth)
+    return Network(model, lanes=lanes, fifo_depth=fifo_depth)
+
+
+def inspect_network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH):
+    """:func:`network`, only to read its engines' parameters (it is not elaborated): its components
+    are marked as used, so that Amaranth does not warn about them."""
+    net = network(model, lanes, fifo_depth)
+    parts = [net, net.encoder, net.argmax]
+    for e in net.engines:
+        parts += [e] + list(getattr(e, "fire_units", []))
+    for p in parts:
+        p._MustUse__used = True
+    return net
 
 
 def verilog(model: IntModel, sym: str, lanes: int, fifo_depth: int = FIFO_DEPTH) -> str:
@@ -522,7 +789,6 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
     ``board``: a name from :data:`boards.fpga.FPGA_BOARDS` (refuse what does not fit it) or None (estimate
     for every board, refuse nothing). ``lanes``: output neurons updated per cycle in every dense engine.
     """
-    check_dense(model)
     lanes = check_lanes(lanes)
     fifo_depth = check_fifo_depth(fifo_depth)
     b = get_board(board) if board is not None else None
@@ -565,5 +831,6 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
     return manifest
 
 
-__all__ = ["emit", "estimate", "check_fit", "memories", "map_memory", "multipliers", "cycle_estimate", "spike_counts",
+__all__ = ["emit", "estimate", "check_fit", "fits", "memories", "elaborated_memories", "map_memory", "multipliers",
+           "engine_multipliers", "mul_dsps", "cycle_estimate", "layer_cycles", "golden_phases", "network",
            "format_text", "pins_verilog", "verilog", "rtlil", "symbol", "result_bits"]

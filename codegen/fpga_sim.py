@@ -75,7 +75,8 @@ class FpgaResult:
     ``s``-th firing layer (end-of-frame markers not counted). ``stats``: what the stimulus did
     (``gap_cycles`` idle input cycles, ``input_stall_cycles`` cycles a pixel waited for
     ``pixel_ready``, ``stalled_results`` results held back (the second one for 4000 cycles),
-    ``result_wait_cycles`` cycles results waited for ``result_ready``, ``reset_cycle`` and ``reset_partial_pixels`` of the mid-frame reset, and
+    ``result_wait_cycles`` cycles results waited for ``result_ready``, ``reset_cycle``, ``reset_partial_pixels`` and ``reset_aborted_frames`` (frames in flight that the
+    reset cut and the bench sent again) of the reset, and
     ``cycles_total``). ``error``: a hang (timeout) or a lost result;
     ``mutated``: the expected value that ``mutate=True`` corrupted.
     """
@@ -309,7 +310,9 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     The bench sends the frames back to back, with idle input runs (``gap``: probability per pixel,
     half the frames go without) and ``result_ready`` stalls (``stall``: share of results held back,
     a quarter of them for 50 to 400 cycles, which backs up the whole pipeline),
-    and with ``reset`` it aborts a frame in its middle with a reset before frame ``N // 2``. Every
+    and with ``reset`` it resets the design at frame ``N // 2``: the frames before it are not waited
+    for (they are still in the layers), frame ``N // 2`` is sent and the next one is cut in its middle;
+    every frame without a result is then sent again and must come out right. Every
     result (logits, class) and every spike event of every firing layer (neuron, phase, in the
     layer's event order, then the end-of-frame marker) is compared as it arrives. The stimulus
     is drawn from ``seed`` (reproducible).

@@ -62,7 +62,7 @@ def assert_all_matched(r):
 
 @pytest.mark.parametrize("sim", SIMS)
 def test_mnist_mlp(sim, mnist):
-    """8 MNIST images with input gaps, result stalls, back-to-back frames and a mid-frame reset."""
+    """8 MNIST images with input gaps, result stalls, back-to-back frames and a reset that cuts frames in flight."""
     need(sim)
     model, x = mnist
     r = fpga_sim.verify(model, x, sim, lanes=8, work=WORK)
@@ -71,6 +71,7 @@ def test_mnist_mlp(sim, mnist):
     assert sum(r.events) > 8 * 20              # hidden spikes were really compared
     st = r.stats                               # ... and the stimulus did what it should
     assert st["gap_cycles"] > 0 and st["result_wait_cycles"] >= 4000 and st["reset_partial_pixels"] > 0
+    assert st["reset_aborted_frames"] >= 1     # the reset cut a whole frame inside the layers
     assert 1000 < r.cycles_min <= r.cycles_median <= r.cycles_max < 20000
 
 
@@ -95,6 +96,7 @@ def test_random_conv(sim, case):
     r = fpga_sim.verify(model, x, sim, lanes=lanes, seed=seed, work=WORK)
     assert_all_matched(r)
     assert len(r.events) == len(plan) - 1 and min(r.events) >= 8
+    assert r.stats["reset_aborted_frames"] >= 1
 
 
 @pytest.mark.parametrize("name,dataset,n", SHIPPED_CNN, ids=[c[0] for c in SHIPPED_CNN])
@@ -107,6 +109,7 @@ def test_shipped_cnn(sim, name, dataset, n):
     r = fpga_sim.verify(model, x[:n], sim, lanes=8, work=WORK)
     assert_all_matched(r)
     assert len(r.events) == len(model.layers) - 1 and min(r.events) >= n * 20
+    assert r.stats["reset_aborted_frames"] >= 1
 
 
 @pytest.mark.parametrize("sim", SIMS)

@@ -57,7 +57,7 @@ class Scoreboard:
         self.ev_exp = [None] * len(self.firing)
         self.ev_next = [None] * len(self.firing)
         self.events = [0] * len(self.firing)
-        self.eof_times = [[] for _ in self.firing]
+        self.eof_times = [{} for _ in self.firing]   # per slot: frame -> cycle of its marker
 
     def record(self, frame, layer, neuron, expected, actual, what):
         self.n_mismatches += 1
@@ -98,7 +98,7 @@ class Scoreboard:
             self.ev_frame[s] += 1
             self.ev_prev[s] = -1
             self.ev_exp[s] = None
-            self.eof_times[s].append(cycle)
+            self.eof_times[s][f] = cycle
             return
         self.events[s] += 1
         npos, ch = self.order[s]
@@ -114,6 +114,14 @@ class Scoreboard:
         elif exp[key] != phase:
             self.record(f, name, index, exp[key], phase, "phase")
         self.ev_prev[s] = key
+
+    def restart(self, first):
+        """A reset cut every frame from ``first`` on (no result yet): they are sent again, and each
+        layer's events are expected from frame ``first``'s first spike again."""
+        for s in range(len(self.firing)):
+            self.ev_frame[s] = first
+            self.ev_prev[s] = -1
+            self.ev_exp[s] = None
 
     def unknown(self, valid_cycle, text):
         """A result with X/Z bits: every bit of it is a mismatch."""
@@ -164,7 +172,9 @@ async def network(dut):
     ibits = int(top["index_bits"])
     n_slots = len(top["firing_layers"])
 
-    stats = {"gap_cycles": 0, "input_stall_cycles": 0, "stalled_results": 0, "reset_cycle": None, "reset_partial_pixels": 0}
+    in_flight = bool(cfg.get("reset_in_flight", True))
+    stats = {"gap_cycles": 0, "input_stall_cycles": 0, "stalled_results": 0, "reset_cycle": None,
+             "reset_partial_pixels": 0, "reset_aborted_frames": 0, "resets": 0}
     starts = [None] * n        # cycle in which each frame's first pixel was accepted
     lasts = [None] * n         # ... and its last
     all_done = Event()
@@ -216,27 +226,45 @@ async def network(dut):
             results_seen["event"] = Event()
             await results_seen["event"].wait()
 
+    async def reset_pulse(partial_pixels, idle_max):
+        """Offer part of a frame, then reset (pixels offered during the reset must be dropped)."""
+        partial = [rng.randrange(256) for _ in range(partial_pixels)]
+        await send(partial, None, gap)
+        dut.pixel_valid.value = 0
+        await ClockCycles(clk, rng.randint(0, idle_max))
+        rst.value = 1
+        stats["reset_cycle"] = now_cycle()
+        stats["reset_partial_pixels"] = len(partial)
+        stats["resets"] += 1
+        dut.pixel_valid.value = 1
+        dut.pixel_data.value = rng.randrange(256)
+        await ClockCycles(clk, rng.randint(1, 3))
+        rst.value = 0
+        dut.pixel_valid.value = 0
+
     async def driver():
-        for k in range(n):
-            if k == reset_before:
+        k, reset_done = 0, False
+        while k < n:
+            if k == reset_before and not reset_done:
+                reset_done = True
+                if in_flight:
+                    # Frames before k may still be anywhere in the pipeline: send frame k and a few
+                    # pixels of the next, then reset at once, so that frame k (at least) is cut inside
+                    # the layers. Every frame without a result is sent again.
+                    await send(images[k].tolist(), k, gap)
+                    await reset_pulse(rng.randint(1, max(1, min(n_pixels - 1, 32))), 4)
+                    first = board.results          # the monitors have seen every transfer before the reset
+                    board.restart(first)
+                    stats["reset_aborted_frames"] = k + 1 - first
+                    await ClockCycles(clk, rng.randint(0, 3))
+                    k = first
+                    continue
                 # Let the frames before it finish, then abort a frame in its middle.
                 await wait_results(k)
                 await edge                    # the monitor signals in the read-only phase
                 dut.pixel_valid.value = 0
                 await ClockCycles(clk, 4)
-                partial = [rng.randrange(256) for _ in range(rng.randint(1, max(1, n_pixels - 1)))]
-                await send(partial, None, gap)
-                dut.pixel_valid.value = 0
-                await ClockCycles(clk, rng.randint(0, 20))
-                # Pixels offered during the reset must be dropped with the aborted frame.
-                rst.value = 1
-                stats["reset_cycle"] = now_cycle()
-                stats["reset_partial_pixels"] = len(partial)
-                dut.pixel_valid.value = 1
-                dut.pixel_data.value = rng.randrange(256)
-                await ClockCycles(clk, rng.randint(1, 3))
-                rst.value = 0
-                dut.pixel_valid.value = 0
+                await reset_pulse(rng.randint(1, max(1, n_pixels - 1)), 20)
                 await ClockCycles(clk, rng.randint(0, 3))
             elif isolate:
                 await wait_results(k)         # one frame in flight at a time: clean latencies
@@ -247,6 +275,7 @@ async def network(dut):
                 stats["gap_cycles"] += idle
                 await ClockCycles(clk, idle)
             await send(images[k].tolist(), k, 0.0 if rng.random() < burst else gap)
+            k += 1
         dut.pixel_valid.value = 0
 
     def draw_hold():
@@ -269,7 +298,7 @@ async def network(dut):
         while True:
             await ReadOnly()
             if valid.value == 0:
-                if since is not None:
+                if since is not None and stats["resets"] == resets_at:
                     board.record(board.results, "result", None, "valid held until taken", "valid dropped",
                                  "result withdrawn while stalled")
                 since = None
@@ -278,7 +307,7 @@ async def network(dut):
             t = now_cycle()
             c, lv = cls.value, logits.value
             if since is None:
-                since, offered = t, (str(c), str(lv))
+                since, offered, resets_at = t, (str(c), str(lv)), stats["resets"]
             if ready.value == 0:
                 stats["stalled_results"] += 1
                 await ClockCycles(clk, hold)
@@ -358,7 +387,7 @@ async def network(dut):
         rt = board.result_times[k] if k < len(board.result_times) else (None, None)
         frames.append({"start": starts[k], "last_pixel": lasts[k], "result_valid": rt[0], "result_accept": rt[1],
                        "latency": None if rt[0] is None or starts[k] is None else rt[0] - starts[k],
-                       "eof": [board.eof_times[s][k] if k < len(board.eof_times[s]) else None
+                       "eof": [board.eof_times[s].get(k)
                                for s in range(n_slots)]})
     received = min(board.results, n)
     complete = [k < received and all(k < board.ev_frame[s] for s in range(n_slots)) for k in range(n)]
