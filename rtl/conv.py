@@ -37,8 +37,8 @@ class ConvEngine(wiring.Component):
     Frame behaviour
         1. *Accumulate.* An input event is registered (its flat index split into ``(c, y, x)`` by
            constant reciprocal multiplication, :mod:`rtl.coords`), then the engine spends one cycle
-           per (covered output position, group), adding to the accumulators in a two-stage
-           read-modify-write pipeline. The next event is taken in the last cycle of the previous
+           per (covered output position, group), adding to the accumulators in a pipeline
+           (issue the weight read; multiply and read the accumulator; add and write back). The next event is taken in the last cycle of the previous
            one, so back-to-back events cost no bubble. Input gaps are idle cycles; events with
            the no-spike phase add 0.
         2. *Drain*, on the end-of-frame marker. Word by word (position-major, then group) the
@@ -204,8 +204,12 @@ class ConvEngine(wiring.Component):
         acc_addr, acc_row = Signal(range(self.words)), Signal(range(self.words))
         w_addr, w_base, w_row = Signal(range(w_span)), Signal(range(w_span)), Signal(range(w_span))
         cur_f = Signal.like(r_f)
-        ex_valid = Signal()                      # execute stage: rd data belong to word ex_addr
+        ex_valid = Signal()                      # stage 1: weight and decode data for word ex_addr
         ex_addr = Signal(range(self.words))
+        wr_valid = Signal()                      # stage 2: product registered, accumulator read
+        wr_addr = Signal(range(self.words))
+        prod_shape = signed(8 + max(1, int(self.decode.max()).bit_length()) + 1)
+        prod = Signal(data.ArrayLayout(prod_shape, L))
         last_issue = busy & (g == G - 1) & (ox_left == 0) & (oy_left == 0)
 
         # ---- drain
@@ -219,12 +223,20 @@ class ConvEngine(wiring.Component):
         last_mask = (1 << (C_out - (G - 1) * L)) - 1
 
         # ---- execute stage of the accumulate pipeline: acc[w] += W * D[f]
-        m.d.sync += ex_valid.eq(0)
+        # Stage 1 multiplies (the product is registered); stage 2 adds it to the accumulator read
+        # in stage 1 and writes it back. The read-modify-write loop is one cycle (read in stage 1,
+        # write in stage 2); the transparent read port gives an access right after a write to the
+        # same word the new value, so back-to-back updates of one word need no bubble.
+        m.d.sync += [ex_valid.eq(0), wr_valid.eq(ex_valid), wr_addr.eq(ex_addr)]
+        for l in range(L):
+            m.d.sync += prod[l].eq(w_rd.data[l] * dec_rd.data)
         with m.If(ex_valid):
-            m.d.comb += [acc_wr.addr.eq(ex_addr), acc_wr.en.eq(1)]
+            m.d.comb += acc_rd.addr.eq(ex_addr)
+        with m.If(wr_valid):
+            m.d.comb += [acc_wr.addr.eq(wr_addr), acc_wr.en.eq(1)]
             for l in range(L):
                 # Partial sums are bounded by the range analysis, so the truncation is exact.
-                m.d.comb += acc_wr.data[l].eq(acc_rd.data[l] + w_rd.data[l] * dec_rd.data)
+                m.d.comb += acc_wr.data[l].eq(acc_rd.data[l] + prod[l])
 
         take = Signal()                          # the issue stage takes the registered event
         m.d.comb += self.i.ready.eq(~r_valid | take)
@@ -243,7 +255,7 @@ class ConvEngine(wiring.Component):
         first_w = ((r_c * k + ky0) * k + kx0) * G
 
         with m.If(busy):
-            m.d.comb += [w_rd.addr.eq(w_addr), acc_rd.addr.eq(acc_addr), dec_rd.addr.eq(cur_f)]
+            m.d.comb += [w_rd.addr.eq(w_addr), dec_rd.addr.eq(cur_f)]
             m.d.sync += [ex_valid.eq(1), ex_addr.eq(acc_addr)]
             with m.If(g != G - 1):
                 m.d.sync += [g.eq(g + 1), acc_addr.eq(acc_addr + 1), w_addr.eq(w_addr + 1)]
@@ -264,7 +276,7 @@ class ConvEngine(wiring.Component):
                 with m.If(take):
                     with m.If(r_eof):
                         m.d.sync += [d_addr.eq(0), d_g.eq(0), d_pos.eq(0)]
-                        m.next = "DRAIN_RD"
+                        m.next = "DRAIN_WAIT"
                     with m.Elif((ny != 0) & (nx_ != 0)):
                         m.d.sync += [
                             busy.eq(1), g.eq(0), cur_f.eq(r_f),
@@ -272,6 +284,11 @@ class ConvEngine(wiring.Component):
                             acc_addr.eq(first_acc), acc_row.eq(first_acc),
                             w_addr.eq(first_w), w_base.eq(first_w), w_row.eq(first_w),
                         ]
+
+            with m.State("DRAIN_WAIT"):
+                # The last update is in stage 1 (its accumulator read uses the port now); it is
+                # written in the next cycle, when DRAIN_RD reads (transparently).
+                m.next = "DRAIN_RD"
 
             with m.State("DRAIN_RD"):
                 m.d.comb += [acc_rd.addr.eq(d_addr), bias_rd.addr.eq(d_g)]
