@@ -31,7 +31,6 @@ Files (deterministic: same model and flags give byte-identical files; no timesta
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,9 +78,10 @@ class Mem:
     depth: int
     width: int
     rom: bool       # no write port (initialised, read only)
-    # Bits of a word that are not the same in every word (ROM contents) or that some write can set
-    # (RAM): Yosys (opt_mem) drops the others before mapping. None: all bits used.
+    # Bits of a word that are not the same in every word (ROM contents), or that some write can set
+    # and some read uses (RAM): Yosys (opt_mem) drops the others before mapping. None: all bits used.
     varying: int | None = None
+    used: bool = True   # False: nothing reads it, Yosys removes it
 
     @property
     def bits(self) -> int:
@@ -156,9 +156,13 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
             mems.append(Mem(f"fifo{k}.storage", "fifo", net.fifo_depth - 1, width, False, live))
         if is_conv_engine(e):
             G, L, acc = e.groups, e.lanes, e.acc_bits
+            # A firing layer with fewer channels than lanes (one group) never hands the extra lanes
+            # to their FireUnits (constant masks): Yosys removes those units and accumulator bits.
+            live = e.out_shape[0] if G == 1 and not e.readout else L
             w = weight_words(e)
             mems.append(Mem(f"layer{k}.wmem", "weights", len(w), 8 * L, True, varying_bits(w, 8)))
-            mems.append(Mem(f"layer{k}.accmem", "accumulators", e.words, L * acc, False))
+            mems.append(Mem(f"layer{k}.accmem", "accumulators", e.words, L * acc, False,
+                            None if live == L else live * acc))
             mems.append(Mem(f"layer{k}.biasmem", "bias", G, L * acc, True,
                             varying_bits(e._lane_words(e.bias).reshape(G, L), acc)))
             d_bits = max(1, int(e.decode.max()).bit_length())
@@ -169,7 +173,7 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
                 init = np.zeros((fu.rows, 1 << f_bits), dtype=np.int64)
                 init[:, :fu.T] = fu.theta
                 mems.append(Mem(f"layer{k}.fire{lane}.rom", "thresholds", init.size, fu.acc_bits, True,
-                                varying_bits(init.reshape(-1, 1), fu.acc_bits)))
+                                varying_bits(init.reshape(-1, 1), fu.acc_bits), used=lane < live))
         else:
             mems.append(Mem(f"layer{k}.mem", "pool", e.n_out, int(e.T).bit_length(), False))
         prev = e
@@ -219,6 +223,8 @@ def map_memory(mem: Mem, b: FpgaBoard) -> dict:
     """Where Yosys's ``memory_libmap`` is expected to put ``mem``: the cheapest of soft logic,
     distributed RAM and block RAM under its cost model (the library shapes and costs of the board,
     the default soft-logic costs, mux costs; a RAM must beat soft logic strictly, as in Yosys)."""
+    if not mem.used:
+        return {"style": "unused", "shape": None, "cells": 0}
     if mem.mapped_width == 0:  # every word equal: Yosys replaces the ROM by constants
         return {"style": "constant", "shape": None, "cells": 0}
     logic = int(mem.depth * mem.mapped_width * (b.logic_cost_rom if mem.rom else b.logic_cost_ram))
@@ -268,8 +274,11 @@ def _ubits(n: int) -> int:
 
 def _mul_width(a: int, c: int) -> int:
     """Width of ``x * c`` (``x`` ``a`` bits wide, ``c`` a Python int) as Amaranth builds it; 0 when
-    ``x`` has no bits (the product is the constant 0, which Yosys folds away)."""
-    return a + max(1, int(c).bit_length()) if a > 0 else 0
+    ``x`` has no bits (the product is the constant 0, which Yosys folds away); ``a`` for ``c == 1``
+    (Yosys drops the multiply and the zero-extension)."""
+    if a <= 0:
+        return 0
+    return a if c == 1 else a + max(1, int(c).bit_length())
 
 
 def _add_width(a: int, b: int) -> int:
@@ -277,9 +286,10 @@ def _add_width(a: int, b: int) -> int:
     return max(a, b) + 1 if a > 0 and b > 0 else max(a, b)
 
 
-def _const_mul(out: list, site: str, a: int, const: int, need: int) -> None:
-    """Record ``x * const`` (``x``: ``a`` bits; ``need``: product bits used downstream) unless Yosys
-    turns it into a shift (``const`` a power of two, or 0), or it has no variable input or no used bits."""
+def _const_mul(out: list, site: str, a: int, const: int, need: int, copies: int = 1) -> None:
+    """Record ``x * const`` (``x``: ``a`` bits; ``need``: bits of the product used downstream) unless Yosys
+    turns it into a shift (``const`` a power of two, or 0), or it has no variable input or no used bits.
+    ``copies``: how many identical multipliers Yosys keeps (see :func:`_table`)."""
     const = int(const)
     if const <= 0 or a <= 0:
         return
@@ -288,16 +298,24 @@ def _const_mul(out: list, site: str, a: int, const: int, need: int) -> None:
     y = min(a + odd.bit_length(), need - tz)
     if odd == 1 or y <= 0:
         return
-    out.append(Mul(site, a, odd.bit_length(), y, odd))
+    for i in range(copies):
+        out.append(Mul(site if copies == 1 else f"{site}#{i}", a, odd.bit_length(), y, odd))
 
 
-def _table_bits(values) -> int:
-    """Bits of a constant table ``Array(Const(v, _uint(max)))`` indexed by a signal, 0 if every entry
-    is the same (the lookup is a constant)."""
+def _table(values) -> tuple[int, bool]:
+    """``(bits, rom)`` of a constant table ``Array(Const(v, _uint(max)))`` indexed by a signal.
+
+    ``rom``: Yosys's ``proc_rom`` turns the lookup into a ROM (at least 8 entries that cover every
+    index value, i.e. a power of two); otherwise it is a multiplexer of constants, which Yosys folds
+    to a constant (bits 0) when every entry is the same. Amaranth writes an expression once per
+    assignment that uses it; Yosys merges the identical copies, except those that read such ROMs
+    (each copy reads its own ROM), so their multipliers stay duplicated."""
     values = np.asarray(values)
-    if len(np.unique(values)) < 2:
-        return 0
-    return max(1, int(values.max()).bit_length())
+    n = len(values)
+    rom = n >= 8 and n & (n - 1) == 0
+    if not rom and len(np.unique(values)) < 2:
+        return 0, False
+    return max(1, int(values.max()).bit_length()), rom
 
 
 def _unflatten_muls(out: list, site: str, n_index_bits: int, shape) -> None:
@@ -341,27 +359,42 @@ def engine_multipliers(k: int, e) -> list[Mul]:
         G, L, kk = e.groups, e.lanes, e.kernel
         d_bits = max(1, int(e.decode.max()).bit_length())
         for lane in range(L):
-            out.append(Mul(f"{site}.lane{lane}", 8, d_bits + 1, min(8 + d_bits, e.acc_bits)))
+            # signed 8 x signed (d_bits + 1) (the decode value zero-extended); the product of an int8
+            # and a non-negative value needs 8 + d_bits bits.
+            out.append(Mul(f"{site}.lane{lane}", 8, d_bits + 1, 8 + d_bits))
         _unflatten_muls(out, f"{site}.unflatten", max(1, (e.n_in - 1).bit_length()), e.in_shape)
-        # first_acc = (oy_lo * OW + ox_lo) * G into Signal(range(words))
+        # first_acc = (oy_lo * OW + ox_lo) * G into Signal(range(words)), assigned to acc_addr and
+        # acc_row (2 copies)
         acc_bits = _ubits(e.words)
-        oy, ox = _table_bits(e.runs_y[:, 0]), _table_bits(e.runs_x[:, 0])
-        _const_mul(out, f"{site}.first_acc.oy*OW", oy, OW, acc_bits - _tz(G))
-        _const_mul(out, f"{site}.first_acc*G", _add_width(_mul_width(oy, OW), ox), G, acc_bits)
-        # first_w = ((c * k + ky0) * k + kx0) * G into Signal(range(C_in * k * k * G))
-        w_bits = _ubits(C_in * kk * kk * G)
-        c_bits = _ubits(C_in)
-        ky, kx = _table_bits(e.runs_y[:, 2]), _table_bits(e.runs_x[:, 2])
-        _const_mul(out, f"{site}.first_w.c*k", c_bits, kk, w_bits - _tz(G) - 2 * _tz(kk))
-        x1 = _add_width(_mul_width(c_bits, kk), ky)
-        _const_mul(out, f"{site}.first_w*k", x1, kk, w_bits - _tz(G) - _tz(kk))
-        _const_mul(out, f"{site}.first_w*G", _add_width(_mul_width(x1, kk), kx), G, w_bits)
+        (oy, oy_rom), (ox, ox_rom) = _table(e.runs_y[:, 0]), _table(e.runs_x[:, 0])
+        _const_mul(out, f"{site}.first_acc.oy*OW", oy, OW, acc_bits - _tz(G), 2 if oy_rom else 1)
+        _const_mul(out, f"{site}.first_acc*G", _add_width(_mul_width(oy, OW), ox), G, acc_bits,
+                   2 if oy_rom or ox_rom else 1)
+        # first_w = ((c * k + ky0) * k + kx0) * G into Signal(range(C_in * k * k * G)), assigned to
+        # w_addr, w_base and w_row (3 copies)
+        # (none if every weight word is the same, e.g. a one-channel avg-pool: Yosys replaces the
+        # weight ROM by a constant and drops its address logic)
+        if varying_bits(weight_words(e), 8):
+            w_bits = _ubits(C_in * kk * kk * G)
+            c_bits = _ubits(C_in)
+            (ky, ky_rom), (kx, kx_rom) = _table(e.runs_y[:, 2]), _table(e.runs_x[:, 2])
+            _const_mul(out, f"{site}.first_w.c*k", c_bits, kk, w_bits - _tz(G) - _tz(kk))
+            x1 = _add_width(_mul_width(c_bits, kk), ky)
+            _const_mul(out, f"{site}.first_w*k", x1, kk, w_bits - _tz(G), 3 if ky_rom else 1)
+            _const_mul(out, f"{site}.first_w*G", _add_width(_mul_width(x1, kk), kx), G, w_bits,
+                       3 if ky_rom or kx_rom else 1)
         # output index (g * L + lane) * P + pos (collector of a firing layer, dispatch of a readout)
         o_bits = max(1, (e.n_out - 1).bit_length())
         P = e.n_pos
         g_bits, l_bits = _ubits(G), _ubits(L)
-        _const_mul(out, f"{site}.index.g*L", g_bits, L, o_bits - _tz(P) - _tz(L))
+        _const_mul(out, f"{site}.index.g*L", g_bits, L, o_bits - _tz(P))
         _const_mul(out, f"{site}.index*P", _add_width(_mul_width(g_bits, L), l_bits), P, o_bits)
+        if e.readout and e.acc_bits % 2 == 0:
+            # word[lane]: a part select at lane * acc_bits. Yosys's peepopt (shiftmul) turns it into a
+            # multiplexer when acc_bits is odd; an even one is split into a shift first, and the
+            # multiply by its odd part stays.
+            _const_mul(out, f"{site}.lane_select", l_bits, e.acc_bits,
+                       l_bits + e.acc_bits.bit_length())
     else:
         C, _, _ = e.in_shape
         _, OH, OW = e.out_shape
@@ -456,21 +489,31 @@ def _covered(e) -> np.ndarray:
     return np.outer(ry[:, 1], rx[:, 1]).astype(np.int64)
 
 
+FIRE_DRAIN_OVERHEAD = 6     # ConvEngine, firing: marker taken, DRAIN_WAIT, first read and latch, marker out
+READOUT_DRAIN_OVERHEAD = 2  # ConvEngine, readout: marker taken, DRAIN_WAIT
+POOL_DRAIN_OVERHEAD = 3     # MaxPoolEngine: the marker passes its pipeline and leaves
+
+
 def layer_cycles(e, in_spikes: np.ndarray, out_spikes: np.ndarray | None) -> dict:
     """Cycles of one engine for a batch: ``in_spikes`` (N, C, H, W) bool (the layer's input spikes),
     ``out_spikes`` (N, n_out) bool in flat ``(C, OH, OW)`` order (firing layers) or None.
 
-    ConvEngine: an input spike costs ``covered * groups`` cycles (``covered``: the output positions
-    its windows reach, from ``runs_y`` / ``runs_x``), at least 1; its synaptic operations are
-    ``covered * C_out``. Drain: per accumulator word ``max(3, T.bit_length() + 1, spikes in the word)``
-    for a firing layer (read, latch, dispatch; a FireUnit search; the collector forwards one spike
-    per cycle, a silent word costs one), ``n_out + 2 * words`` for the readout.
-    MaxPoolEngine: ``max(1, covered)`` per input spike; drain ``n_out + 3``."""
+    ConvEngine (dense, conv2d, avg-pool): an input spike costs ``covered * groups`` cycles
+    (``covered``: the output positions its windows reach, from ``runs_y`` / ``runs_x``), at least 1
+    (a spike that reaches no output still passes the input register); its synaptic operations are
+    ``covered * C_out``, its event-driven limit ``covered * C_out / lanes``. Drain of a firing layer:
+    per accumulator word ``max(3, T.bit_length() + max(1, s))`` (``s``: spikes in the word; a word
+    waits for its FireUnit searches, ``T.bit_length() + 1`` cycles, and the collector forwards one
+    spike per cycle and releases the FireUnits only after the word's last spike), plus
+    :data:`FIRE_DRAIN_OVERHEAD`; of the readout ``n_out + 2 * words`` plus :data:`READOUT_DRAIN_OVERHEAD`.
+    MaxPoolEngine: ``max(1, covered)`` cycles per input spike (limit: one spike per cycle);
+    drain ``n_out + 3``."""
     cov = _covered(e)[None, None]                        # (1, 1, H, W)
     n = len(in_spikes)
-    hit = in_spikes * cov
+    per_event = np.maximum(1, cov * (e.groups if is_conv_engine(e) else 1))
+    cost = (in_spikes * per_event).reshape(n, -1)       # cycles of every input neuron's spike, 0 if silent
     events = in_spikes.reshape(n, -1).sum(1)
-    covered = hit.reshape(n, -1).sum(1)
+    covered = (in_spikes * cov).reshape(n, -1).sum(1)
     zero = (in_spikes & (cov == 0)).reshape(n, -1).sum(1)     # spikes that reach no output
     if is_conv_engine(e):
         C_out = e.out_shape[0]
@@ -479,32 +522,70 @@ def layer_cycles(e, in_spikes: np.ndarray, out_spikes: np.ndarray | None) -> dic
         sops = covered * C_out
         limit = sops / L
         if e.readout:
-            drain = np.full(n, e.n_out + 2 * e.words)
+            drain = np.full(n, e.n_out + 2 * e.words + READOUT_DRAIN_OVERHEAD)
         else:
             s = np.zeros((n, G * L, e.n_pos), dtype=np.int64)
             s[:, :C_out] = out_spikes.reshape(n, C_out, e.n_pos)
             per_word = s.reshape(n, G, L, e.n_pos).sum(2)          # (N, G, P): spikes per word
-            drain = np.maximum(max(3, int(e.T).bit_length() + 1), per_word).reshape(n, -1).sum(1)
+            steps = int(e.T).bit_length()
+            drain = np.maximum(3, steps + np.maximum(1, per_word)).reshape(n, -1).sum(1) + FIRE_DRAIN_OVERHEAD
     else:
         acc = covered + zero
         sops = covered
-        limit = sops.astype(float)
-        drain = np.full(n, e.n_out + 3)
-    return {"events": events, "acc": acc, "sops": sops, "limit": limit, "drain": drain}
+        limit = events.astype(float)
+        drain = np.full(n, e.n_out + POOL_DRAIN_OVERHEAD)
+    return {"events": events, "acc": acc, "sops": sops, "limit": limit, "drain": drain, "cost": cost}
 
 
-def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str, net=None) -> dict:
-    """Cycles per inference, per layer: accumulate (from the input spikes and the engines' window
-    tables, :func:`layer_cycles`) plus drain; averaged over the images of ``phases``
-    (:func:`golden_phases`), or the worst case (every neuron spikes) when ``phases`` is None.
+PIXEL_LATENCY = 3   # pixel accepted -> its event in the first engine's input register (encoder ROM, FIFO)
 
-    The event-driven limit of a layer is its synaptic operations divided by its lanes (every lane
-    busy on a real channel in every cycle); ``accumulate / limit`` is the engine's overhead from
-    padded lanes (``C_out`` not a multiple of ``lanes``). The pixel stream takes ``C*H*W + 1`` cycles
-    (one pixel per cycle plus the end-of-frame marker) and overlaps the first layer's accumulation,
-    so ``cycles_per_inference`` is ``max(pixels + 1, layer-0 accumulate) + the other layers'
-    accumulate + every drain``: layers taken one after the other, which overstates a frame's
-    latency where a layer accumulates while the previous one drains."""
+
+def pixel_stream_end(cost: np.ndarray, fifo_depth: int) -> np.ndarray:
+    """Cycle (from the frame's first pixel) at which the first engine has issued the work of every
+    input spike and holds the end-of-frame marker, for one pixel per cycle in pixel order.
+
+    ``cost`` (N, C*H*W): cycles of each pixel's spike in the first engine (0: silent). The engine
+    takes the events in order, each once the previous one is done; the encoder stalls (silent pixels
+    too) while ``fifo_depth + 2`` events wait (the FIFO, the engine's input register and the
+    encoder's output stage): so the engine idles until the first spike arrives and whenever spikes
+    arrive slower than it works."""
+    ends = np.zeros(len(cost))
+    cap = fifo_depth + 2
+    for i, row in enumerate(np.asarray(cost)):
+        t = 0.0              # the cycle the next pixel is accepted
+        end = 0.0            # the engine has issued every event so far
+        starts = []
+        for c in row:
+            if c:
+                if len(starts) >= cap:   # wait for a free place: the event cap places ahead has left
+                    t = max(t, starts[-cap] - PIXEL_LATENCY + 1)
+                start = max(t + PIXEL_LATENCY, end)
+                starts.append(start)
+                end = start + c
+            t += 1
+        ends[i] = max(end, t + PIXEL_LATENCY)
+    return ends
+
+
+def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str, net=None,
+                   fifo_depth: int = FIFO_DEPTH) -> dict:
+    """Cycles per inference from every layer's accumulate and drain cycles (:func:`layer_cycles`),
+    per image of ``phases`` (:func:`golden_phases`) and then averaged, or for the worst case (every
+    neuron spikes) when ``phases`` is None.
+
+    Layers overlap: layer ``k+1`` accumulates the events layer ``k`` sends while it drains, and the
+    first layer accumulates while the pixels stream in (one per cycle). With ``A_k`` and ``D_k`` the
+    accumulate and drain cycles of layer ``k`` (of ``L``) and ``P`` the cycle at which the first
+    layer has the frame's last event and marker (:func:`pixel_stream_end`: at least ``C*H*W + 1``
+    and ``A_0``, more where the engine waits for spikes)::
+
+        cycles_per_inference = P + sum_{k < L-1} max(D_k, A_{k+1}) + D_{L-1}
+
+    (the frame's latency from its first pixel to the result, one frame in the pipeline). The
+    sequential sum ``max(C*H*W + 1, A_0) + sum_{k > 0} A_k + sum_k D_k`` (no overlap between layers)
+    is ``cycles_sequential``; ``formula_cycles`` is ``sum_k (A_k + D_k)``. The event-driven limit of a
+    layer is its synaptic operations divided by its lanes (a max-pool: one input spike per cycle);
+    ``limit_ratio`` is accumulate / limit (the cost of lanes without a real channel)."""
     net = net if net is not None else inspect_network(model, lanes, 0)
     if phases is None:   # worst case: every neuron spikes
         spikes = [np.ones((1,) + tuple(model.input_shape), dtype=bool)]
@@ -518,18 +599,24 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
                 continue
             code = model.input_T if i == 0 else model.code_of_layer_input(i)[1]
             spikes.append(np.asarray(ph).reshape(len(ph), -1) < code)
-    layers = []
+    n = len(spikes[0])
+    layers, acc_k, drain_k, first_cost = [], [], [], None
     for k, e in enumerate(net.engines):
-        x = spikes[k].reshape((len(spikes[k]),) + tuple(e.in_shape))
+        x = spikes[k].reshape((n,) + tuple(e.in_shape))
         out = spikes[k + 1] if not e.readout else None
         c = layer_cycles(e, x, out)
+        if k == 0:
+            first_cost = c["cost"]
+        acc_k.append(c["acc"].astype(float))
+        drain_k.append(c["drain"].astype(float))
         mean = {key: float(np.mean(v)) for key, v in c.items()}
         layer = model.layers[k]
         cov = _covered(e)
+        conv = is_conv_engine(e)
         layers.append({
             "layer": k, "kind": layer.kind, "n_in": int(e.n_in), "n_out": int(e.n_out),
-            "lanes": int(e.lanes) if is_conv_engine(e) else None, "groups": int(e.groups) if is_conv_engine(e) else None,
-            "cycles_per_event": int(cov.max() * (e.groups if is_conv_engine(e) else 1)),
+            "lanes": int(e.lanes) if conv else None, "groups": int(e.groups) if conv else None,
+            "cycles_per_event": int(cov.max() * (e.groups if conv else 1)),
             "input_spikes": round(mean["events"], 3),
             "accumulate_cycles": round(mean["acc"], 3),
             "synaptic_ops": round(mean["sops"], 3),
@@ -537,19 +624,26 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
             "limit_ratio": round(mean["acc"] / mean["limit"], 3) if mean["limit"] else None,
             "drain_cycles": round(mean["drain"], 3),
         })
+    pixels = int(np.prod(model.input_shape)) + 1
+    stream_end = pixel_stream_end(first_cost, fifo_depth)
+    overlapped = stream_end + drain_k[-1]
+    for k in range(len(layers) - 1):
+        overlapped = overlapped + np.maximum(drain_k[k], acc_k[k + 1])
+    sequential = np.maximum(pixels, acc_k[0]) + sum(acc_k[1:]) + sum(drain_k)
     acc = sum(x["accumulate_cycles"] for x in layers)
     drain = sum(x["drain_cycles"] for x in layers)
-    pixels = int(np.prod(model.input_shape)) + 1
-    per_inf = max(pixels, layers[0]["accumulate_cycles"]) + acc - layers[0]["accumulate_cycles"] + drain
     limit = sum(x["event_driven_limit"] for x in layers)
     init = max(2 * e.words if is_conv_engine(e) else e.n_out for e in net.engines)
-    return {"spikes_source": source, "layers": layers, "accumulate_cycles": round(acc, 3),
+    return {"spikes_source": source, "images": n, "layers": layers, "accumulate_cycles": round(acc, 3),
             "drain_cycles": round(drain, 3), "formula_cycles": round(acc + drain, 3),
             "event_driven_limit": round(limit, 3), "pixel_input_cycles": pixels,
-            "cycles_per_inference": round(per_inf, 3),
+            "first_layer_done": round(float(np.mean(stream_end)), 3),
+            "cycles_per_inference": round(float(np.mean(overlapped)), 3),
+            "cycles_sequential": round(float(np.mean(sequential)), 3),
             # Every engine initialises its memories after reset, in parallel (conv: 2 cycles per
             # accumulator word to load the biases; max-pool: 1 per phase word).
             "init_cycles_after_reset": init}
+
 
 # ---------------------------------------------------------------------------------------- estimate
 
@@ -601,10 +695,10 @@ def estimate(model: IntModel, board: FpgaBoard | str | None = None, lanes: int =
     est = {
         "lanes": lanes, "fifo_depth": fifo_depth,
         "memories": [{"name": m.name, "what": m.what, "depth": m.depth, "width": m.width, "bits": m.bits,
-                      "rom": m.rom, "varying_bits": m.varying} for m in mems],
+                      "rom": m.rom, "varying_bits": m.varying, "used": m.used} for m in mems],
         "memory_bits": bits,
         "multipliers": multipliers(model, lanes, None, net),
-        "cycles": cycle_estimate(model, lanes, ph, source, net),
+        "cycles": cycle_estimate(model, lanes, ph, source, net, fifo_depth),
         "logic_note": "LUTs and flip-flops are not estimated; codegen.synth measures them with Yosys and nextpnr",
     }
     boards = [b] if b is not None else list(FPGA_BOARDS.values())
@@ -661,10 +755,10 @@ def format_text(est: dict, name: str) -> str:
         lines.append(line)
         if "spram_note" in m:
             lines.append(f"      SPRAM {m['spram']}/{m['spram_available']}: {m['spram_note']}")
-    lines.append(f"  cycles per inference: {c['cycles_per_inference']:,.0f} "
-                 f"(accumulate {c['accumulate_cycles']:,.0f} + drain {c['drain_cycles']:,.0f} = {c['formula_cycles']:,.0f}; "
-                 f"pixel stream {c['pixel_input_cycles']:,}; event-driven limit {c['event_driven_limit']:,.0f}); "
-                 f"spikes: {c['spikes_source']}")
+    lines.append(f"  cycles per inference: {c['cycles_per_inference']:,.0f} (layers overlapped; "
+                 f"{c['cycles_sequential']:,.0f} one after the other; accumulate {c['accumulate_cycles']:,.0f} + drain "
+                 f"{c['drain_cycles']:,.0f} = {c['formula_cycles']:,.0f}; pixel stream {c['pixel_input_cycles']:,}; "
+                 f"event-driven limit {c['event_driven_limit']:,.0f}); spikes: {c['spikes_source']}")
     for x in c["layers"]:
         ratio = f"{x['limit_ratio']:.2f}x the limit" if x["limit_ratio"] else "no input spikes"
         lines.append(f"      layer {x['layer']} {x['kind']}: {x['n_in']} -> {x['n_out']}, up to {x['cycles_per_event']} cycles "

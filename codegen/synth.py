@@ -1,6 +1,7 @@
-"""Synthesis smoke for the fpga target: Yosys + nextpnr on the all-dense pipeline, with honest numbers.
+"""Synthesis smoke for the fpga target: Yosys + nextpnr on the whole pipeline, with honest numbers.
 
-:func:`synthesize` elaborates ``DenseNetwork(model, lanes)`` (rtl/mlp.py) as RTLIL (the same netlist
+:func:`synthesize` elaborates ``Network(model, lanes)`` (rtl/network.py: dense, conv2d, max-pool and
+avg-pool engines) as RTLIL (the same netlist
 as the emitted Verilog: Amaranth writes its Verilog from this RTLIL, and Yosys reads RTLIL about ten
 times faster than the Verilog's memory initialisers), wraps it in the 23-pin ``<sym>_pins`` wrapper
 of :mod:`codegen.emit_fpga` (so that it fits the 39 I/Os of the iCE40UP5K-SG48), and runs
@@ -14,7 +15,7 @@ of :mod:`codegen.emit_fpga` (so that it fits the 39 I/Os of the iCE40UP5K-SG48),
 It reports cell counts from Yosys's netlist (LUT4, FF, block RAM, SPRAM, DSP, carry, distributed RAM),
 nextpnr's utilisation and Fmax, or the tool's failure message when the design does not fit (the
 MNIST MLP needs about 230 EBR on a 30-EBR UP5K: its weights are in initialised block RAM, never in
-SPRAM). Files in ``work_dir``: the RTLIL, the wrapper, the Yosys script and log, the netlist JSON,
+SPRAM; the MNIST CNN needs more DP16KD than the ECP5-25k has). Files in ``work_dir``: the RTLIL, the wrapper, the Yosys script and log, the netlist JSON,
 nextpnr's log and report, ``synth_report.json``, ``synth_report.txt`` and ``resources.png`` (use vs
 device capacity).
 
@@ -137,12 +138,11 @@ def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *,
                fifo_depth: int = emit_fpga.FIFO_DEPTH, seed: int = 1, freq_mhz: float | None = None,
                yosys: str | None = None, nextpnr: str | None = None, n_images: int = emit_fpga.N_COUNT,
                chart: bool = True, timeout: float = 1800) -> dict:
-    """Synthesise and place-and-route ``DenseNetwork(model, lanes)`` for ``board``; return the report.
+    """Synthesise and place-and-route ``Network(model, lanes)`` for ``board``; return the report.
 
     Nothing is refused up front: a design that does not fit is still run through the tools, and the
     report says so (``fits`` False, ``place_and_route.error`` holds nextpnr's message)."""
     b = get_board(board) if isinstance(board, str) else board
-    emit_fpga.check_dense(model)
     lanes = emit_fpga.check_lanes(lanes)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

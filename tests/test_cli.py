@@ -155,9 +155,11 @@ def test_unknown_dataset_and_bad_numbers(capsys, tmp_path):
     assert not out.exists()
 
 
-def test_fpga_target_refuses_conv_models(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "emit", ROOT / "models" / "mnist-cnn.pt", "--target", "fpga", "-o", tmp_path / "f")
-    assert_one_line_error(code, err, "dense layers only", "conv2d")
+def test_fpga_target_refuses_a_cnn_that_does_not_fit_the_board(capsys, tmp_path):
+    """The MNIST CNN's weights alone exceed the iCE40 UP5K's block RAM: refused before generating."""
+    code, _, err = run_cli(capsys, "emit", ROOT / "models" / "mnist-cnn.pt", "--target", "fpga", "--board", "icebreaker",
+                           "-o", tmp_path / "f")
+    assert_one_line_error(code, err, "does not fit icebreaker", "block RAMs")
     assert not (tmp_path / "f").exists()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from randmodels import random_images, random_model
+from randmodels import random_images, random_model, valid_model
 
 from boards.fpga import FPGA_BOARDS, board
 from codegen import emit_fpga
@@ -18,6 +18,8 @@ from runtime.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "models" / "mnist-mlp.pt"
+CNN = ROOT / "models" / "mnist-cnn.pt"
+FCNN = ROOT / "models" / "fmnist-cnn.pt"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,21 @@ def small():
 @pytest.fixture(scope="module")
 def mlp():
     return modelfile.load(MLP)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return modelfile.load(CNN)
+
+
+@pytest.fixture(scope="module")
+def small_cnn():
+    """A small random conv -> max-pool -> dense model."""
+    return valid_model(5, ["conv2d", "maxpool", "dense"], 6)[0]
+
+
+def mem_shapes(model, lanes, fifo_depth=emit_fpga.FIFO_DEPTH):
+    return {m.name: (m.depth, m.width) for m in emit_fpga.memories(model, lanes, fifo_depth)}
 
 
 def read_dir(d: Path) -> dict:
@@ -90,18 +107,30 @@ def test_estimate_cycles_formula(small):
         assert c["spikes_source"].startswith("worst case")  # random models name no dataset
         for layer, x in zip(small.layers, c["layers"]):
             n_out, n_in = layer.weight.shape[0], int(np.prod(layer.weight.shape[1:]))
-            assert x["cycles_per_event"] == math.ceil(n_out / lanes)
-            assert x["input_spikes"] == n_in
-            assert x["accumulate_cycles"] == n_in * math.ceil(n_out / lanes)
             G = math.ceil(n_out / lanes)
-            want = n_out + 2 * G if layer.readout else G * max(3, small.T.bit_length() + 1, lanes)
+            assert x["kind"] == "dense" and x["groups"] == G
+            assert x["cycles_per_event"] == G
+            assert x["input_spikes"] == n_in
+            assert x["accumulate_cycles"] == n_in * G
+            assert x["synaptic_ops"] == n_in * n_out
+            assert x["event_driven_limit"] == pytest.approx(n_in * n_out / lanes, abs=1e-3)
+            assert x["limit_ratio"] == pytest.approx(G * lanes / n_out, abs=1e-3)
+            if layer.readout:
+                want = n_out + 2 * G + emit_fpga.READOUT_DRAIN_OVERHEAD
+            else:   # worst case: every neuron spikes, a word holds min(lanes, what is left) spikes
+                spikes = [min(lanes, n_out - g * lanes) for g in range(G)]
+                want = sum(max(3, small.T.bit_length() + s) for s in spikes) + emit_fpga.FIRE_DRAIN_OVERHEAD
             assert x["drain_cycles"] == want
         acc = sum(x["accumulate_cycles"] for x in c["layers"])
         drain = sum(x["drain_cycles"] for x in c["layers"])
         assert c["formula_cycles"] == acc + drain
         px = int(np.prod(small.input_shape)) + 1
-        assert c["cycles_per_inference"] == max(px, c["layers"][0]["accumulate_cycles"]) + acc \
-            - c["layers"][0]["accumulate_cycles"] + drain
+        A = [x["accumulate_cycles"] for x in c["layers"]]
+        D = [x["drain_cycles"] for x in c["layers"]]
+        assert c["cycles_sequential"] == max(px, A[0]) + sum(A[1:]) + drain
+        # Layers overlap; every pixel spikes, so the first engine works from the first pixel on.
+        assert c["first_layer_done"] == A[0] + emit_fpga.PIXEL_LATENCY
+        assert c["cycles_per_inference"] == c["first_layer_done"] + max(D[0], A[1]) + D[1]
         assert est["multipliers"]["lane_multipliers"] == lanes * len(small.layers)
         assert set(est["boards"]) == set(FPGA_BOARDS)
 
@@ -147,14 +176,167 @@ def test_mnist_mlp_emit(mlp, tmp_path):
     assert read_dir(tmp_path / "a") == read_dir(tmp_path / "b")
 
 
-def test_refuses_conv(tmp_path):
-    m = random_model(np.random.default_rng(3), plan=["conv2d", "maxpool", "dense"])
-    with pytest.raises(UserError, match=r"^the fpga target supports dense layers only in this version: layer 0 is conv2d$"):
-        emit_fpga.emit(m, "00" * 32, "cnn", tmp_path / "out", board="ulx3s")
+@pytest.mark.parametrize("seed,plan,T", [
+    (5, ["conv2d", "maxpool", "dense"], 6),
+    (2, ["conv2d", "avgpool", "conv2d", "dense"], 5),
+    (3, ["maxpool", "conv2d", "dense", "dense"], 4),
+    (4, ["conv2d", "conv2d"], 9),
+    (1, ["dense", "dense"], 3),
+])
+def test_memories_match_elaborated_design(seed, plan, T):
+    """memories() lists exactly the memories (name, depth, width) of the elaborated RTL."""
+    m = valid_model(seed, plan, T)[0]
+    for lanes, fifo_depth in ((1, 16), (2, 2), (3, 0), (8, 1)):
+        assert mem_shapes(m, lanes, fifo_depth) == emit_fpga.elaborated_memories(m, lanes, fifo_depth), (lanes, fifo_depth)
+
+
+def test_memory_contents_follow_the_engines(small_cnn):
+    lanes = 2
+    net = emit_fpga.inspect_network(small_cnn, lanes)
+    mems = {m.name: m for m in emit_fpga.memories(small_cnn, lanes)}
+    conv, pool = net.engines[0], net.engines[1]
+    assert emit_fpga.weight_words(conv).tolist() == conv.weight_words()   # the RTL's own weight layout
+    assert mems["layer0.wmem"].varying == emit_fpga.varying_bits(np.array(conv.weight_words()), 8)
+    assert (mems["layer0.accmem"].depth, mems["layer0.accmem"].width) == (conv.n_pos * conv.groups,
+                                                                         lanes * conv.acc_bits)
+    assert sum(1 for n in mems if n.startswith("layer0.fire")) == lanes
+    assert (mems["layer1.mem"].what, mems["layer1.mem"].depth, mems["layer1.mem"].width, mems["layer1.mem"].rom) == \
+        ("pool", pool.n_out, small_cnn.T.bit_length(), False)
+    assert not any(n.startswith("layer1.") and n != "layer1.mem" for n in mems)   # a max-pool has no other memory
+    assert mems["fifo1.storage"].width == emit_fpga.payload_bits(conv)
+
+
+def test_conv_cycles_from_golden_phases(small_cnn):
+    """Accumulate cycles, synaptic operations and drains from the golden model's phases and the window tables."""
+    m = small_cnn
+    x = random_images(np.random.default_rng(0), m, 4)
+    g = golden.run(m, x, keep_phases=True)
+    for lanes in (1, 2, 4):
+        c = emit_fpga.cycle_estimate(m, lanes, g.phases, "test")
+        net = emit_fpga.inspect_network(m, lanes)
+        for k, (e, layer, x_) in enumerate(zip(net.engines, m.layers, c["layers"])):
+            _, code = m.code_of_layer_input(k)
+            spikes = g.phases[k].reshape((len(x),) + tuple(e.in_shape)) < code
+            ry, rx = (e.runs_y, e.runs_x) if layer.kind != "maxpool" else (e.row_runs, e.col_runs)
+            cov = ry[:, 1][:, None] * rx[:, 1][None, :]
+            per_event = np.where(cov > 0, cov * e.groups, 1)             # at least one cycle per spike
+            assert x_["input_spikes"] == pytest.approx(spikes.sum() / len(x), abs=1e-3)
+            assert x_["accumulate_cycles"] == pytest.approx((spikes * per_event).sum() / len(x), abs=1e-3)
+            assert x_["cycles_per_event"] == cov.max() * e.groups
+            if layer.kind == "maxpool":
+                assert x_["drain_cycles"] == e.n_out + 3
+                assert x_["event_driven_limit"] == x_["input_spikes"]
+                continue
+            C_out = e.out_shape[0]
+            assert x_["synaptic_ops"] == pytest.approx((spikes * cov).sum() * C_out / len(x), abs=1e-3)
+            if np.all(m.code_of_layer_input(k)[0][:code] > 0):   # the golden model counts the same operations
+                assert x_["synaptic_ops"] == pytest.approx(g.sops[:, k].mean(), abs=1e-3)
+            assert x_["event_driven_limit"] == pytest.approx(x_["synaptic_ops"] / lanes, abs=1e-3)
+            if layer.readout:
+                assert x_["drain_cycles"] == e.n_out + 2 * e.words + emit_fpga.READOUT_DRAIN_OVERHEAD
+            else:
+                out = (g.phases[k + 1].reshape(len(x), C_out, e.n_pos) < m.T)
+                pad = np.zeros((len(x), e.groups * lanes, e.n_pos), dtype=np.int64)
+                pad[:, :C_out] = out
+                words = pad.reshape(len(x), e.groups, lanes, e.n_pos).sum(2)
+                want = (np.maximum(3, m.T.bit_length() + np.maximum(1, words)).sum((1, 2))
+                        + emit_fpga.FIRE_DRAIN_OVERHEAD).mean()
+                assert x_["drain_cycles"] == pytest.approx(want, abs=1e-3)
+    # Worst case (no dataset): every neuron spikes.
+    c = emit_fpga.estimate(m, None, 2)["cycles"]
+    assert c["spikes_source"].startswith("worst case")
+    assert c["layers"][0]["input_spikes"] == int(np.prod(m.input_shape))
+    assert c["layers"][2]["input_spikes"] == int(np.prod(m.layers[1].out_shape))
+
+
+def test_pixel_stream_end():
+    """The first engine idles until the first spike and while spikes arrive slower than it works."""
+    L = emit_fpga.PIXEL_LATENCY
+    cost = np.zeros((3, 100), dtype=np.int64)
+    cost[0, 50] = 10                      # one spike at pixel 50
+    cost[1, ::2] = 5                      # a spike every other pixel, 5 cycles each: the engine is the bottleneck
+    end = emit_fpga.pixel_stream_end(cost, fifo_depth=4)
+    assert end[0] == 100 + L              # the marker after the last pixel
+    assert end[1] == L + 50 * 5           # back to back from the first spike
+    assert end[2] == 100 + L              # no spike at all
+    assert emit_fpga.pixel_stream_end(cost[1:2] * 0 + 1, 0)[0] == 100 + L
+
+
+def test_emit_small_conv(small_cnn, tmp_path):
+    m = small_cnn
+    man = emit_fpga.emit(m, "cd" * 32, "small-cnn", tmp_path / "a", board="ulx3s", lanes=2)
+    man2 = emit_fpga.emit(m, "cd" * 32, "small-cnn", tmp_path / "b", board="ulx3s", lanes=2)
+    a, b = read_dir(tmp_path / "a"), read_dir(tmp_path / "b")
+    assert a == b and man == man2    # byte-identical
+    check_manifest(tmp_path / "a", man)
+    assert {"small_cnn.v", "small_cnn_pins.v", "estimate.json", "estimate.txt", "encode.mem", "decode.mem",
+            "input_decode.mem", "L0_conv2d_weight.mem", "L0_conv2d_bias.mem", "L0_conv2d_theta.mem",
+            "L2_dense_weight.mem", "L2_dense_bias.mem"} <= set(a)
+    assert not any(n.startswith("L1_") for n in a)       # a max-pool has no tables
+    assert re.search(r"^module small_cnn\(", a["small_cnn.v"].decode(), re.M)
+    assert [l["kind"] for l in man["layers"]] == ["conv2d", "maxpool", "dense"]
+    est = json.loads(a["estimate.json"])
+    assert est["board"] == "ulx3s" and est["boards"]["ulx3s"]["fits"]
+    assert {x["name"]: (x["depth"], x["width"]) for x in est["memories"]} == \
+        emit_fpga.elaborated_memories(m, 2)
+    assert [x["kind"] for x in est["cycles"]["layers"]] == ["conv2d", "maxpool", "dense"]
+    assert est["memory_bits"]["pool"] == m.layers[1].out_shape[0] * m.layers[1].out_shape[1] * \
+        m.layers[1].out_shape[2] * m.T.bit_length()
+    mu = est["multipliers"]
+    assert mu["lane_multipliers"] == 4 and mu["operands"][1] == "none (max-pool)"
+    assert est["boards"]["ulx3s"]["dsp"] == est["boards"]["ulx3s"]["dsp_lane"] + est["boards"]["ulx3s"]["dsp_constant"]
+    txt = a["estimate.txt"].decode()
+    assert "layer 1 maxpool" in txt and "event-driven limit" in txt
+
+
+def test_mnist_cnn_emit(cnn, tmp_path):
+    sha = modelfile.file_sha256(CNN)
+    man = emit_fpga.emit(cnn, sha, "mnist-cnn", tmp_path / "a", board=None, lanes=8)
+    check_manifest(tmp_path / "a", man)
+    a = read_dir(tmp_path / "a")
+    assert re.search(r"^module mnist_cnn\(", a["mnist_cnn.v"].decode(), re.M)
+    assert {"L0_conv2d_weight.mem", "L2_conv2d_weight.mem", "L4_dense_weight.mem", "L5_dense_weight.mem",
+            "L0_conv2d_theta.mem"} <= set(a)
+    est = json.loads(a["estimate.json"])
+    assert {x["name"]: (x["depth"], x["width"]) for x in est["memories"]} == emit_fpga.elaborated_memories(cnn, 8)
+    c = est["cycles"]
+    assert [x["kind"] for x in c["layers"]] == ["conv2d", "maxpool", "conv2d", "maxpool", "dense", "dense"]
+    assert [x["cycles_per_event"] for x in c["layers"]] == [25 * 2, 1, 25 * 4, 1, 16, 2]
+    assert all(x["limit_ratio"] is None or x["limit_ratio"] >= 1 for x in c["layers"])
+    if "mnist" in c["spikes_source"]:  # dataset available: golden phases
+        from codegen import datasets
+
+        x, _ = datasets.load("mnist", "test")
+        g = golden.run(cnn, x[:10], keep_phases=False)
+        for k in (0, 2, 4, 5):
+            assert c["layers"][k]["input_spikes"] == pytest.approx(g.spikes[:, k].mean(), abs=1e-3)
+            assert c["layers"][k]["synaptic_ops"] == pytest.approx(g.sops[:, k].mean(), abs=1e-3)
+    # Neither board holds it (Yosys 0.23: 76 DP16KD and 49 MULT18X18D at 8 lanes, equal to the estimate).
+    for bn in ("ulx3s", "icebreaker"):
+        m = est["boards"][bn]
+        assert not m["fits"] and m["block_rams"] > m["block_rams_available"]
+    assert est["boards"]["ulx3s"]["dsp"] > 28
+    # Deterministic on the real model too.
+    emit_fpga.emit(cnn, sha, "mnist-cnn", tmp_path / "b", board=None, lanes=8)
+    assert read_dir(tmp_path / "b") == a
+
+
+def test_refuses_cnn_that_does_not_fit(cnn, tmp_path):
+    for bn, bram, dsp in (("ulx3s", "DP16KD", "MULT18X18D"), ("icebreaker", "SB_RAM40_4K", "SB_MAC16")):
+        with pytest.raises(UserError) as e:
+            emit_fpga.emit(cnn, "00" * 32, "mnist-cnn", tmp_path / "out", board=bn, lanes=8)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(f"model does not fit {bn} ")
+        need = re.search(rf"needs (\d+) block RAMs \(board has (\d+) {bram}\)", msg)
+        assert need and int(need.group(1)) > int(need.group(2))
+        dsps = re.search(rf"needs (\d+) DSPs \(board has (\d+) {dsp}\)", msg)
+        assert dsps and int(dsps.group(1)) > int(dsps.group(2))
+        assert msg.endswith("no lane count fits this board" + (" (weights are not placed in SPRAM)" if bn == "icebreaker" else ""))
+        assert not (tmp_path / "out").exists()
+    f = modelfile.load(FCNN)
+    with pytest.raises(UserError, match=r"^model does not fit ulx3s .*needs \d+ block RAMs \(board has 56 DP16KD\)"):
+        emit_fpga.emit(f, "00" * 32, "fmnist-cnn", tmp_path / "out", board="ulx3s", lanes=4, n_images=0)
     assert not (tmp_path / "out").exists()
-    cnn = modelfile.load(ROOT / "models" / "mnist-cnn.pt")
-    with pytest.raises(UserError, match="layer 0 is conv2d"):
-        emit_fpga.emit(cnn, "00" * 32, "mnist-cnn", tmp_path / "out")
 
 
 def test_refuses_too_big_for_board(mlp, tmp_path):
