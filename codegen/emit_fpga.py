@@ -1,21 +1,26 @@
-"""``codegen emit --target fpga``: Verilog of the all-dense pipeline (rtl/mlp.py), its tables, and an estimate.
+"""``codegen emit --target fpga``: Verilog of the whole event-driven pipeline (rtl/network.py), its tables, and an estimate.
 
-Before anything is generated the emitter
+Every layer kind of the spec is supported: dense, conv2d and avg-pool layers run on
+:class:`rtl.conv.ConvEngine` s (dense is its 1x1 case, an avg-pool a conv with identity weights),
+max-pool on :class:`rtl.pool.MaxPoolEngine`; an event FIFO sits in front of every engine. Before
+anything is generated the emitter
 
-1. refuses models with a non-dense layer (the RTL has dense engines only),
-2. computes an **estimate** from the model alone (no HDL is elaborated): every memory of the design
-   (weights, biases, accumulators, thresholds, decode and encode tables, event FIFOs) with its depth
-   and width, where Yosys is expected to put it on the board (block RAM, distributed RAM or soft
-   logic, following Yosys's memory library shapes, costs and geometry rules; ROM bits that are equal
-   in every word are dropped, as Yosys does, so the table contents are read), the multipliers and the DSP blocks they need, and cycles per
-   inference from the golden model's spike counts on the first test images of ``model.meta["dataset"]``
-   (or the worst case, every neuron spiking, when no dataset is available),
-3. refuses, when a board is selected, a model that needs more block RAMs or DSPs than the board has
-   (one line naming both numbers, and the largest lane count that would fit).
+1. computes an **estimate** (no HDL is elaborated; the engines of ``rtl.network.Network(model, lanes,
+   fifo_depth)`` are constructed to read their parameters): every memory of the design (weights,
+   biases, accumulators, thresholds, decode and encode tables, event FIFOs, max-pool phase words)
+   with its depth and width, where Yosys is expected to put it on the board (block RAM, distributed
+   RAM or soft logic, following Yosys's memory library shapes, costs and geometry rules; ROM bits
+   that are equal in every word are dropped, as Yosys does, so the table contents are read), the
+   multipliers (lane multipliers and constant multiplies of the index and address arithmetic) and the
+   DSP blocks Yosys maps them to, and cycles per inference from the golden model's phases on the
+   first test images of ``model.meta["dataset"]`` (or the worst case, every neuron spiking, when no
+   dataset is available),
+2. refuses, when a board is selected, a model that needs more block RAMs or DSPs than the board has
+   (one line naming both numbers, and the largest lane count that would fit, or that none does).
 
 Files (deterministic: same model and flags give byte-identical files; no timestamps):
 
-* ``<sym>.v``: ``amaranth.back.verilog.convert(DenseNetwork(model, lanes, fifo_depth), name=<sym>)``
+* ``<sym>.v``: ``amaranth.back.verilog.convert(Network(model, lanes, fifo_depth), name=<sym>)``
   without source attributes. Ports: ``clk``, ``rst`` (synchronous, active high), pixel stream
   ``i__payload[7:0]``/``i__valid``/``i__ready``, result stream ``o__payload``/``o__valid``/``o__ready``
   (``o__payload`` = ``{logits[n-1], ..., logits[0], cls}``, see :func:`rtl.layouts.result_layout`).
@@ -24,7 +29,8 @@ Files (deterministic: same model and flags give byte-identical files; no timesta
   has 39): the same pixel stream in, the result serialised as bytes (``res[7:0]``, ``res_valid``,
   ``res_ready``, ``res_last``), least significant byte first (the first byte holds ``cls``).
 * the integer tables as ``$readmemh`` files, as in ``--target lut`` (:mod:`codegen.emit_lut`):
-  ``encode.mem``, ``decode.mem``, ``input_decode.mem``, ``L<i>_dense_{weight,bias,theta}.mem``.
+  ``encode.mem``, ``decode.mem``, ``input_decode.mem``, ``L<i>_<kind>_{weight,bias,theta}.mem``
+  (dense and conv2d: weight, bias and, if they fire, theta; avg-pool: theta; max-pool: none).
 * ``estimate.json`` / ``estimate.txt``: the estimate above.
 * ``manifest.json``: model sha256, board, lanes, ports, spec, tool versions and every file's sha256.
 """
@@ -43,7 +49,7 @@ from runtime.spec import SCHEMA_VERSION, IntModel
 
 from .emit_lut import layer_summary, mem_lines, tables, tool_versions, write_with_manifest
 
-FIFO_DEPTH = 16     # DenseNetwork's default event FIFO in front of every engine
+FIFO_DEPTH = 16     # Network's default event FIFO in front of every engine
 N_COUNT = 10        # test images whose spikes drive the cycle estimate
 PINS = 23           # I/O pins of the <sym>_pins wrapper
 
@@ -761,7 +767,8 @@ def format_text(est: dict, name: str) -> str:
                  f"event-driven limit {c['event_driven_limit']:,.0f}); spikes: {c['spikes_source']}")
     for x in c["layers"]:
         ratio = f"{x['limit_ratio']:.2f}x the limit" if x["limit_ratio"] else "no input spikes"
-        lines.append(f"      layer {x['layer']} {x['kind']}: {x['n_in']} -> {x['n_out']}, up to {x['cycles_per_event']} cycles "
+        cpe = x["cycles_per_event"]
+        lines.append(f"      layer {x['layer']} {x['kind']}: {x['n_in']} -> {x['n_out']}, up to {cpe} cycle{'s' if cpe != 1 else ''} "
                      f"per event, {x['input_spikes']:g} input spikes, {x['synaptic_ops']:,.0f} synaptic ops, "
                      f"accumulate {x['accumulate_cycles']:,.0f} ({ratio} {x['event_driven_limit']:,.0f}), "
                      f"drain {x['drain_cycles']:,.0f}")
@@ -881,7 +888,7 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
     """Write the fpga target into ``out_dir`` (atomically) and return the manifest.
 
     ``board``: a name from :data:`boards.fpga.FPGA_BOARDS` (refuse what does not fit it) or None (estimate
-    for every board, refuse nothing). ``lanes``: output neurons updated per cycle in every dense engine.
+    for every board, refuse nothing). ``lanes``: output channels updated per cycle in every dense, conv2d and avg-pool engine.
     """
     lanes = check_lanes(lanes)
     fifo_depth = check_fifo_depth(fifo_depth)
