@@ -4,10 +4,10 @@ import warnings
 
 import numpy as np
 import pytest
-from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.back import verilog
 from amaranth.hdl import UnusedElaboratable
 
+from enginebench import WithReset
 from rtl.pool import MaxPoolEngine
 from rtl.sim import make_simulator, run_bounded, stream_get, stream_put
 from runtime import golden, modelfile
@@ -83,20 +83,6 @@ def test_reference_equals_golden():
 
 # ------------------------------------------------------------------------------------ simulation
 
-class _WithReset(Elaboratable):
-    """Give a testbench the ``sync`` domain's reset."""
-
-    def __init__(self, dut):
-        self.dut = dut
-        self.cd = ClockDomain("sync")
-
-    def elaborate(self, platform):
-        m = Module()
-        m.domains.sync = self.cd
-        m.submodules.dut = self.dut
-        return m
-
-
 def run_pool(engine, frames, *, seed=0, gap=0.0, stall=0.0, junk=None, junk_eof=False):
     """Feed frames of (j, f) events; return the events out per frame and the cycle marks.
 
@@ -105,7 +91,7 @@ def run_pool(engine, frames, *, seed=0, gap=0.0, stall=0.0, junk=None, junk_eof=
     not ready until the reset, so the drain is stuck with a half-cleared memory).
     Marks (cycle numbers of transfers): ``first_in`` / ``eof_in`` per frame, ``eof_out`` per frame.
     """
-    top = _WithReset(engine)
+    top = WithReset(engine)
     rng = np.random.default_rng(seed)
     out, cycle = [[]], [0]
     marks = {"first_in": [], "eof_in": [], "eof_out": []}
