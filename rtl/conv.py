@@ -76,16 +76,32 @@ class ConvEngine(wiring.Component):
         The decode table of the layer's input code (its last entry, the no-spike code's, is 0).
     acc_bits : int
         Signed accumulator width (``Layer.acc_bits``): every partial sum, bias and threshold fits.
+    store : ``"rom"`` or ``"ram"``
+        ``"rom"``: weights and thresholds are ROMs initialised by the bitstream (block RAM).
+        ``"ram"``: they share one *uninitialised, single-port* RAM of ``lanes * 8``-bit words
+        (:attr:`store_depth` words: the weight words, then for a firing layer one threshold per
+        word) that Yosys maps to iCE40 SPRAM, written once through :attr:`load` (it keeps its contents
+        across resets). A firing layer then folds its biases into the thresholds
+        (``acc >= theta - bias`` is ``acc + bias >= theta``: the accumulators restart from 0, and
+        there is no bias memory) and fires its lanes one after another through a single
+        :class:`~rtl.fire.FireUnit` that reads the store, which the accumulate stage does not use
+        during a drain. Needs ``lanes * 8 >= acc_bits`` for a firing layer.
 
     Members
     -------
     i : ``In(stream.Signature(event_layout(C_in * H * W)))``
     o : ``Out(stream.Signature(event_layout(n_out)))`` for a firing layer, else
         ``Out(stream.Signature(logit_layout(n_out, acc_bits)))``; ``n_out = C_out * OH * OW``.
+    load : ``In(stream.Signature(unsigned(lanes * 8)))``, only with ``store="ram"``
+        The store's contents (:meth:`store_words`), one word per transfer in address order
+        (``ready`` is always high; the address restarts at 0 after the last word and on reset).
+    loaded : ``In(1)``, only with ``store="ram"``
+        High once the store is written (:class:`~rtl.loader.StoreLoader` drives it); until then
+        the engine takes no input event.
     """
 
     def __init__(self, in_shape, kernel: int, stride: int, padding: int, lanes: int,
-                 weights, bias, theta, decode, acc_bits: int):
+                 weights, bias, theta, decode, acc_bits: int, store: str = "rom"):
         in_shape = tuple(int(v) for v in in_shape)
         if len(in_shape) != 3 or min(in_shape) < 1:
             raise ValueError(f"Input shape must be (C, H, W) of positive sizes, not {in_shape!r}")
@@ -115,6 +131,17 @@ class ConvEngine(wiring.Component):
             theta = np.asarray(theta)
             if theta.ndim != 2 or theta.shape[0] != C_out:
                 raise ValueError(f"Threshold table must have {C_out} rows, not shape {theta.shape}")
+        if store not in ("rom", "ram"):
+            raise ValueError(f"Store must be 'rom' or 'ram', not {store!r}")
+        self.store = store
+        # With a RAM store a firing layer compares acc - bias with theta - bias (see above).
+        self.fold_bias = store == "ram" and theta is not None
+        if self.fold_bias:
+            if lanes * 8 < acc_bits:
+                raise ValueError(f"A RAM store holds one {acc_bits}-bit threshold per word of lanes x 8 bits: "
+                                 f"needs lanes >= {-(-acc_bits // 8)}, not {lanes}")
+            theta = np.asarray(theta, dtype=np.int64) - np.asarray(bias, dtype=np.int64)[:, None]
+            check_fits(theta, acc_bits, "Thresholds minus biases")
         self.in_shape, self.out_shape = in_shape, (C_out, OH, OW)
         self.kernel, self.stride, self.padding = k, s, p
         self.n_in, self.n_out, self.n_pos = C * H * W, C_out * OH * OW, OH * OW
@@ -136,14 +163,22 @@ class ConvEngine(wiring.Component):
             out_layout = event_layout(self.n_out)
         # The FireUnits are built here so that their parameters (and errors) show up early.
         self.fire_units = []
-        if not self.readout:
+        if self.fold_bias:
+            self.fire_units.append(FireUnit(self.theta, self.acc_bits, external=True))
+        elif not self.readout:
             for l in range(self.lanes):
                 rows = [min(g * self.lanes + l, C_out - 1) for g in range(self.groups)]
                 self.fire_units.append(FireUnit(self.theta[rows], self.acc_bits))
-        super().__init__({
+        ports = {
             "i": In(stream.Signature(event_layout(self.n_in))),
             "o": Out(stream.Signature(out_layout)),
-        })
+        }
+        self.weight_depth = C * k * k * self.groups
+        self.store_depth = self.weight_depth + (self.fire_units[0].depth if self.fold_bias else 0)
+        if store == "ram":
+            ports["load"] = In(stream.Signature(unsigned(self.lanes * 8)))
+            ports["loaded"] = In(1)
+        super().__init__(ports)
 
     def order_key(self, index):
         """Sort key of output neuron ``index`` (int or array) in the order the engine emits it."""
@@ -164,27 +199,53 @@ class ConvEngine(wiring.Component):
         return [[int(v) for v in w[g, :, c, ky, kx]]
                 for c in range(C) for ky in range(k) for kx in range(k) for g in range(self.groups)]
 
+    def store_words(self) -> list[int]:
+        """The RAM store's contents (``store="ram"``), one ``lanes * 8``-bit unsigned int per word.
+
+        Weight word ``a`` holds lane ``l``'s int8 in bits ``[8*l, 8*l + 8)`` (two's complement); a
+        threshold word holds one threshold, sign-extended to the word.
+        """
+        bits = self.lanes * 8
+        mask = (1 << bits) - 1
+        words = [sum((v & 0xFF) << (8 * l) for l, v in enumerate(w)) for w in self.weight_words()]
+        if self.fold_bias:
+            words += [int(v) & mask for v in self.fire_units[0].table()]
+        return words
+
     def elaborate(self, platform):
         m = Module()
         G, L, P = self.groups, self.lanes, self.n_pos
         C_out, OH, OW = self.out_shape
         k, s = self.kernel, self.stride
         acc_word = data.ArrayLayout(signed(self.acc_bits), L)
-        bias_words = [[int(x) for x in w] for w in self._lane_words(self.bias)]
+        reset_bias = np.zeros_like(self.bias) if self.fold_bias else self.bias
+        bias_words = [[int(x) for x in w] for w in self._lane_words(reset_bias)]
 
-        w_init = self.weight_words()
-        m.submodules.wmem = wmem = memory.Memory(
-            shape=data.ArrayLayout(signed(8), L), depth=len(w_init), init=w_init)
+        if self.store == "ram":
+            # Single-port, no initial contents (the name marks it for scripts that drop the
+            # all-zero initialiser Amaranth writes, so that Yosys can use SPRAM).
+            m.submodules.spram_store = st = memory.Memory(
+                shape=data.ArrayLayout(signed(8), L), depth=self.store_depth, init=[])
+            st_wr, w_rd = st.write_port(), st.read_port()
+            load_addr = Signal(range(self.store_depth))
+            m.d.comb += self.load.ready.eq(1)
+            # Read-no-change during a write (the SPRAM's behaviour); both ports share one address.
+            m.d.comb += [w_rd.en.eq(~st_wr.en), st_wr.addr.eq(w_rd.addr)]
+        else:
+            w_init = self.weight_words()
+            m.submodules.wmem = wmem = memory.Memory(
+                shape=data.ArrayLayout(signed(8), L), depth=len(w_init), init=w_init)
+            w_rd = wmem.read_port()
         m.submodules.accmem = accmem = memory.Memory(shape=acc_word, depth=self.words, init=bias_words * P)
-        m.submodules.biasmem = biasmem = memory.Memory(shape=acc_word, depth=G, init=bias_words)
+        if not self.fold_bias:
+            m.submodules.biasmem = biasmem = memory.Memory(shape=acc_word, depth=G, init=bias_words)
         d_bits = max(1, int(self.decode.max()).bit_length())
         m.submodules.decmem = decmem = memory.Memory(
             shape=unsigned(d_bits), depth=len(self.decode), init=[int(x) for x in self.decode])
-        w_rd = wmem.read_port()
         acc_wr = accmem.write_port()
         # Transparent, so that an access right after a write to the same word sees the new value.
         acc_rd = accmem.read_port(transparent_for=(acc_wr,))
-        bias_rd = biasmem.read_port()
+        bias_rd = None if self.fold_bias else biasmem.read_port()
         dec_rd = decmem.read_port()
         for i, fu in enumerate(self.fire_units):
             m.submodules[f"fire{i}"] = fu
@@ -254,6 +315,11 @@ class ConvEngine(wiring.Component):
         first_acc = (oy_lo * OW + ox_lo) * G
         first_w = ((r_c * k + ky0) * k + kx0) * G
 
+        if self.fold_bias:
+            # The store serves the FireUnit's threshold reads while the engine drains.
+            fu = self.fire_units[0]
+            m.d.comb += [w_rd.addr.eq(self.weight_depth + fu.rd_addr),
+                         fu.rd_data.eq(w_rd.data.as_value()[:self.acc_bits].as_signed())]
         with m.If(busy):
             m.d.comb += [w_rd.addr.eq(w_addr), dec_rd.addr.eq(cur_f)]
             m.d.sync += [ex_valid.eq(1), ex_addr.eq(acc_addr)]
@@ -270,9 +336,17 @@ class ConvEngine(wiring.Component):
             with m.Else():
                 m.d.sync += busy.eq(0)
 
+        if self.store == "ram":
+            with m.If(self.load.valid):
+                m.d.comb += [w_rd.addr.eq(load_addr), st_wr.data.eq(self.load.payload), st_wr.en.eq(1)]
+                m.d.sync += load_addr.eq(Mux(load_addr == self.store_depth - 1, 0, load_addr + 1))
+            may_take = self.loaded
+        else:
+            may_take = 1
+
         with m.FSM(init="DRAIN_RD"):
             with m.State("ACCUM"):
-                m.d.comb += take.eq(r_valid & (~busy | last_issue))
+                m.d.comb += take.eq(r_valid & (~busy | last_issue) & may_take)
                 with m.If(take):
                     with m.If(r_eof):
                         m.d.sync += [d_addr.eq(0), d_g.eq(0), d_pos.eq(0)]
@@ -291,12 +365,16 @@ class ConvEngine(wiring.Component):
                 m.next = "DRAIN_RD"
 
             with m.State("DRAIN_RD"):
-                m.d.comb += [acc_rd.addr.eq(d_addr), bias_rd.addr.eq(d_g)]
+                m.d.comb += acc_rd.addr.eq(d_addr)
+                if bias_rd is not None:
+                    m.d.comb += bias_rd.addr.eq(d_g)
                 m.next = "DRAIN_LATCH"
 
             with m.State("DRAIN_LATCH"):
                 # Read and reset in different cycles: the transparent port would return the bias.
-                m.d.comb += [acc_wr.addr.eq(d_addr), acc_wr.data.eq(bias_rd.data), acc_wr.en.eq(1)]
+                m.d.comb += [acc_wr.addr.eq(d_addr), acc_wr.en.eq(1)]
+                if bias_rd is not None:
+                    m.d.comb += acc_wr.data.eq(bias_rd.data)
                 m.d.sync += word.eq(acc_rd.data)
                 last_word = d_addr == self.words - 1
                 with m.If(init):
@@ -312,8 +390,16 @@ class ConvEngine(wiring.Component):
 
             with m.State("DISPATCH"):
                 group_done = Signal()
-                if self.readout:
-                    last_lane = Mux(d_g == G - 1, C_out - (G - 1) * L - 1, L - 1)
+                last_lane = Mux(d_g == G - 1, C_out - (G - 1) * L - 1, L - 1)
+                if self.fold_bias:
+                    # One FireUnit: hand it the word's lanes one after another.
+                    fu = self.fire_units[0]
+                    m.d.comb += [fu.i.valid.eq(1), fu.i.payload.acc.eq(word[lane]),
+                                 fu.i.payload.index.eq(d_g * L + lane)]
+                    with m.If(fu.i.ready):
+                        m.d.sync += lane.eq(lane + 1)
+                        m.d.comb += group_done.eq(lane == last_lane)
+                elif self.readout:
                     m.d.comb += [
                         self.o.valid.eq(1),
                         self.o.payload.index.eq((d_g * L + lane) * P + d_pos),
@@ -349,9 +435,35 @@ class ConvEngine(wiring.Component):
                     with m.If(frame_done):
                         m.next = "ACCUM"
 
-        if not self.readout:
+        if self.fold_bias:
+            self._serial_collector(m, frame_done)
+        elif not self.readout:
             self._collector(m, frame_done, full_mask, last_mask)
         return m
+
+    def _serial_collector(self, m, frame_done):
+        """Forward the single FireUnit's spikes (channel order within a position); then the marker."""
+        fu, P, C_out = self.fire_units[0], self.n_pos, self.out_shape[0]
+        c_pos = Signal(range(P))
+        send_eof = Signal()
+        with m.If(send_eof):
+            m.d.comb += [self.o.valid.eq(1), self.o.payload.eof.eq(1)]
+            with m.If(self.o.ready):
+                m.d.sync += send_eof.eq(0)
+                m.d.comb += frame_done.eq(1)
+        with m.Else():
+            spike = fu.o.payload.phase != self.T
+            m.d.comb += [
+                self.o.valid.eq(fu.o.valid & spike),
+                self.o.payload.index.eq(fu.o.payload.index * P + c_pos),
+                self.o.payload.phase.eq(fu.o.payload.phase),
+                fu.o.ready.eq(~spike | self.o.ready),
+            ]
+            with m.If(fu.o.valid & fu.o.ready & (fu.o.payload.index == C_out - 1)):
+                with m.If(c_pos == P - 1):
+                    m.d.sync += [c_pos.eq(0), send_eof.eq(1)]
+                with m.Else():
+                    m.d.sync += c_pos.eq(c_pos + 1)
 
     def _next_word(self, m, addr, g, pos):
         m.d.sync += addr.eq(addr + 1)

@@ -18,11 +18,13 @@ class DenseEngine(ConvEngine):
     ----------
     n_in, n_out, lanes : int
     weights : int array (n_out, n_in)
-    bias, theta, decode, acc_bits :
-        As :class:`~rtl.conv.ConvEngine` (``theta=None``: the readout).
+    bias, theta, decode, acc_bits, store :
+        As :class:`~rtl.conv.ConvEngine` (``theta=None``: the readout; ``store="ram"``: weights and
+        thresholds in an uninitialised single-port RAM, e.g. iCE40 SPRAM, written by ``load``).
     """
 
-    def __init__(self, n_in: int, n_out: int, lanes: int, weights, bias, theta, decode, acc_bits: int):
+    def __init__(self, n_in: int, n_out: int, lanes: int, weights, bias, theta, decode, acc_bits: int,
+                 store: str = "rom"):
         for name, v in (("Input count", n_in), ("Output count", n_out), ("Lane count", lanes)):
             if not (isinstance(v, (int, np.integer)) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
@@ -30,4 +32,4 @@ class DenseEngine(ConvEngine):
         if weights.shape != (n_out, n_in):
             raise ValueError(f"Weights must have shape ({n_out}, {n_in}), not {weights.shape}")
         super().__init__((int(n_in), 1, 1), 1, 1, 0, lanes, weights.reshape(n_out, n_in, 1, 1),
-                         bias, theta, decode, acc_bits)
+                         bias, theta, decode, acc_bits, store)

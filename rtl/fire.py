@@ -28,7 +28,9 @@ class FireUnit(wiring.Component):
     (probes at ``f >= T`` count as "not greater").
 
     The thresholds live in a synchronous ROM of ``rows << ceil(log2 T)`` words (rows padded to a
-    power of two so that the address is ``{row, f}`` without a multiplier).
+    power of two so that the address is ``{row, f}`` without a multiplier). With ``external=True``
+    the unit has no ROM: it drives ``rd_addr`` (that same word address) and expects the threshold on
+    ``rd_data`` one cycle later (a synchronous read of a memory outside, e.g. a shared weight store).
 
     Parameters
     ----------
@@ -36,6 +38,8 @@ class FireUnit(wiring.Component):
         Threshold rows, each non-increasing.
     acc_bits : int
         Signed width of accumulators and thresholds.
+    external : bool
+        Read the thresholds from outside (``rd_addr``/``rd_data``) instead of an own ROM.
 
     Members
     -------
@@ -43,6 +47,8 @@ class FireUnit(wiring.Component):
         ``index``: the threshold row (``0..rows-1``), ``acc``: ``signed(acc_bits)``.
     o : ``Out(stream.Signature({index, phase}))``
         ``index`` is passed through, ``phase`` is ``0..T`` (``T``: no spike).
+    rd_addr : ``Out(addr_bits)``, rd_data : ``In(signed(acc_bits))``
+        Only with ``external=True``: the threshold read port (``addr_bits`` wide, see :attr:`depth`).
 
     Cycle behaviour: a request accepted in cycle 0 is answered from cycle ``steps + 1`` on, where
     ``steps = T.bit_length()`` (``ceil(log2(T + 1))``: 5 for T = 16, 8 for T = 255). The unit
@@ -50,7 +56,7 @@ class FireUnit(wiring.Component):
     ``o.ready`` high it sustains one result every ``steps + 1`` cycles.
     """
 
-    def __init__(self, theta, acc_bits: int):
+    def __init__(self, theta, acc_bits: int, external: bool = False):
         theta = np.asarray(theta)
         if theta.ndim != 2 or theta.shape[0] < 1 or not 1 <= theta.shape[1] < 2 ** PHASE_BITS:
             raise ValueError(f"Threshold table must have shape (rows, T) with rows >= 1 and T in 1..255, "
@@ -62,21 +68,36 @@ class FireUnit(wiring.Component):
         self.rows, self.T = theta.shape
         self.acc_bits = acc_bits
         self.steps = self.T.bit_length()
-        super().__init__({
+        self.f_bits = (self.T - 1).bit_length()   # row stride is 2**f_bits >= T
+        self.external = bool(external)
+        #: Words of the threshold table (rows padded to ``2**f_bits`` phases).
+        self.depth = self.rows << self.f_bits
+        ports = {
             "i": In(stream.Signature(data.StructLayout({"index": index_shape(self.rows), "acc": signed(acc_bits)}))),
             "o": Out(stream.Signature(data.StructLayout({"index": index_shape(self.rows),
                                                          "phase": unsigned(PHASE_BITS)}))),
-        })
+        }
+        if self.external:
+            ports["rd_addr"] = Out(max(1, (self.depth - 1).bit_length()))
+            ports["rd_data"] = In(signed(acc_bits))
+        super().__init__(ports)
+
+    def table(self) -> np.ndarray:
+        """The threshold table in word order (``depth`` words, padding phases are 0)."""
+        init = np.zeros((self.rows, 1 << self.f_bits), dtype=np.int64)
+        init[:, :self.T] = self.theta
+        return init.reshape(-1)
 
     def elaborate(self, platform):
         m = Module()
-        T, steps = self.T, self.steps
-        f_bits = (T - 1).bit_length()           # row stride is 2**f_bits >= T
-        init = np.zeros((self.rows, 1 << f_bits), dtype=np.int64)
-        init[:, :T] = self.theta
-        m.submodules.rom = rom = memory.Memory(shape=signed(self.acc_bits), depth=init.size,
-                                               init=[int(x) for x in init.reshape(-1)])
-        rd = rom.read_port()
+        T, steps, f_bits = self.T, self.steps, self.f_bits
+        if self.external:
+            rd_addr, rd_data = self.rd_addr, self.rd_data
+        else:
+            m.submodules.rom = rom = memory.Memory(shape=signed(self.acc_bits), depth=self.depth,
+                                                   init=[int(x) for x in self.table()])
+            rd = rom.read_port()
+            rd_addr, rd_data = rd.addr, rd.data
 
         def addr(row, f):
             return Cat(f[:f_bits], row) if f_bits else row
@@ -101,17 +122,17 @@ class FireUnit(wiring.Component):
             m.d.sync += done.eq(0)
 
         with m.If(self.i.valid & self.i.ready):
-            m.d.comb += rd.addr.eq(addr(self.i.payload.index, Const(first, steps)))
+            m.d.comb += rd_addr.eq(addr(self.i.payload.index, Const(first, steps)))
             m.d.sync += [
                 acc.eq(self.i.payload.acc), row.eq(self.i.payload.index), busy.eq(1),
                 probe.eq(first), bit.eq(1 << (steps - 1)), low.eq(first), found.eq(0),
             ]
 
         with m.If(busy):
-            greater = (probe < T) & (rd.data > acc)
+            greater = (probe < T) & (rd_data > acc)
             found_next = found | Mux(greater, bit, 0)
             probe_next = found_next | (low >> 1)
-            m.d.comb += rd.addr.eq(addr(row, probe_next))
+            m.d.comb += rd_addr.eq(addr(row, probe_next))
             m.d.sync += [found.eq(found_next), probe.eq(probe_next), bit.eq(bit >> 1), low.eq(low >> 1)]
             with m.If(bit[0]):
                 m.d.sync += [busy.eq(0), done.eq(1)]

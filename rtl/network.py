@@ -10,17 +10,19 @@ from .conv import ConvEngine
 from .dense import DenseEngine
 from .encoder import PixelEncoder
 from .layouts import result_layout
+from .loader import StoreLoader
 from .readout import Argmax
 
 __all__ = ["Network", "build_engine"]
 
 
-def build_engine(model: spec.IntModel, i: int, lanes: int):
+def build_engine(model: spec.IntModel, i: int, lanes: int, store: str = "rom"):
     """The event engine of layer ``i`` of a validated ``model``.
 
     dense: :class:`~rtl.dense.DenseEngine`; conv2d: :class:`~rtl.conv.ConvEngine`; avgpool: a
     ConvEngine whose weights are the identity over channels (``acc[c] = sum D[f]`` over the window,
-    no bias); maxpool: :class:`~rtl.pool.MaxPoolEngine` (``lanes`` does not apply).
+    no bias); maxpool: :class:`~rtl.pool.MaxPoolEngine` (``lanes`` and ``store`` do not apply).
+    ``store``: ``"rom"`` (initialised block RAM) or ``"ram"`` (a loaded single-port RAM, SPRAM).
     """
     layer = model.layers[i]
     decode, t_in = model.code_of_layer_input(i)
@@ -28,16 +30,16 @@ def build_engine(model: spec.IntModel, i: int, lanes: int):
     if layer.kind == "dense":
         w = layer.weight.reshape(layer.weight.shape[0], -1)
         return DenseEngine(n_in=w.shape[1], n_out=w.shape[0], lanes=lanes, weights=w, bias=layer.bias,
-                           theta=theta, decode=decode, acc_bits=layer.acc_bits)
+                           theta=theta, decode=decode, acc_bits=layer.acc_bits, store=store)
     if layer.kind == "conv2d":
         return ConvEngine(layer.in_shape, layer.kernel, layer.stride, layer.padding, lanes,
-                          layer.weight, layer.bias, theta, decode, layer.acc_bits)
+                          layer.weight, layer.bias, theta, decode, layer.acc_bits, store)
     if layer.kind == "avgpool":
         C, k = layer.in_shape[0], layer.kernel
         eye = np.zeros((C, C, k, k), dtype=np.int64)
         eye[np.arange(C), np.arange(C)] = 1
         return ConvEngine(layer.in_shape, k, layer.stride, layer.padding, lanes, eye,
-                          np.zeros(C, dtype=np.int64), theta, decode, layer.acc_bits)
+                          np.zeros(C, dtype=np.int64), theta, decode, layer.acc_bits, store)
     if layer.kind == "maxpool":
         from .pool import MaxPoolEngine
         # A max-pool keeps the code of its input (the image's, if it comes first).
@@ -64,6 +66,10 @@ class Network(wiring.Component):
     fifo_depth : int
         Depth of an event FIFO in front of every engine (0: none). It lets the encoder skip
         silent pixels, and a layer drain, while the next engine is still busy with earlier events.
+    store : str or list of str
+        ``"rom"`` or ``"ram"`` for every layer, or one per layer (see
+        :class:`~rtl.conv.ConvEngine`; max-pool layers must say ``"rom"``). With any ``"ram"``
+        layer the network has a ``load`` port and a :class:`~rtl.loader.StoreLoader`.
 
     Members
     -------
@@ -71,6 +77,9 @@ class Network(wiring.Component):
         Pixels, ``C * H * W`` per frame in ``(C, H, W)`` order.
     o : ``Out(stream.Signature(result_layout(num_classes, acc_bits)))``
         One transfer per frame: ``{cls, logits}``, ``acc_bits`` being the readout's width.
+    load : ``In(stream.Signature(unsigned(8)))``, ``loaded`` : ``Out(1)``
+        Only with a ``"ram"`` layer: the store image (:meth:`load_image`), once after
+        configuration; no frame gets past the first such layer before ``loaded``.
 
     Attributes
     ----------
@@ -79,27 +88,51 @@ class Network(wiring.Component):
         In layer order (:func:`build_engine`); ``engines[k].o`` carries layer ``k``'s output
         events (logits for the last).
     argmax : Argmax
+    loader : StoreLoader or None
     """
 
-    def __init__(self, model: spec.IntModel, lanes=8, fifo_depth: int = 16):
+    def __init__(self, model: spec.IntModel, lanes=8, fifo_depth: int = 16, store="rom"):
         spec.validate(model)
         if isinstance(lanes, (int, np.integer)):
             lanes = [int(lanes)] * len(model.layers)
         if len(lanes) != len(model.layers):
             raise ValueError(f"Lanes must be one integer or one per layer ({len(model.layers)}), not {lanes!r}")
+        if isinstance(store, str):
+            store = [store] * len(model.layers)
+        if len(store) != len(model.layers) or any(s not in ("rom", "ram") for s in store):
+            raise ValueError(f"Store must be 'rom' or 'ram', or one of them per layer ({len(model.layers)}), "
+                             f"not {store!r}")
+        for i, s in enumerate(store):
+            if s == "ram" and model.layers[i].kind == "maxpool":
+                raise ValueError(f"Layer {i} is a max-pool: it has no weights to store in RAM")
         if not (isinstance(fifo_depth, (int, np.integer)) and fifo_depth >= 0):
             raise ValueError(f"FIFO depth must be a non-negative integer, not {fifo_depth!r}")
         self.model = model
         self.fifo_depth = int(fifo_depth)
         n_pixels = int(np.prod(model.input_shape))
         self.encoder = PixelEncoder(model.encode, model.input_T, n_pixels)
-        self.engines = [build_engine(model, i, ln) for i, ln in enumerate(lanes)]
+        self.store = list(store)
+        self.engines = [build_engine(model, i, ln, st) for i, (ln, st) in enumerate(zip(lanes, store))]
         readout = model.layers[-1]
         self.argmax = Argmax(model.num_classes, readout.acc_bits)
-        super().__init__({
+        self.ram_engines = [e for e, st in zip(self.engines, store) if st == "ram"]
+        self.loader = (StoreLoader([(e.lanes * 8, e.store_depth) for e in self.ram_engines])
+                       if self.ram_engines else None)
+        ports = {
             "i": In(stream.Signature(unsigned(8))),
             "o": Out(stream.Signature(result_layout(model.num_classes, readout.acc_bits))),
-        })
+        }
+        if self.loader is not None:
+            ports["load"] = In(stream.Signature(unsigned(8)))
+            ports["loaded"] = Out(1)
+        super().__init__(ports)
+
+    def load_image(self) -> bytes:
+        """The bytes to send on ``load`` (empty without a ``"ram"`` layer)."""
+        if self.loader is None:
+            return b""
+        return StoreLoader.image([e.store_words() for e in self.ram_engines],
+                                 [e.lanes * 8 for e in self.ram_engines])
 
     def elaborate(self, platform):
         m = Module()
@@ -107,6 +140,13 @@ class Network(wiring.Component):
         for k, e in enumerate(self.engines):
             m.submodules[f"layer{k}"] = e
         m.submodules.argmax = self.argmax
+        if self.loader is not None:
+            m.submodules.loader = self.loader
+            wiring.connect(m, wiring.flipped(self.load), self.loader.i)
+            m.d.comb += self.loaded.eq(self.loader.done)
+            for j, e in enumerate(self.ram_engines):
+                wiring.connect(m, getattr(self.loader, f"o{j}"), e.load)
+                m.d.comb += e.loaded.eq(self.loader.done)
         wiring.connect(m, wiring.flipped(self.i), self.encoder.i)
         for k, (a, b) in enumerate(zip([self.encoder] + self.engines[:-1], self.engines)):
             if self.fifo_depth:

@@ -98,7 +98,7 @@ class SimResult:
 
 
 def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.0, seed=0,
-                     dut=None, max_cycles=None) -> SimResult:
+                     dut=None, max_cycles=None, store="rom") -> SimResult:
     """Stream ``images`` (N, C, H, W) uint8 through a :class:`~rtl.network.Network`, back to back.
 
     ``gap``: probability of an idle input cycle before each pixel; ``stall``: probability that the
@@ -107,11 +107,14 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
     ``errors`` rather than raised, so that a test can assert on them. A run that has not delivered
     every result after ``max_cycles`` (default: a generous bound from the layer sizes) raises
     :class:`SimTimeout`.
+
+    ``store``: as :class:`~rtl.network.Network`; with a ``"ram"`` layer the store image is sent on
+    ``load`` (with the same gaps) while the pixels queue, so cycle counts include the load.
     """
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
-    dut = dut if dut is not None else Network(model, lanes, fifo_depth)
+    dut = dut if dut is not None else Network(model, lanes, fifo_depth, store)
     n = len(images)
     rng = np.random.default_rng(seed)
     firing = [k for k, e in enumerate(dut.engines) if not e.readout]
@@ -126,6 +129,10 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
         for img in images:
             for p in img.reshape(-1):
                 await stream_put(ctx, dut.i, int(p), rng, gap)
+
+    async def loader(ctx):
+        for b in dut.load_image():
+            await stream_put(ctx, dut.load, b, rng, gap)
 
     async def sink(ctx):
         for k in range(n):
@@ -173,8 +180,11 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
         for e in dut.engines:
             per_frame += e.n_in * e.groups * getattr(e, "kernel", 1) ** 2 + e.n_out * (e.lanes + 12) + 4 * e.groups
         max_cycles = int(4 * n * per_frame / (1 - gap) / (1 - stall)) + 1000
+        max_cycles += int(4 * len(dut.load_image()) / (1 - gap))
     sim = make_simulator(dut)
     sim.add_testbench(driver)
+    if dut.loader is not None:
+        sim.add_testbench(loader)
     sim.add_testbench(sink)
     sim.add_process(monitor)
     run_bounded(sim, max_cycles, lambda: len(res.done_cycle) == n)
