@@ -36,11 +36,12 @@ __all__ = ["SIMULATORS", "FpgaResult", "Mismatch", "design_digest", "verify", "w
 SIMULATORS = ("icarus", "verilator")
 TOP_FILE = "onespike_top.v"
 DESC_FILE = "onespike_top.json"
+LOAD_FILE = "load.bin"     # the store image of a design with "ram" layers
 BENCH_MODULE = "codegen.cocotb_bench.network_bench"
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "--no-timing"]
 TIMESCALE = ("1ns", "1ps")
 _PKG_ROOT = Path(__file__).resolve().parent.parent      # holds codegen/, rtl/, runtime/
-_TOP_VERSION = 1       # bump when write_top's output changes for the same model and RTL
+_TOP_VERSION = 2       # bump when write_top's output changes for the same model and RTL
 
 
 @dataclass
@@ -103,6 +104,7 @@ class FpgaResult:
     build_s: float = 0.0
     sim_s: float = 0.0
     wall_s: float = 0.0
+    store: list = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -136,13 +138,24 @@ def _lanes(model: IntModel, lanes) -> list[int]:
     return lanes
 
 
-def design_digest(model: IntModel, lanes=8, fifo_depth: int = 16) -> str:
+def _store(model: IntModel, store) -> list[str]:
+    """Store kind per layer from one string or a list (UserError if neither)."""
+    if isinstance(store, str):
+        store = [store] * len(model.layers)
+    store = list(store)
+    if len(store) != len(model.layers) or any(s not in ("rom", "ram") for s in store):
+        raise UserError(f"store must be 'rom' or 'ram', or one per layer ({len(model.layers)}), not {store!r}")
+    return store
+
+
+def design_digest(model: IntModel, lanes=8, fifo_depth: int = 16, store="rom") -> str:
     """Digest of everything the Verilog depends on: the model's tables, the parameters and the RTL sources."""
     import amaranth
 
     h = hashlib.sha256()
     h.update(repr((model.Q, model.T, model.F, tuple(model.input_shape), model.input_Q, model.input_T,
-                   _lanes(model, lanes), int(fifo_depth), amaranth.__version__, _TOP_VERSION)).encode())
+                   _lanes(model, lanes), int(fifo_depth), amaranth.__version__, _TOP_VERSION,
+                   _store(model, store))).encode())
     for a in (model.decode, model.encode, model.input_decode):
         _hash_array(h, a)
     for l in model.layers:
@@ -175,30 +188,35 @@ def _time_zero_fix(text: str) -> str:
     return _TRIGGER.sub(lambda m: f"{m.group(0)}\n{m.group(1)}initial #0 {m.group(2)} = 1'h1;", text)
 
 
-def _flat_top(model: IntModel, lanes, fifo_depth: int):
+def _flat_top(model: IntModel, lanes, fifo_depth: int, store="rom"):
     from rtl.top import FlatTop
 
     try:
-        return FlatTop(model, _lanes(model, lanes), fifo_depth)
+        return FlatTop(model, _lanes(model, lanes), fifo_depth, _store(model, store))
     except ValueError as e:
         raise UserError(f"cannot build the FPGA top: {e}") from None
 
 
-def write_top(model: IntModel, lanes=8, out_dir: str | Path = "build/fpga_sim/top", fifo_depth: int = 16) -> Path:
+def write_top(model: IntModel, lanes=8, out_dir: str | Path = "build/fpga_sim/top", fifo_depth: int = 16,
+              store="rom") -> Path:
     """Convert the network (with its debug event port) to Verilog; returns the ``.v`` path.
 
     Writes ``onespike_top.v`` (module ``onespike_top``, ports described in ``rtl/top.py``) and
     ``onespike_top.json`` (port widths, the layer each debug slot observes, the Verilog's SHA-256)
-    into ``out_dir``. Files that already hold the same text are left untouched.
+    into ``out_dir``, and with ``"ram"`` layers ``load.bin``, the store image the bench sends on
+    ``load_*`` before the first frame. Files that already hold the same text are left untouched.
     """
     from amaranth.back import verilog
 
     from rtl.top import TOP_NAME
 
-    top = _flat_top(model, lanes, fifo_depth)
+    top = _flat_top(model, lanes, fifo_depth, store)
     text = _time_zero_fix(verilog.convert(top, name=TOP_NAME, ports=top.ports))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    image = top.core.net.load_image()
+    if image and not ((out / LOAD_FILE).is_file() and (out / LOAD_FILE).read_bytes() == image):
+        (out / LOAD_FILE).write_bytes(image)
     v = out / TOP_FILE
     _write_if_changed(v, text)
     desc = dict(top.describe(), verilog_sha256=hashlib.sha256(text.encode()).hexdigest())
@@ -262,7 +280,7 @@ def _log_tail(path: Path, n: int = 30) -> str:
         return ""
 
 
-def _max_cycles(model: IntModel, lanes, n: int, gap: float, stall: float) -> int:
+def _max_cycles(model: IntModel, lanes, n: int, gap: float, stall: float, load_bytes: int = 0) -> int:
     """A generous cycle budget: every pixel spikes and every neuron fires, then stalls and gaps."""
     ls = _lanes(model, lanes)
     n_pixels = int(np.prod(model.input_shape))
@@ -273,7 +291,9 @@ def _max_cycles(model: IntModel, lanes, n: int, gap: float, stall: float) -> int
         per_frame += n_in * (groups * l.kernel ** 2 + 1) + n_out * (ln + 12) + 4 * groups
     per_frame += n_pixels * 4
     # Result holds: at most 400 cycles each, plus the 4000-cycle one.
-    return int(4 * (n + 1) * per_frame / (1 - min(gap, 0.9))) + (400 * n + 4000 if stall else 0) + 20000
+    # The store image: up to 2 cycles per byte, twice (a reset during the load restarts it).
+    return (int(4 * (n + 1) * per_frame / (1 - min(gap, 0.9))) + (400 * n + 4000 if stall else 0) + 20000
+            + 8 * load_bytes)
 
 
 def _mutate(phases: list, logits: np.ndarray, layer_names: list, firing: list, slot_T: list) -> dict:
@@ -304,7 +324,8 @@ def _prune_runs(runs: Path, keep: int = 20, age_s: float = 3600.0) -> None:
 
 def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = False, mutate: bool = False,
            seed: int = 0, *, fifo_depth: int = 16, gap: float = 0.25, stall: float = 0.3, reset: bool = True,
-           isolate: bool = False, work: str | Path | None = None, keep: bool = False) -> FpgaResult:
+           isolate: bool = False, work: str | Path | None = None, keep: bool = False,
+           store="rom") -> FpgaResult:
     """Run ``images`` (N, C, H, W) uint8 through the RTL in ``sim`` and compare with the golden model.
 
     The bench sends the frames back to back, with idle input runs (``gap``: probability per pixel,
@@ -327,6 +348,11 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     the input ``data.npz`` is deleted after a passing run unless ``keep``. Run folders beyond the
     20 newest are deleted once an hour old.
 
+    ``store``: ``"rom"``/``"ram"`` or one per layer (:class:`~rtl.network.Network`). With ``"ram"``
+    layers the bench first sends the store image on ``load_*`` (with ``reset``: a third of it, a
+    reset, then all of it, which must restart the load) and waits for ``loaded``; the mid-frame
+    reset later must keep the loaded weights (nothing is sent again).
+
     Raises :class:`~runtime.errors.UserError` for an unknown or missing simulator or bad images.
     """
     from cocotb_tools.check_results import get_results
@@ -340,6 +366,7 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     if not (0 <= gap < 1 and 0 <= stall < 1):
         raise UserError(f"gap and stall must be probabilities below 1, not {gap!r} and {stall!r}")
     lanes = _lanes(model, lanes)
+    store = _store(model, store)
     images = golden.check_images(model, images)
     n = len(images)
     if n == 0:
@@ -348,12 +375,12 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
 
     work = Path(work) if work is not None else Path("build") / "fpga_sim"
     work = work.resolve()
-    key = design_digest(model, lanes, fifo_depth)[:16]
+    key = design_digest(model, lanes, fifo_depth, store)[:16]
     design_dir = work / f"design-{key}"
     t_build = time.perf_counter()
     with _locked(work / f".lock-{key}"):
         if not ((design_dir / TOP_FILE).is_file() and (design_dir / DESC_FILE).is_file()):
-            write_top(model, lanes, design_dir, fifo_depth)
+            write_top(model, lanes, design_dir, fifo_depth, store)
         desc = json.loads((design_dir / DESC_FILE).read_text())
         build_dir = design_dir / (sim + ("-waves" if waves else ""))
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -384,10 +411,11 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     cfg = {
         "top": desc, "frames": n, "seed": int(seed), "data": str(run_dir / "data.npz"),
         "results": str(run_dir / "results.json"), "layer_names": layer_names,
+        "load": str(design_dir / LOAD_FILE) if desc.get("load_bytes") else None,
         "gap": float(gap), "burst": 0.5 if gap else 0.0, "frame_gap": 0.25 if gap else 0.0,
         "stall": float(stall), "long_stall": 0.25 if stall else 0.0,
         "reset_before": n // 2 if reset else -1, "isolate": bool(isolate),
-        "max_cycles": _max_cycles(model, lanes, n, gap, stall),
+        "max_cycles": _max_cycles(model, lanes, n, gap, stall, int(desc.get("load_bytes", 0))),
     }
     (run_dir / "bench.json").write_text(json.dumps(cfg, indent=1))
 
@@ -437,7 +465,7 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
         waves=wave_path if wave_path is not None and wave_path.is_file() else None,
         error=error, mutated=mutated, events=list(out["events"]),
         stats=dict(out["stats"], cycles_total=out["cycles_total"]), mismatches=out["mismatches"],
-        run_dir=run_dir, design_dir=design_dir, build_s=build_s, sim_s=sim_s)
+        run_dir=run_dir, design_dir=design_dir, build_s=build_s, sim_s=sim_s, store=store)
     if res.passed and not keep:
         (run_dir / "data.npz").unlink(missing_ok=True)     # the images; can be large
     res.wall_s = time.perf_counter() - t_start

@@ -33,8 +33,8 @@ class DebugNetwork(wiring.Component):
 
     Members
     -------
-    i, o :
-        As :class:`~rtl.network.Network`.
+    i, o, load, loaded :
+        As :class:`~rtl.network.Network` (``load``/``loaded`` only with a ``"ram"`` layer).
     dbg_seq : ``Out(unsigned(SEQ_BITS))``
     dbg_valid, dbg_eof : ``Out(unsigned(slots))``, bit ``s`` for slot ``s``
     dbg_index : ``Out(ArrayLayout(unsigned(index_bits), slots))``
@@ -48,12 +48,14 @@ class DebugNetwork(wiring.Component):
     slots, index_bits : int
     """
 
-    def __init__(self, model, lanes=8, fifo_depth: int = 16):
-        self.net = Network(model, lanes, fifo_depth)
+    def __init__(self, model, lanes=8, fifo_depth: int = 16, store="rom"):
+        self.net = Network(model, lanes, fifo_depth, store)
         self.firing = [k for k, e in enumerate(self.net.engines) if not e.readout]
         self.slots = max(1, len(self.firing))
         self.index_bits = max([len(self.net.engines[k].o.payload.index) for k in self.firing] or [1])
+        ports = {} if self.net.loader is None else {"load": In(stream.Signature(unsigned(8))), "loaded": Out(1)}
         super().__init__({
+            **ports,
             "i": In(stream.Signature(unsigned(8))),
             "o": Out(stream.Signature(self.net.o.payload.shape())),
             "dbg_seq": Out(unsigned(SEQ_BITS)),
@@ -68,6 +70,9 @@ class DebugNetwork(wiring.Component):
         m.submodules.net = net = self.net
         wiring.connect(m, wiring.flipped(self.i), net.i)
         wiring.connect(m, net.o, wiring.flipped(self.o))
+        if net.loader is not None:
+            wiring.connect(m, wiring.flipped(self.load), net.load)
+            m.d.comb += self.loaded.eq(net.loaded)
         fires = []
         for s, k in enumerate(self.firing):
             o = net.engines[k].o

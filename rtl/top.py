@@ -19,6 +19,9 @@ class FlatTop(Elaboratable):
     ``result_valid`` out, ``result_ready`` in, ``result_cls``, ``result_logits`` out
         One transfer per frame; logit ``c`` is the signed field
         ``result_logits[c*acc_bits +: acc_bits]``.
+    ``load_data[7:0]``, ``load_valid`` in, ``load_ready``, ``loaded`` out
+        The store image (``Network.load_image``) of a design with ``"ram"`` layers, sent once
+        before the first frame; without one ``load_ready`` is 0 and ``loaded`` 1.
     ``dbg_seq``, ``dbg_valid``, ``dbg_eof``, ``dbg_index``, ``dbg_phase`` out
         The registered debug events (see :class:`~rtl.debug.DebugNetwork`); slot ``s`` is the field
         ``[s*index_bits +: index_bits]`` of ``dbg_index``, ``[s*8 +: 8]`` of ``dbg_phase`` and bit
@@ -27,9 +30,9 @@ class FlatTop(Elaboratable):
     :meth:`describe` gives these widths and the slot-to-layer map as a dict.
     """
 
-    def __init__(self, model, lanes=8, fifo_depth: int = 16):
+    def __init__(self, model, lanes=8, fifo_depth: int = 16, store="rom"):
         self.model = model
-        self.core = core = DebugNetwork(model, lanes, fifo_depth)
+        self.core = core = DebugNetwork(model, lanes, fifo_depth, store)
         net = core.net
         self.acc_bits = net.engines[-1].acc_bits
         self.num_classes = model.num_classes
@@ -40,6 +43,10 @@ class FlatTop(Elaboratable):
         self.result_ready = Signal(name="result_ready")
         self.result_cls = Signal(len(core.o.payload.cls), name="result_cls")
         self.result_logits = Signal(self.acc_bits * self.num_classes, name="result_logits")
+        self.load_data = Signal(8, name="load_data")
+        self.load_valid = Signal(name="load_valid")
+        self.load_ready = Signal(name="load_ready")
+        self.loaded = Signal(name="loaded")
         self.dbg_seq = Signal(SEQ_BITS, name="dbg_seq")
         self.dbg_valid = Signal(core.slots, name="dbg_valid")
         self.dbg_eof = Signal(core.slots, name="dbg_eof")
@@ -50,6 +57,7 @@ class FlatTop(Elaboratable):
     def ports(self):
         return [self.pixel_data, self.pixel_valid, self.pixel_ready,
                 self.result_valid, self.result_ready, self.result_cls, self.result_logits,
+                self.load_data, self.load_valid, self.load_ready, self.loaded,
                 self.dbg_seq, self.dbg_valid, self.dbg_eof, self.dbg_index, self.dbg_phase]
 
     def describe(self) -> dict:
@@ -66,6 +74,8 @@ class FlatTop(Elaboratable):
             "seq_bits": SEQ_BITS,
             "lanes": [int(e.lanes) for e in net.engines],
             "fifo_depth": int(net.fifo_depth),
+            "store": list(net.store),
+            "load_bytes": len(net.load_image()),
             "layer_sizes": [int(e.n_out) for e in net.engines],
             "T": int(self.model.T),
             # Per slot: the no-spike code of the layer's output, and its event order as
@@ -94,4 +104,9 @@ class FlatTop(Elaboratable):
             self.dbg_index.eq(core.dbg_index.as_value()),
             self.dbg_phase.eq(core.dbg_phase.as_value()),
         ]
+        if core.net.loader is not None:
+            m.d.comb += [core.load.payload.eq(self.load_data), core.load.valid.eq(self.load_valid),
+                         self.load_ready.eq(core.load.ready), self.loaded.eq(core.loaded)]
+        else:
+            m.d.comb += self.loaded.eq(1)
         return m

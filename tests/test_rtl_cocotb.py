@@ -129,6 +129,59 @@ def test_random_model(sim, case):
 
 
 @pytest.mark.parametrize("sim", SIMS)
+def test_mnist_mlp_spram_store(sim, mnist):
+    """The iCE40 UP5K configuration: layer 0's weights and thresholds in a RAM store (SPRAM), loaded
+    through load_* (a reset in the middle of the load restarts it), then frames with gaps, stalls and
+    a mid-frame reset that must keep the loaded weights."""
+    need(sim)
+    model, x = mnist
+    r = fpga_sim.verify(model, x[:4], sim, lanes=4, store=["ram", "rom"], work=WORK)
+    assert_all_matched(r)
+    st = r.stats
+    assert st["load_bytes"] == 108544 and st["load_resets"] == 1 and st["resets"] == 1
+    assert st["reset_aborted_frames"] >= 1
+    assert sum(r.events) > 4 * 20
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_random_model_ram_store(sim):
+    """A random conv/pool model with every weight layer in a RAM store (lanes hold a threshold)."""
+    need(sim)
+    seed, plan, T, code, _ = RANDOM_CONV[0]
+    model, rng = valid_model(seed, plan, T, code)
+    from runtime import spec
+
+    spec.validate(model)
+    lanes = [1 if l.kind == "maxpool" else -(-l.acc_bits // 8) for l in model.layers]
+    store = ["rom" if l.kind == "maxpool" else "ram" for l in model.layers]
+    x = random_images(rng, model, 6)
+    r = fpga_sim.verify(model, x, sim, lanes=lanes, store=store, seed=seed, work=WORK)
+    assert_all_matched(r)
+    assert r.stats["load_resets"] == 1 and r.stats["reset_aborted_frames"] >= 1
+
+
+def test_corrupted_store_image_is_caught(tmp_path):
+    """The bench sends the image it is given: one flipped weight byte in load.bin makes a mismatch."""
+    need("verilator")
+    model, rng = valid_model(*RANDOM[0][:2], RANDOM[0][2], RANDOM[0][3])
+    x = random_images(rng, model, 6)
+    lanes, store = [4, 4], ["ram", "ram"]
+    r = fpga_sim.verify(model, x, "verilator", lanes=lanes, store=store, work=tmp_path)
+    assert_all_matched(r)
+    load = r.design_dir / fpga_sim.LOAD_FILE
+    image = bytearray(load.read_bytes())
+    for pos in range(0, len(image), 7):         # a weight byte that some spike multiplies
+        bad = bytearray(image)
+        bad[pos] ^= 0x80
+        load.write_bytes(bytes(bad))
+        r2 = fpga_sim.verify(model, x, "verilator", lanes=lanes, store=store, work=tmp_path, reset=False)
+        if not r2.passed:
+            assert r2.first_mismatch is not None
+            return
+    raise AssertionError("no corrupted byte of the store image changed a result")
+
+
+@pytest.mark.parametrize("sim", SIMS)
 def test_mutation_is_caught(sim, small):
     """One corrupted expected value must show up as the first mismatch, at its place."""
     need(sim)

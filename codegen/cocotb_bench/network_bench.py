@@ -174,7 +174,8 @@ async def network(dut):
 
     in_flight = bool(cfg.get("reset_in_flight", True))
     stats = {"gap_cycles": 0, "input_stall_cycles": 0, "stalled_results": 0, "reset_cycle": None,
-             "reset_partial_pixels": 0, "reset_aborted_frames": 0, "resets": 0}
+             "reset_partial_pixels": 0, "reset_aborted_frames": 0, "resets": 0,
+             "load_bytes": 0, "load_resets": 0, "load_cycles": 0}
     starts = [None] * n        # cycle in which each frame's first pixel was accepted
     lasts = [None] * n         # ... and its last
     all_done = Event()
@@ -184,6 +185,8 @@ async def network(dut):
     edge = clk.rising_edge
     dut.pixel_valid.value = 0
     dut.pixel_data.value = 0
+    dut.load_valid.value = 0
+    dut.load_data.value = 0
     dut.result_ready.value = 0
     rst.value = 1
     cocotb.start_soon(Clock(clk, PERIOD_NS, unit="ns").start())
@@ -242,8 +245,44 @@ async def network(dut):
         rst.value = 0
         dut.pixel_valid.value = 0
 
+    async def send_load(image):
+        """Send the store image on load_* (the loader takes a byte when load_ready is high)."""
+        lv, ld, ready = dut.load_valid, dut.load_data, dut.load_ready
+        for b in image:
+            ld.value = b
+            lv.value = 1
+            while True:
+                await ReadOnly()
+                taken = ready.value == 1
+                await edge
+                if taken:
+                    break
+        lv.value = 0
+
+    async def load_store():
+        """The store image of "ram" layers, once (with resets: a third of it, a reset, all of it)."""
+        with open(cfg["load"], "rb") as fh:
+            image = fh.read()
+        t0 = now_cycle()
+        if reset_before >= 0:
+            await send_load(image[: len(image) // 3])
+            rst.value = 1
+            await ClockCycles(clk, rng.randint(1, 3))
+            rst.value = 0
+            stats["load_resets"] += 1
+        await send_load(image)
+        while True:
+            await ReadOnly()
+            if dut.loaded.value == 1:
+                break
+            await edge
+        await edge
+        stats["load_bytes"], stats["load_cycles"] = len(image), now_cycle() - t0
+
     async def driver():
         k, reset_done = 0, False
+        if cfg.get("load"):
+            await load_store()
         while k < n:
             if k == reset_before and not reset_done:
                 reset_done = True
