@@ -17,6 +17,9 @@ limit of a frame is the sum over layers. Writes ``build/bench/fpga.json``, ``fpg
 docs/benchmarks.md) and ``fpga_layers.png``.
 
     .venv/bin/python scripts/bench_fpga.py [-n 100] [--sim verilator] [--lanes 8] [--models mnist-mlp ...]
+        [--store rom|ram|ram,rom]   # per layer; "ram,rom" with --lanes 4 is the iCE40 UP5K build of the MLP
+
+With a RAM store the bench loads the weights first; latencies start at the first pixel, after the load.
 """
 import argparse
 import json
@@ -61,7 +64,7 @@ def layer_limits(model, lanes, gold):
     return lim, used
 
 
-def run_model(name, ds, n, sim, lanes, work):
+def run_model(name, ds, n, sim, lanes, work, store="rom"):
     model = modelfile.load(ROOT / "models" / f"{name}.pt")
     x, _ = datasets.load(ds, "test")
     x = x[:n]
@@ -69,10 +72,10 @@ def run_model(name, ds, n, sim, lanes, work):
     lim, used = layer_limits(model, lanes, gold)
     t0 = time.perf_counter()
     iso = fpga_sim.verify(model, x, sim, lanes=lanes, gap=0.0, stall=0.0, reset=False, isolate=True, work=work,
-                          keep=True)
+                          keep=True, store=store)
     t_iso = time.perf_counter() - t0
     t0 = time.perf_counter()
-    b2b = fpga_sim.verify(model, x, sim, lanes=lanes, gap=0.0, stall=0.0, reset=False, work=work)
+    b2b = fpga_sim.verify(model, x, sim, lanes=lanes, gap=0.0, stall=0.0, reset=False, work=work, store=store)
     t_b2b = time.perf_counter() - t0
     for r in (iso, b2b):
         if not r.passed:
@@ -98,7 +101,8 @@ def run_model(name, ds, n, sim, lanes, work):
             "ratio_median": float(np.median(layer_end[:, k] / np.maximum(cum_lim[:, k], 1))),
         })
     return {
-        "model": name, "images": n, "sim": sim, "lanes": lanes, "matched": f"{iso.matched}/{iso.total}",
+        "model": name, "images": n, "sim": sim, "lanes": lanes, "store": iso.store,
+        "load_cycles": iso.stats.get("load_cycles", 0), "matched": f"{iso.matched}/{iso.total}",
         "latency": {"min": float(latency.min()), "median": float(np.median(latency)), "max": float(latency.max())},
         "limit_median": float(np.median(total_lim)),
         "ratio_median": float(np.median(latency / np.maximum(total_lim, 1))),
@@ -117,7 +121,8 @@ def markdown(results, machine):
            "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         la = r["latency"]
-        out.append(f"| {r['model']} | {r['images']} | {r['lanes']} | {la['min']:,.0f} / {la['median']:,.0f} / "
+        st = "" if set(r["store"]) == {"rom"} else f" (store {','.join(r['store'])})"
+        out.append(f"| {r['model']}{st} | {r['images']} | {r['lanes']} | {la['min']:,.0f} / {la['median']:,.0f} / "
                    f"{la['max']:,.0f} | {r['limit_median']:,.0f} | {r['ratio_median']:.2f} | "
                    f"{r['interval_median']:,.0f} | {r['bottleneck_limit_median']:,.0f} | "
                    f"{r['wall_s']['isolated']:.0f} s + {r['wall_s']['back_to_back']:.0f} s |")
@@ -159,6 +164,7 @@ def main():
     ap.add_argument("--sim", default="verilator", choices=fpga_sim.SIMULATORS)
     ap.add_argument("--lanes", type=int, default=8)
     ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--store", default="rom", help="rom, ram, or one per layer separated by commas (e.g. ram,rom)")
     ap.add_argument("--out", default=str(ROOT / "build" / "bench"))
     a = ap.parse_args()
     out = Path(a.out)
@@ -166,7 +172,8 @@ def main():
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     results = []
     for name in a.models:
-        r = run_model(name, MODELS[name], a.n, a.sim, a.lanes, ROOT / "build" / "fpga_sim")
+        store = a.store.split(",") if "," in a.store else a.store
+        r = run_model(name, MODELS[name], a.n, a.sim, a.lanes, ROOT / "build" / "fpga_sim", store)
         print(json.dumps({k: r[k] for k in ("model", "matched", "latency", "limit_median", "ratio_median",
                                             "interval_median", "wall_s")}), flush=True)
         results.append(r)
