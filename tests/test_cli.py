@@ -163,6 +163,54 @@ def test_fpga_target_refuses_a_cnn_that_does_not_fit_the_board(capsys, tmp_path)
     assert not (tmp_path / "f").exists()
 
 
+def test_fpga_emit_mlp_on_icebreaker_uses_spram(capsys, tmp_path):
+    """The MNIST MLP fits the UP5K at 4 lanes with its first layer in SPRAM (--store auto); with
+    --store rom it is refused; --store ram on a board without SPRAM and a bad --store are refused."""
+    code, out, err = run_cli(capsys, "emit", MLP, "--target", "fpga", "--board", "icebreaker", "--lanes", "4",
+                             "-o", tmp_path / "f")
+    assert code == 0, err
+    assert "4/4 SPRAM" in out and ": fits" in out and "weight store per layer: ram, rom" in out
+    assert (tmp_path / "f" / "weights.bin").stat().st_size > 100_000
+    code, _, err = run_cli(capsys, "emit", MLP, "--target", "fpga", "--board", "icebreaker", "--lanes", "4",
+                           "--store", "rom", "-o", tmp_path / "g")
+    assert_one_line_error(code, err, "does not fit icebreaker", "block RAMs", "no lane count fits this board")
+    assert not (tmp_path / "g").exists()
+    code, _, err = run_cli(capsys, "emit", MLP, "--target", "fpga", "--board", "ulx3s", "--lanes", "4",
+                           "--store", "ram", "-o", tmp_path / "h")
+    assert_one_line_error(code, err, "--store ram needs SPRAM", "ulx3s")
+    assert not (tmp_path / "h").exists()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["emit", str(MLP), "--target", "fpga", "--store", "flash"])
+    assert e.value.code == 2 and "invalid choice: 'flash'" in capsys.readouterr().err
+
+
+def test_fpga_verify_passes_the_resolved_store(capsys, monkeypatch):
+    from codegen import fpga_sim
+
+    seen = {}
+
+    class Result:
+        passed, first_mismatch, error, waves = True, None, None, None
+
+        def summary(self):
+            return "ok"
+
+    def fake_verify(model, images, sim, **kw):
+        seen.update(kw)
+        return Result()
+
+    monkeypatch.setattr(fpga_sim, "verify", fake_verify)
+    assert run_cli(capsys, "verify", MLP, "--target", "fpga", "-n", "1", "--lanes", "4", "--board", "icebreaker")[0] == 0
+    assert seen["store"] == ["ram", "rom"] and seen["lanes"] == 4
+    assert run_cli(capsys, "verify", MLP, "--target", "fpga", "-n", "1", "--lanes", "4")[0] == 0
+    assert seen["store"] == ["rom", "rom"]                      # auto without a board: rom
+    assert run_cli(capsys, "verify", MLP, "--target", "fpga", "-n", "1", "--lanes", "4", "--store", "ram")[0] == 0
+    assert seen["store"] == ["ram", "ram"]
+    code, _, err = run_cli(capsys, "verify", MLP, "--target", "fpga", "-n", "1", "--lanes", "4", "--store", "ram",
+                           "--board", "ulx3s")
+    assert_one_line_error(code, err, "--store ram needs SPRAM")
+
+
 def test_verbose_shows_traceback_and_exit_code_is_2(tmp_path):
     env = dict(os.environ)
     base = [sys.executable, "-m", "codegen.cli"]

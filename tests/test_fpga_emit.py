@@ -13,7 +13,7 @@ from randmodels import random_images, random_model, valid_model
 
 from boards.fpga import FPGA_BOARDS, board
 from codegen import emit_fpga
-from runtime import golden, modelfile
+from runtime import golden, modelfile, spec
 from runtime.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +154,7 @@ def test_estimate_memories(small):
 def test_mnist_mlp_emit(mlp, tmp_path):
     man = emit_fpga.emit(mlp, modelfile.file_sha256(MLP), "mnist-mlp", tmp_path / "a", board="ulx3s", lanes=4)
     check_manifest(tmp_path / "a", man)
+    assert man["store"] == {"layers": ["rom", "rom"]} and "weights.bin" not in read_dir(tmp_path / "a")
     v = (tmp_path / "a" / "mnist_mlp.v").read_text()
     assert re.search(r"^module mnist_mlp\(", v, re.M)
     est = json.loads((tmp_path / "a" / "estimate.json").read_text())
@@ -171,9 +172,108 @@ def test_mnist_mlp_emit(mlp, tmp_path):
         r = golden.run(mlp, x[:10], keep_phases=False)
         assert c["layers"][0]["input_spikes"] == pytest.approx(r.spikes[:, 0].mean(), abs=1e-3)
         assert c["layers"][1]["input_spikes"] == pytest.approx(r.spikes[:, 1].mean(), abs=1e-3)
-    # Deterministic on the real model too.
-    emit_fpga.emit(mlp, modelfile.file_sha256(MLP), "mnist-mlp", tmp_path / "b", board="ulx3s", lanes=4)
-    assert read_dir(tmp_path / "a") == read_dir(tmp_path / "b")
+
+
+def test_mnist_mlp_icebreaker_spram(mlp, tmp_path):
+    """On the UP5K the MLP fits with its first layer's weights and thresholds in SPRAM (auto), and
+    emit writes the load image; the estimate equals what Yosys 0.23 reports (tests/test_synth.py
+    checks that against a live run): 18 SB_RAM40_4K, 8 SB_MAC16, 4 SB_SPRAM256KA."""
+    from rtl.network import Network
+
+    assert emit_fpga.resolve_store(mlp, "icebreaker", 4) == ["ram", "rom"]
+    assert emit_fpga.resolve_store(mlp, "ulx3s", 4) == ["rom", "rom"]      # fits in block RAM
+    assert emit_fpga.resolve_store(mlp, None, 4) == ["rom", "rom"]
+    est = emit_fpga.estimate(mlp, "icebreaker", 4, n_images=0)
+    m = est["boards"]["icebreaker"]
+    assert est["store"] == ["ram", "rom"] and m["fits"]
+    assert (m["spram"], m["block_rams"], m["dsp"]) == (4, 18, 8)
+    mems = {x["name"]: x for x in est["memories"]}
+    e0 = emit_fpga.inspect_network(mlp, 4, store=["ram", "rom"]).engines[0]
+    assert (mems["layer0.spram_store"]["depth"], mems["layer0.spram_store"]["width"]) == (784 * 32 + 128 * 16, 32)
+    assert e0.store_depth == 784 * 32 + 128 * 16
+    assert "layer0.wmem" not in mems and "layer0.biasmem" not in mems and not any(n.startswith("layer0.fire") for n in mems)
+    assert "layer1.wmem" in mems and "layer1.biasmem" in mems
+    # Serial fire drain: (T.bit_length() + 1) cycles per neuron.
+    assert est["cycles"]["layers"][0]["drain_cycles"] == 128 * (mlp.T.bit_length() + 1) + emit_fpga.FIRE_DRAIN_OVERHEAD
+    assert est["cycles"]["load_cycles"] == e0.store_depth * 5
+    # rom does not fit: 234 EBR
+    assert not emit_fpga.mapping(mlp, board("icebreaker"), 4, store=["rom", "rom"])["fits"]
+
+    sha = modelfile.file_sha256(MLP)
+    man = emit_fpga.emit(mlp, sha, "mnist-mlp", tmp_path / "a", board="icebreaker", lanes=4, n_images=0)
+    check_manifest(tmp_path / "a", man)
+    a = read_dir(tmp_path / "a")
+    image = Network(mlp, 4, emit_fpga.FIFO_DEPTH, ["ram", "rom"]).load_image()
+    assert a["weights.bin"] == image and len(image) == e0.store_depth * 4
+    st = man["store"]
+    assert st["layers"] == ["ram", "rom"] and st["image"]["bytes"] == len(image)
+    assert st["image"]["segments"] == [{"layer": 0, "offset": 0, "bytes": len(image), "words": e0.store_depth,
+                                        "word_bits": 32, "weight_words": 784 * 32, "threshold_words": 128 * 16,
+                                        "bias_folded_into_thresholds": True}]
+    assert "little-endian" in st["image"]["byte_order"]
+    ports = man["top"]["ports"]
+    assert {"load__payload", "load__valid", "load__ready", "loaded"} <= set(ports)
+    assert man["pins_wrapper"]["pins"] == 34
+    v = a["mnist_mlp.v"].decode()
+    assert "load__payload" in v and "reg [31:0] spram_store [27135:0];" in v
+    assert "spram_store[0] =" not in v           # no initialiser: SPRAM is loaded at run time
+    pins = a["mnist_mlp_pins.v"].decode()
+    assert ".load__payload(ld)" in pins and "output wire       loaded" in pins
+    assert "4/4 SPRAM" in a["estimate.txt"].decode() and "weights.bin" in a["estimate.txt"].decode()
+    # Deterministic (byte-identical) on the real model.
+    man2 = emit_fpga.emit(mlp, sha, "mnist-mlp", tmp_path / "b", board="icebreaker", lanes=4, n_images=0)
+    assert read_dir(tmp_path / "b") == a and man2 == man
+
+
+def test_resolve_store_errors(mlp, small_cnn):
+    with pytest.raises(UserError, match="--store ram needs SPRAM, and ulx3s .* has none"):
+        emit_fpga.resolve_store(mlp, "ulx3s", 4, "ram")
+    with pytest.raises(UserError, match="--store must be one of auto, rom, ram, not 'flash'"):
+        emit_fpga.resolve_store(mlp, None, 4, "flash")
+    with pytest.raises(UserError, match=r"layer 0 \(dense\) cannot keep its weights in a RAM store at lanes=2: .*lanes >= 4"):
+        emit_fpga.resolve_store(mlp, "icebreaker", 2, "ram")
+    with pytest.raises(UserError, match="layer 1 is a max-pool"):
+        emit_fpga.resolve_store(small_cnn, None, 4, ["rom", "ram", "rom"])
+    with pytest.raises(UserError, match="one of rom/ram per layer"):
+        emit_fpga.resolve_store(small_cnn, None, 4, ["rom", "rom"])
+    assert emit_fpga.resolve_store(small_cnn, None, 4, "ram") == ["ram", "rom", "ram"]   # max-pools stay rom
+    assert emit_fpga.resolve_store(mlp, "icebreaker", 4, "rom") == ["rom", "rom"]
+    # auto skips layers that cannot be in RAM at this lane count: at 2 lanes only the readout can move.
+    assert emit_fpga.resolve_store(mlp, "icebreaker", 2) == ["rom", "ram"]
+    assert not emit_fpga.fits(mlp, board("icebreaker"), 2)
+    assert emit_fpga.largest_fitting_lanes(mlp, board("icebreaker"), 8) == 4
+
+
+@pytest.mark.parametrize("seed,plan,T", [
+    (5, ["conv2d", "maxpool", "dense"], 6),
+    (2, ["conv2d", "avgpool", "conv2d", "dense"], 5),
+    (1, ["dense", "dense"], 3),
+])
+def test_ram_store_memories_match_elaborated_design(seed, plan, T):
+    """memories() with RAM stores lists exactly the memories of the elaborated RTL."""
+    m = valid_model(seed, plan, T)[0]
+    lanes = max(-(-x.acc_bits // 8) for x in m.layers)
+    store = emit_fpga.resolve_store(m, None, lanes, "ram")
+    shapes = {x.name: (x.depth, x.width) for x in emit_fpga.memories(m, lanes, 2, store=store)}
+    assert shapes == emit_fpga.elaborated_memories(m, lanes, 2, store)
+    assert any(n.endswith("spram_store") for n in shapes)
+
+
+def test_ram_store_drain_cycles_match_simulation():
+    """The serial fire drain of a RAM-store layer (one FireUnit) against amaranth.sim."""
+    from rtl.sim import simulate_network
+
+    m = random_model(np.random.default_rng(3), plan=["dense", "dense", "dense"])
+    x = random_images(np.random.default_rng(0), m, 2)
+    g = golden.run(m, x, keep_phases=True)
+    store = ["ram", "ram", "rom"]
+    r = simulate_network(m, x, 4, store=store)
+    assert (r.classes == g.classes).all() and (r.logits == g.logits).all()
+    c = emit_fpga.cycle_estimate(m, 4, g.phases, "test", store=store)
+    net = emit_fpga.inspect_network(m, 4, store=store)
+    for k in (0, 1):
+        measured = np.mean([a - b for a, b in zip(r.eof_cycle[k], r.eof_in_cycle[k])])
+        assert abs(c["layers"][k]["drain_cycles"] - measured) <= net.engines[k].words, k
 
 
 @pytest.mark.parametrize("seed,plan,T", [
@@ -331,7 +431,7 @@ def test_refuses_cnn_that_does_not_fit(cnn, tmp_path):
         assert need and int(need.group(1)) > int(need.group(2))
         dsps = re.search(rf"needs (\d+) DSPs \(board has (\d+) {dsp}\)", msg)
         assert dsps and int(dsps.group(1)) > int(dsps.group(2))
-        assert msg.endswith("no lane count fits this board" + (" (weights are not placed in SPRAM)" if bn == "icebreaker" else ""))
+        assert msg.endswith("no lane count fits this board" + (" (weights in block RAM or SPRAM)" if bn == "icebreaker" else ""))
         assert not (tmp_path / "out").exists()
     f = modelfile.load(FCNN)
     with pytest.raises(UserError, match=r"^model does not fit ulx3s .*needs \d+ block RAMs \(board has 56 DP16KD\)"):
@@ -340,14 +440,22 @@ def test_refuses_cnn_that_does_not_fit(cnn, tmp_path):
 
 
 def test_refuses_too_big_for_board(mlp, tmp_path):
+    # Weights in block RAM: the UP5K's 30 EBR are far too few at any lane count.
     with pytest.raises(UserError) as e:
-        emit_fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="icebreaker", lanes=8)
+        emit_fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="icebreaker", lanes=8, store="rom")
     msg = str(e.value)
     assert "\n" not in msg
     need = re.search(r"needs (\d+) block RAMs \(board has (\d+) SB_RAM40_4K\)", msg)
     assert need and int(need.group(1)) > 30 and int(need.group(2)) == 30
     assert re.search(r"needs 16 DSPs \(board has 8 SB_MAC16\)", msg)
-    assert "no lane count fits" in msg and "SPRAM" in msg
+    assert msg.endswith("no lane count fits this board (weights in block RAM)")
+    assert not (tmp_path / "out").exists()
+    # auto: the first layer goes to SPRAM, but 8 lanes still need 16 DSPs; 4 lanes fit.
+    with pytest.raises(UserError) as e:
+        emit_fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="icebreaker", lanes=8, n_images=0)
+    msg = str(e.value)
+    assert "(store ram,rom)" in msg and "needs 16 DSPs (board has 8 SB_MAC16)" in msg and "block RAMs" not in msg
+    assert msg.endswith("; lanes=4 fits (weights in block RAM or SPRAM)")
     assert not (tmp_path / "out").exists()
     # ECP5-25k: 8 lanes need more than 56 DP16KD (Yosys: 58); the message names a lane count that fits.
     with pytest.raises(UserError, match=r"needs \d+ block RAMs \(board has 56 DP16KD\); lanes=\d fits"):
@@ -363,12 +471,22 @@ def test_refuses_too_big_for_board(mlp, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("iverilog") is None or shutil.which("vvp") is None, reason="needs Icarus Verilog")
-def test_pins_wrapper_matches_golden(tmp_path):
-    """The emitted Verilog plus the 23-pin wrapper under Icarus: serialised results equal the golden model."""
+@pytest.mark.parametrize("store", ["rom", "ram"])
+def test_pins_wrapper_matches_golden(tmp_path, store):
+    """The emitted Verilog plus the pins wrapper under Icarus: serialised results equal the golden
+    model. With a RAM store the bench first streams weights.bin into ld (the store has no initial
+    contents in the emitted Verilog)."""
     rng = np.random.default_rng(11)
     m = random_model(rng, plan=["dense", "dense"])
     x = random_images(rng, m, 4)
-    emit_fpga.emit(m, "00" * 32, "rnd", tmp_path / "hw", lanes=2)
+    spec.validate(m)   # sets acc_bits
+    lanes = 2 if store == "rom" else max(-(-x_.acc_bits // 8) for x_ in m.layers)
+    man = emit_fpga.emit(m, "00" * 32, "rnd", tmp_path / "hw", lanes=lanes, store=store)
+    assert ("ram" in man["store"]["layers"]) == (store == "ram")
+    image = (tmp_path / "hw" / "weights.bin").read_bytes() if store == "ram" else b"\0"
+    (tmp_path / "image.hex").write_text("".join(f"{v:02x}\n" for v in image))
+    n_ld = len(image) if store == "ram" else 0
+    ld_ports = (".ld(ld_mem[j]), .ld_valid(ld_valid), .ld_ready(ld_ready), .loaded(loaded)," if store == "ram" else "")
     n_px = int(np.prod(m.input_shape))
     (tmp_path / "pixels.hex").write_text("".join(f"{int(p):02x}\n" for p in x.reshape(-1)))
     nb = -(-emit_fpga.result_bits(m) // 8)
@@ -376,17 +494,23 @@ def test_pins_wrapper_matches_golden(tmp_path):
 module tb;
   reg clk = 0, rst = 1;
   reg [7:0] mem [0:{len(x) * n_px - 1}];
-  integer i = 0, nres = 0, f, cyc = 0;
+  reg [7:0] ld_mem [0:{len(image) - 1}];
+  integer i = 0, j = 0, nres = 0, f, cyc = 0;
+  wire ld_ready, loaded;
+  reg ld_gap = 0;
+  wire ld_valid = !rst && j < {n_ld} && !ld_gap;
   wire pix_ready, res_valid, res_last;
   wire [7:0] res;
   reg res_ready = 0;
   wire pix_valid = !rst && i < {len(x) * n_px};
-  rnd_pins dut(.clk(clk), .rst(rst), .pix(mem[i]), .pix_valid(pix_valid), .pix_ready(pix_ready),
+  rnd_pins dut(.clk(clk), .rst(rst), {ld_ports} .pix(mem[i]), .pix_valid(pix_valid), .pix_ready(pix_ready),
                .res(res), .res_valid(res_valid), .res_ready(res_ready), .res_last(res_last));
   always #5 clk = ~clk;
-  initial begin $readmemh("pixels.hex", mem); f = $fopen("out.txt", "w"); #22 rst = 0; end
+  initial begin $readmemh("pixels.hex", mem); $readmemh("image.hex", ld_mem); f = $fopen("out.txt", "w"); #22 rst = 0; end
   always @(posedge clk) begin
     cyc <= cyc + 1;
+    if (ld_valid && ld_ready) j <= j + 1;
+    ld_gap <= ($random & 3) == 0;   // idle cycles in the load stream
     res_ready <= ($random & 3) != 0;  // back-pressure on the byte stream
     if (pix_valid && pix_ready) i <= i + 1;
     if (res_valid && res_ready) begin

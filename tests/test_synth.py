@@ -1,10 +1,12 @@
-"""Synthesis smoke (Yosys + nextpnr) for the fpga target. Marked ``synth``: about 2-3 minutes on 2 cores.
+"""Synthesis smoke (Yosys + nextpnr) for the fpga target. Marked ``synth``: about 2.5 minutes on 2 cores.
 
 * MNIST MLP on the ULX3S (ECP5-25k) at 4 lanes: fits; LUT/FF/BRAM/DSP counts and Fmax are reported,
   and the block RAM / DSP counts equal the estimate made before synthesis.
-* MNIST MLP on the iCEBreaker (iCE40UP5K): does NOT fit (its ~800 Kbit of weights need ~230 EBR of
-  4 Kbit; the UP5K has 30, and the design keeps weights out of SPRAM); the report says so with the
-  tools' own numbers and nextpnr's failure message.
+* MNIST MLP on the iCEBreaker (iCE40UP5K) at 4 lanes, ``store="auto"``: fits with its first layer's
+  weights and thresholds in the 4 SPRAMs (a RAM store, loaded at run time); block RAM, DSP and SPRAM
+  counts equal the estimate.
+* The same with ``store="rom"``: does NOT fit (its ~800 Kbit of weights need ~230 EBR of 4 Kbit; the
+  UP5K has 30); the report says so with the tools' own numbers and nextpnr's failure message.
 * A small random dense model on the UP5K: fits; LUT/FF/Fmax numbers.
 * A small random conv -> max-pool -> dense model on both boards (about 20 s): fits; block RAM and DSP
   counts equal the estimate. (The MNIST CNN is not synthesised here: it fits neither board, see
@@ -66,13 +68,28 @@ def test_mnist_mlp_ecp5_fits(mlp, tmp_path):
     assert "Fmax" in (tmp_path / "synth_report.txt").read_text()
 
 
+def test_mnist_mlp_up5k_spram_fits(mlp, tmp_path):
+    need("yosys", "nextpnr-ice40")
+    rep = synth.synthesize(mlp, "icebreaker", 4, tmp_path, name="mnist-mlp", n_images=0, chart=False)
+    assert rep["store"] == ["ram", "rom"] and rep["pins"] == 34
+    assert any(l.startswith("delete r:MEMID=*spram_store*") for l in rep["synthesis"]["script"])
+    assert rep["synthesis"]["ok"] and rep["place_and_route"]["ok"] and rep["fits"], synth.format_text(rep)
+    r = rep["synthesis"]["resources"]
+    est = emit_fpga.estimate(mlp, "icebreaker", 4, n_images=0)["boards"]["icebreaker"]
+    assert (r["spram"], r["bram"], r["dsp"]) == (est["spram"], est["block_rams"], est["dsp"]) == (4, 18, 8)
+    util = rep["place_and_route"]["utilisation"]
+    assert util["ICESTORM_SPRAM"]["used"] == 4 and util["SB_IO"]["used"] == 34
+    assert 1000 < r["lut"] < 5280
+    assert 12 < rep["place_and_route"]["fmax_mhz"] < 200     # above the board's 12 MHz oscillator
+
+
 def test_mnist_mlp_up5k_overflow_reported(mlp, tmp_path):
     need("yosys", "nextpnr-ice40")
-    rep = synth.synthesize(mlp, "icebreaker", 4, tmp_path, name="mnist-mlp")
+    rep = synth.synthesize(mlp, "icebreaker", 4, tmp_path, name="mnist-mlp", store="rom")
     check_files(tmp_path, rep)
     assert rep["synthesis"]["ok"]
     r = rep["synthesis"]["resources"]
-    est = emit_fpga.estimate(mlp, "icebreaker", 4, n_images=0)["boards"]["icebreaker"]
+    est = emit_fpga.estimate(mlp, "icebreaker", 4, n_images=0, store="rom")["boards"]["icebreaker"]
     assert r["bram"] == est["block_rams"] > 30 and r["spram"] == 0
     assert not rep["fits"] and not rep["place_and_route"]["ok"]
     pr = rep["place_and_route"]
