@@ -193,6 +193,19 @@ async def network(dut):
     await ClockCycles(clk, 3)
     rst.value = 0
 
+    async def put(valid, data, ready, value):
+        """Offer ``value`` until ``ready`` is high at a rising edge; return the cycles it waited."""
+        data.value = value
+        valid.value = 1
+        waited = 0
+        while True:
+            await ReadOnly()
+            taken = ready.value == 1
+            await edge
+            if taken:
+                return waited
+            waited += 1
+
     async def send(pixels, frame, gap_p):
         """Send one frame's pixels (valid stays high between pixels unless a gap is drawn).
 
@@ -207,15 +220,7 @@ async def network(dut):
                 idle = rng.randint(1, 4)
                 stats["gap_cycles"] += idle
                 await ClockCycles(clk, idle)
-            pd.value = p
-            pv.value = 1
-            while True:
-                await ReadOnly()
-                taken = ready.value == 1
-                await edge
-                if taken:
-                    break
-                stats["input_stall_cycles"] += 1
+            stats["input_stall_cycles"] += await put(pv, pd, ready, p)
             if frame is not None:
                 if j == 0:
                     starts[frame] = now_cycle()
@@ -247,17 +252,9 @@ async def network(dut):
 
     async def send_load(image):
         """Send the store image on load_* (the loader takes a byte when load_ready is high)."""
-        lv, ld, ready = dut.load_valid, dut.load_data, dut.load_ready
         for b in image:
-            ld.value = b
-            lv.value = 1
-            while True:
-                await ReadOnly()
-                taken = ready.value == 1
-                await edge
-                if taken:
-                    break
-        lv.value = 0
+            await put(dut.load_valid, dut.load_data, dut.load_ready, b)
+        dut.load_valid.value = 0
 
     async def load_store():
         """The store image of "ram" layers, once (with resets: a third of it, a reset, all of it)."""
