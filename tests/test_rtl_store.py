@@ -191,10 +191,9 @@ def test_ram_store_errors():
     l0 = model.layers[0]
     w = l0.weight.reshape(l0.weight.shape[0], -1)
     decode, _ = model.code_of_layer_input(0)
-    narrow = l0.acc_bits // 8 - 1 if l0.acc_bits > 8 else None
-    if narrow:
-        with pytest.raises(ValueError, match="needs lanes >="):
-            DenseEngine(w.shape[1], w.shape[0], narrow, w, l0.bias, l0.theta, decode, l0.acc_bits, store="ram")
+    assert l0.acc_bits > 16                         # so that 2 lanes (16 bits) cannot hold a threshold
+    with pytest.raises(ValueError, match="needs lanes >= 3"):
+        DenseEngine(w.shape[1], w.shape[0], 2, w, l0.bias, l0.theta, decode, l0.acc_bits, store="ram")
     big_bias = np.full_like(l0.bias, -(1 << (l0.acc_bits - 1)))
     with pytest.raises(ValueError, match="Thresholds minus biases must fit"):
         DenseEngine(w.shape[1], w.shape[0], 8, w, big_bias, l0.theta, decode, l0.acc_bits, store="ram")
