@@ -9,13 +9,17 @@ the golden model too).
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from runtime import golden
+from runtime.errors import UserError
 from runtime.spec import IntModel
 
 from . import datasets, emit_c, mcu
@@ -44,6 +48,11 @@ clean:
 
 def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, board_name: str | None,
                      n_count: int = 10, progress: bool = False) -> dict:
+    """Generate the C folder for ``board_name`` with its report; ``n_count`` = 0 skips instruction counting.
+
+    ``progress``: a tqdm bar on stderr over the firmware builds and the instruction counts."""
+    if isinstance(n_count, bool) or not isinstance(n_count, int) or n_count < 0:
+        raise UserError(f"--count-images must be an integer 0 or more, not {n_count!r}")
     b = mcu.board(board_name)
     mem = mcu.check_fit(model, b)  # refuse before generating anything
     mcu.need("arm-none-eabi-gcc", "gcc-arm-none-eabi")
@@ -53,19 +62,35 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
     files["memory.ld"] = (b.folder / "memory.ld").read_bytes()
     files["Makefile"] = makefile(model, name, b).encode()
 
-    images = None
+    images, skipped = None, None
     ds = model.meta.get("dataset")
-    if n_count > 0 and ds:
+    if n_count == 0:
+        skipped = "--count-images 0"
+    elif not ds:
+        skipped = "the model records no dataset"
+    else:
         images, _ = datasets.load(ds, "test")
-        images = images[:n_count]
+        if tuple(images.shape[1:]) != tuple(model.input_shape):
+            skipped = f"{ds} test images are {tuple(images.shape[1:])}, the model takes {tuple(model.input_shape)}"
+            images = None
+        else:
+            images = images[:n_count]
     builds = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    steps = len(OPTS) * (2 if images is not None else 1)
+    bar = tqdm(total=steps, desc=f"emit c ({b.name})", unit="step", disable=not progress, leave=False, file=sys.stderr)
+    # kept when a tool fails, for its log (named in the error); removed otherwise
+    tmp = Path(tempfile.mkdtemp(prefix="onespike-c-"))
+    try:
+        gold = golden.run(model, images, keep_phases=False) if images is not None else None
         for opt in OPTS:
-            fw = mcu.build_firmware(model, name, b, Path(tmp), opt=opt)
+            bar.set_postfix_str(f"build {opt}")
+            fw = mcu.build_firmware(model, name, b, tmp, opt=opt)
+            bar.update()
             entry = {"sizes": fw.sizes}
             if images is not None:
+                bar.set_postfix_str(f"count {opt}, {len(images)} images")
                 run = mcu.run_unicorn(fw, images, model.num_classes)
-                gold = golden.run(model, images, keep_phases=False)
+                bar.update()
                 ok = bool(np.array_equal(run.logits, gold.logits) and np.array_equal(run.classes, gold.classes))
                 ins = run.instructions
                 entry["instructions_per_inference"] = {
@@ -74,15 +99,18 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
                     "dataset": ds, "outputs_equal_golden": ok}
                 entry["stack_peak_bytes_measured"] = run.stack_peak_bytes
             builds[opt] = entry
-    sops = None
-    if images is not None:
-        sops = float(golden.run(model, images, keep_phases=False).sops.sum(1).mean())
+    finally:
+        bar.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    sops = float(gold.sops.sum(1).mean()) if images is not None else None
     report = {
         "model": {"name": name, "sha256": model_sha256}, "board": {"name": b.name, "description": b.description,
                                                                     "flash_bytes": b.flash_bytes, "ram_bytes": b.ram_bytes},
         "estimate_before_build": {"flash_tables_bytes": mem.flash_tables, "ram_buffers_bytes": mem.ram_buffers},
         "builds": builds, "synaptic_ops_per_inference": sops, "tools": tool_versions(), "layers": layer_summary(model),
     }
+    if skipped:
+        report["instruction_count_skipped"] = skipped
     files["report.json"] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
     files["report.txt"] = (format_text(report) + "\n").encode()
     manifest = {
@@ -106,7 +134,9 @@ def format_text(rep: dict) -> str:
             stack += f", measured peak {e['stack_peak_bytes_measured']} B"
         lines.append(f"       stack: {stack}")
         ins = e.get("instructions_per_inference")
-        if ins:
+        if rep.get("instruction_count_skipped"):
+            lines.append(f"       instruction count skipped ({rep['instruction_count_skipped']})")
+        elif ins:
             lines.append(f"       instructions per inference: median {ins['median']:,.0f} (min {ins['min']:,}, max {ins['max']:,}) "
                          f"over {ins['images']} {ins['dataset']} test images; outputs equal golden: {ins['outputs_equal_golden']}")
     if rep.get("synaptic_ops_per_inference"):

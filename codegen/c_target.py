@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import golden
-from runtime.errors import UserError
+from runtime.errors import ToolError, UserError
 from runtime.spec import IntModel
 
 from . import emit_c
@@ -30,6 +30,21 @@ def need_tool(tool: str, package: str) -> str:
     if path is None:
         raise UserError(f"{tool} not found: install the Debian package {package} (scripts/setup.sh does)")
     return path
+
+
+def tool_error(what: str, cmd: list[str], r: subprocess.CompletedProcess | None, log: Path, note: str = "") -> ToolError:
+    """A failure of an external tool on our own generated files: write its log, return a one-line error.
+
+    A compile failure of generated C is a bug in codegen, not the user's fault; the message names the
+    tool, the first error line and the log (the CLI prints it as one line; ``-v`` adds the traceback)."""
+    out = "" if r is None else (r.stdout or "") + (r.stderr or "")
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(" ".join(map(str, cmd)) + "\n\n" + (note + "\n" if note else "") + out)
+    lines = [l.strip() for l in out.splitlines() if l.strip()]
+    first = next((l for l in lines if "error" in l.lower()), lines[0] if lines else note or "no output")
+    rc = "" if r is None else f" (exit {r.returncode})"
+    return ToolError(f"{what} failed{rc}: {first[:300]}; log: {log}")
 
 
 def build_host(model: IntModel, name: str, work: Path, sanitize: bool = False, opt: str = "-O2") -> Path:
@@ -50,7 +65,7 @@ def build_host(model: IntModel, name: str, work: Path, sanitize: bool = False, o
                           str(HOST_MAIN), str(src / f"{sym}_model.c"), str(src / "onespike.c"), "-o", str(exe) + ".tmp"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"host compile failed:\n{' '.join(cmd)}\n{r.stderr}")
+        raise tool_error("gcc on the generated C (a codegen bug, please report it)", cmd, r, src / "compile.log")
     Path(str(exe) + ".tmp").rename(exe)
     return exe
 
@@ -71,7 +86,8 @@ def run_host(model: IntModel, exe: Path, images: np.ndarray, trace: bool = False
         cmd = [str(exe), str(ip), str(n), str(op)] + (["--trace"] if trace else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError(f"host runner failed ({r.returncode}): {r.stderr.strip()[:2000]}")
+            raise tool_error("the host runner of the generated C (a codegen bug, please report it)", cmd, r,
+                             exe.parent / f"{exe.name}.log")
         raw = op.read_bytes()
     return parse_output(model, raw, n, trace)
 
@@ -86,7 +102,7 @@ def parse_output(model: IntModel, raw: bytes, n: int, trace: bool) -> HostRun:
     sizes = trace_sizes(model) if trace else []
     rec = head + sum(sizes)
     if len(raw) != rec * n:
-        raise RuntimeError(f"runner output has {len(raw)} bytes, expected {rec * n}")
+        raise ToolError(f"the host runner wrote {len(raw)} bytes, expected {rec * n} (a codegen bug, please report it)")
     buf = np.frombuffer(raw, dtype=np.uint8).reshape(n, rec)
     ints = buf[:, :head].copy().view("<i4").reshape(n, k + 1)
     traces = None

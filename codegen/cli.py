@@ -25,41 +25,97 @@ def _model_name(path: Path) -> str:
     return path.stem
 
 
-def _load_images(args, model):
-    """Images and labels for ``run``: a dataset split or a ``.npy`` of uint8 pixels."""
-    import numpy as np
-
-    from codegen import datasets
+def check_int(value, option: str, lo: int = 1, hi: int | None = None) -> int:
+    """A numeric option in range, else a one-line error naming it ("--batch must be ... not 0")."""
     from runtime.errors import UserError
 
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        want = ("a positive integer" if lo == 1 else "a non-negative integer" if lo == 0 else f"an integer >= {lo}") \
+            if hi is None else f"an integer in {lo}..{hi}"
+        raise UserError(f"{option} must be {want}, not {value}")
+    return value
+
+
+def load_images_npy(path, model=None):
+    """uint8 pixels (N, C, H, W) from a ``.npy`` file, with one-line errors (no pickles, no text files)."""
+    import numpy as np
+
+    from runtime.errors import UserError
+    from runtime.io import check_regular_file
+
+    p = Path(path)
+    check_regular_file(p, ".npy file")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise UserError(f"{p}: not a .npy file (no NumPy header); save images with numpy.save")
+    try:
+        x = np.load(p, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise UserError(f"{p}: holds Python objects, not uint8 pixels (object arrays are refused)") from None
+        raise UserError(f"{p}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
+    except (OSError, EOFError) as e:
+        raise UserError(f"{p}: not a readable .npy array ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
+    if not isinstance(x, np.ndarray):
+        raise UserError(f"{p}: not a single .npy array")
+    if x.ndim >= 1 and x.shape[0] == 0:
+        raise UserError(f"{p}: holds 0 images")
+    if model is None:
+        return x
+    from runtime import golden
+
+    try:
+        return golden.check_images(model, x)
+    except UserError as e:
+        raise UserError(f"{p}: {e}") from None
+
+
+def _load_images(args, model):
+    """Images and labels for ``run``: a dataset split or a ``.npy`` of uint8 pixels."""
+    from codegen import datasets
+    from runtime import golden
+    from runtime.errors import UserError
+
+    if args.input and args.dataset:
+        raise UserError("give --dataset NAME or --input FILE.npy, not both")
+    if args.n is not None:
+        check_int(args.n, "-n")
     if args.input:
-        p = Path(args.input)
-        if not p.exists():
-            raise UserError(f"{p}: no such file")
-        try:
-            x = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise UserError(f"{p}: not a .npy array of uint8 pixels ({str(e).splitlines()[0]})") from None
-        y = None
+        x, y = load_images_npy(args.input, model), None
     else:
         if not args.dataset:
             raise UserError("give --dataset NAME or --input FILE.npy")
         x, y = datasets.load(args.dataset, args.split)
     if args.n is not None:
-        if args.n < 1:
-            raise UserError(f"-n must be a positive integer, not {args.n}")
         x = x[: args.n]
         y = None if y is None else y[: args.n]
-    from runtime import golden
-
     return golden.check_images(model, x), y
+
+
+def _judge_ann(arch: str):
+    def judge(path):
+        from codegen import ann
+
+        _, _, meta = ann.load(path)
+        return "regenerate" if meta.get("arch") == arch else "same-kind"
+    return judge
 
 
 def cmd_train(args) -> int:
     from codegen import ann, train
 
-    model, meta = train.train(args.arch, seed=args.seed, epochs=args.epochs, progress=not args.quiet)
+    from codegen import outputs
+
+    if args.arch not in train.ARCHS:
+        from runtime.errors import UserError
+
+        raise UserError(f"unknown architecture {args.arch!r}; known: {', '.join(train.ARCHS)}")
+    if args.epochs is not None:
+        check_int(args.epochs, "--epochs")
     out = Path(args.output or f"build/{args.arch}.ann.pt")
+    outputs.check_file(out, judge=_judge_ann(args.arch), force=args.force, kind="ANN file")
+    model, meta = train.train(args.arch, seed=args.seed, epochs=args.epochs, progress=not args.quiet)
     ann.save(out, model, (1, 28, 28), meta)
     print(f"{args.arch}: test accuracy {100 * meta['test_accuracy']:.2f}%, wrote {out}")
     return 0
@@ -137,59 +193,108 @@ def cmd_run(args) -> int:
     from codegen import report
     from runtime import golden, modelfile
 
+    from codegen import outputs
+
+    check_int(args.batch, "--batch")
     m = modelfile.load(args.model)
+    name = _model_name(Path(args.model))
+    out = Path(args.report) if args.report else Path("build") / name / "run"
+    inputs = [args.model] + ([args.input] if args.input else [])
+    outputs.check_dir(out, "run", inputs, force=args.force, option="--report")
     x, y = _load_images(args, m)
     res = golden.run_batched(m, x, batch=args.batch, progress=not args.quiet, desc="golden model")
     st = report.stats(m, res, y)
-    name = _model_name(Path(args.model))
     print(report.format_text(name, st))
-    out = Path(args.report) if args.report else Path("build") / name / "run"
     sample = golden.run(m, x[: min(len(x), 256)])
-    paths = report.write(out, name, st, report.plots(m, st, sample.phases))
+    paths = report.write(out, name, st, report.plots(m, st, sample.phases), modelfile.file_sha256(args.model))
     print(f"report: {', '.join(str(p) for p in paths)}")
     return 0
 
 
 def cmd_emit(args) -> int:
-    from codegen import emit_lut
+    from codegen import emit_lut, outputs
     from runtime import modelfile
     from runtime.errors import UserError
 
     if args.target not in IMPLEMENTED_TARGETS:
         raise UserError(f"target {args.target!r} is not available yet in this version; available: {', '.join(IMPLEMENTED_TARGETS)}")
+    # every option is checked before the model is read and before anything is written
+    if args.target != "fpga":
+        for flag, given in (("--store", args.store is not None), ("--lanes", args.lanes is not None),
+                            ("--synth", args.synth)):
+            if given:
+                raise UserError(f"{flag} applies to the fpga target, not {args.target}")
+    if args.target != "c" and args.count_images is not None:
+        raise UserError(f"--count-images applies to the c target, not {args.target}")
+    if args.target == "lut" and args.board:
+        raise UserError("--board applies to the c and fpga targets")
+    if args.target == "c":
+        from codegen import mcu
+
+        mcu.board(args.board)   # unknown board: one line, before anything else
+        count = 10 if args.count_images is None else check_int(args.count_images, "--count-images", lo=0)
+    if args.target == "fpga":
+        from codegen import emit_fpga
+
+        lanes = emit_fpga.check_lanes(8 if args.lanes is None else args.lanes)
+        if args.board:
+            emit_fpga.get_board(args.board)
+        if args.synth and not args.board:
+            raise UserError("--synth needs --board (icebreaker or ulx3s)")
     m = modelfile.load(args.model)
     name = _model_name(Path(args.model))
     out = Path(args.output) if args.output else Path("build") / name / args.target
+    outputs.check_dir(out, args.target, [args.model], force=args.force)
+    sha = modelfile.file_sha256(args.model)
     if args.target == "c":
         from codegen import c_report
 
-        rep = c_report.emit_with_report(m, modelfile.file_sha256(args.model), name, out, args.board,
-                                        n_count=args.count_images, progress=not args.quiet)
+        rep = c_report.emit_with_report(m, sha, name, out, args.board, n_count=count, progress=not args.quiet)
         print(c_report.format_text(rep))
         print(f"wrote {out}")
         return 0
     if args.target == "fpga":
-        from codegen import emit_fpga
+        import inspect as _inspect
 
-        man = emit_fpga.emit(m, modelfile.file_sha256(args.model), name, out, board=args.board, lanes=args.lanes,
-                             store=args.store)
+        kw = {"progress": not args.quiet} if "progress" in _inspect.signature(emit_fpga.emit).parameters else {}
+        man = emit_fpga.emit(m, sha, name, out, board=args.board, lanes=lanes, store=args.store or "auto", **kw)
         print((out / "estimate.txt").read_text().rstrip())
         if args.synth:
-            from codegen import synth
-
-            if not args.board:
-                raise UserError("--synth needs --board (icebreaker or ulx3s)")
-            rep = synth.synthesize(m, args.board, args.lanes, out / "synth", name=name, store=man["store"]["layers"])
-            print((out / "synth" / "synth_report.txt").read_text().rstrip() if (out / "synth" / "synth_report.txt").exists() else rep)
+            _synth_into(out, m, args.board, lanes, name, man["store"]["layers"])
         print(f"wrote {out}")
         return 0
-    if args.board:
-        raise UserError("--board applies to the c and fpga targets")
-    if args.store != "auto":
-        raise UserError("--store applies to the fpga target")
-    man = emit_lut.emit(m, modelfile.file_sha256(args.model), name, out)
+    man = emit_lut.emit(m, sha, name, out)
     print(f"wrote {len(man['files']) + 1} files to {out}")
     return 0
+
+
+def _synth_into(out: Path, m, board: str, lanes: int, name: str, store) -> None:
+    """Yosys + nextpnr in a temp folder beside ``out``, then moved to ``out/synth`` and listed in its manifest."""
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    from codegen import synth
+    from codegen.outputs import MANIFEST
+    from runtime.io import atomic_write_bytes
+
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.synth."))
+    try:
+        rep = synth.synthesize(m, board, lanes, tmp, name=name, store=store)
+        man = json.loads((out / MANIFEST).read_text())
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        man["files"] = [e for e in man["files"] if not e["name"].startswith("synth/")] + [
+            {"name": f"synth/{p.relative_to(tmp).as_posix()}", "bytes": p.stat().st_size,
+             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
+        man["files"].sort(key=lambda e: e["name"])
+        tmp.rename(out / "synth")
+        atomic_write_bytes(out / MANIFEST, (json.dumps(man, indent=2, sort_keys=True) + "\n").encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report = out / "synth" / "synth_report.txt"
+    print(report.read_text().rstrip() if report.exists() else rep)
 
 
 def cmd_verify(args) -> int:
@@ -262,8 +367,15 @@ def cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``codegen: error: ...``, exit 2), like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"codegen: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="codegen", description="One-spike SNN toolchain: convert, run, inspect, emit.")
+    p = _Parser(prog="codegen", description="One-spike SNN toolchain: convert, run, inspect, emit.")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -272,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", help="ann.pt to write (default build/ARCH.ann.pt)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int)
+    t.add_argument("--force", action="store_true", help="replace an existing ANN file trained for another architecture")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -305,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-n", type=int, help="first N images only")
     r.add_argument("--batch", type=int, default=1000)
     r.add_argument("--report", help="folder for report.json/.txt and PNG plots (default build/NAME/run)")
+    r.add_argument("--force", action="store_true", help="replace an earlier report folder even if it was modified")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
 
@@ -314,12 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="output folder (default build/NAME/TARGET)")
     e.add_argument("--board", help="C target: mps2-an386 (default), nucleo-f446re, rp2040-pico; "
                                    "FPGA target: icebreaker (iCE40 UP5K), ulx3s (ECP5-25k)")
-    e.add_argument("--lanes", type=int, default=8, help="FPGA: synapse lanes per layer (area for speed; default 8)")
-    e.add_argument("--store", choices=("auto", "rom", "ram"), default="auto",
+    e.add_argument("--lanes", type=int, help="FPGA: synapse lanes per layer (area for speed; default 8)")
+    e.add_argument("--store", choices=("auto", "rom", "ram"),
                    help="FPGA: weights in block RAM (rom), in SPRAM loaded at run time from weights.bin (ram, "
                         "iCE40 UP5K), or auto (default: rom unless it does not fit the board and the board has SPRAM)")
     e.add_argument("--synth", action="store_true", help="FPGA: also run Yosys + nextpnr for --board and report resources and Fmax")
-    e.add_argument("--count-images", type=int, default=10, help="test images whose instructions are counted (C target)")
+    e.add_argument("--count-images", type=int, help="test images whose instructions are counted (C target; default 10, 0 skips)")
+    e.add_argument("--force", action="store_true",
+                   help="replace an earlier output of the same target even if files in it were changed")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_emit)
 
@@ -337,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--waves", action="store_true", help="FPGA: write a waveform of the run")
     v.add_argument("--clean", action="store_true", help="FPGA: no input gaps, output stalls or reset (for cycle counts)")
     v.set_defaults(func=cmd_verify)
+    for sp in sub.choices.values():    # -v before or after the subcommand
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     return p
 
 
@@ -345,14 +463,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from runtime.errors import UserError
 
+    def fail(msg: str) -> int:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"codegen: error: {msg}".replace("\n", " "), file=sys.stderr)
+        return UserError.exit_code
+
     try:
         return args.func(args)
     except UserError as e:
-        if args.verbose:
-            traceback.print_exc()
-        msg = str(e).replace("\n", " ")
-        print(f"codegen: error: {msg}", file=sys.stderr)
-        return UserError.exit_code
+        return fail(str(e))
+    except OSError as e:   # the disk, not the model: a full disk, a folder that vanished, permissions
+        where = f"{e.filename}: " if e.filename else ""
+        return fail(f"{where}{e.strerror or e}")
+    except MemoryError:
+        return fail("out of memory (the model or the input is too large for this machine)")
     except KeyboardInterrupt:
         print("codegen: interrupted", file=sys.stderr)
         return 130

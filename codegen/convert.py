@@ -17,9 +17,10 @@ Pipeline (``convert``):
    accumulator in ``MAX_ACC_BITS``.
 5. **Choose (Q, T)** (base manipulation) unless given. The error target is the share of held-out
    calibration images (``eval_fraction`` of them, not used for the statistics) whose integer-model class
-   differs from the ANN's class: at most ``max_disagree`` percent. For each candidate Q the smallest T
-   that meets it is found by bisection over ``T_CANDIDATES``; the pair with the smallest T (lowest latency) wins, ties going to the smaller
-   disagreement, then the larger Q. If nothing meets it, the most faithful pair tried is used.
+   differs from the ANN's class: at most ``max_disagree`` percent. The cheapest pair that meets it
+   wins: the smallest T (fewest phases: lowest latency), then the lowest disagreement, then the larger
+   Q. Each Q is searched over the T it can represent (see :func:`_search`); if nothing meets the
+   target, the most faithful pair evaluated is used. Every decision is logged in ``Conversion.search``.
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ from tqdm import tqdm
 
 from runtime import golden
 from runtime.errors import UserError
-from runtime.spec import (MAX_ACC_BITS, MAX_T, IntModel, Layer, SpecError, encode_table, infer_out_shape, level,
-                          shifted_threshold, validate)
+from runtime.spec import (MAX_ACC_BITS, MAX_KERNEL, MAX_LAYERS, MAX_STRIDE, MAX_T, MAX_WEIGHTS, IntModel, Layer,
+                          SpecError, check_shape_limits, encode_table, infer_out_shape, level, shifted_threshold,
+                          validate)
 
 from .ann import check_supported, flatten_modules
 
@@ -92,6 +94,7 @@ def lower(model: nn.Module, input_shape: tuple[int, int, int]) -> Lowered:
     shape = tuple(int(x) for x in input_shape)
     if len(shape) != 3:
         raise UserError(f"input shape must be (C, H, W), not {shape}")
+    check_shape_limits(shape, "input shape")
     stages: list[Stage] = []
     flat = False
     last_affine_pos = None
@@ -114,12 +117,17 @@ def lower(model: nn.Module, input_shape: tuple[int, int, int]) -> Lowered:
             k = _sq(m.kernel_size, "kernel_size", pos, typ)
             s = _sq(m.stride, "stride", pos, typ)
             p = _sq(m.padding, "padding", pos, typ)
+            _check_window(typ, pos, k, s, p)
+            if m.weight.numel() > MAX_WEIGHTS:
+                raise UserError(f"Conv2d at position {pos}: {m.weight.numel()} weights exceed the limit of {MAX_WEIGHTS} "
+                                f"per layer (runtime.spec.MAX_WEIGHTS)")
             w = m.weight.detach().double().numpy().copy()
             b = m.bias.detach().double().numpy().copy() if m.bias is not None else np.zeros(m.out_channels)
             try:
                 out = infer_out_shape("conv2d", shape, w, k, s, p)
             except SpecError as e:
                 raise UserError(f"Conv2d at position {pos}: {e}") from None
+            check_shape_limits(out, f"Conv2d at position {pos} output")
             stages.append(Stage("conv2d", shape, out, pos, w, b, k, s, p))
             shape = out
             last_affine_pos = pos
@@ -129,6 +137,10 @@ def lower(model: nn.Module, input_shape: tuple[int, int, int]) -> Lowered:
                 raise UserError(f"shape mismatch: Linear at position {pos} receives a {shape} tensor; add a Flatten before it")
             if shape[0] != m.in_features:
                 raise UserError(f"shape mismatch: Linear at position {pos} expects {m.in_features} inputs but receives {shape[0]}")
+            if m.weight.numel() > MAX_WEIGHTS:
+                raise UserError(f"Linear at position {pos}: {m.weight.numel()} weights exceed the limit of {MAX_WEIGHTS} "
+                                f"per layer (runtime.spec.MAX_WEIGHTS)")
+            check_shape_limits((m.out_features,), f"Linear at position {pos} output")
             w = m.weight.detach().double().numpy().copy()
             b = m.bias.detach().double().numpy().copy() if m.bias is not None else np.zeros(m.out_features)
             stages.append(Stage("dense", shape, (m.out_features,), pos, w, b))
@@ -173,10 +185,12 @@ def lower(model: nn.Module, input_shape: tuple[int, int, int]) -> Lowered:
             if prev is not None and prev.kind in ("dense", "conv2d") and not prev.relu and typ == "AvgPool2d":
                 raise UserError(f"AvgPool2d at position {pos} must follow a ReLU: one-spike coding carries only non-negative values")
             kind = "maxpool" if typ == "MaxPool2d" else "avgpool"
+            _check_window(typ, pos, k, s, p)
             try:
                 out = infer_out_shape(kind, shape, None, k, s, p)
             except SpecError as e:
                 raise UserError(f"{typ} at position {pos}: {e}") from None
+            check_shape_limits(out, f"{typ} at position {pos} output")
             stages.append(Stage(kind, shape, out, pos, kernel=k, stride=s, padding=p))
             shape = out
             continue
@@ -184,6 +198,9 @@ def lower(model: nn.Module, input_shape: tuple[int, int, int]) -> Lowered:
     affines = [s for s in stages if s.kind in ("dense", "conv2d")]
     if not affines:
         raise UserError("the network has no Conv2d or Linear layer")
+    if len(stages) > MAX_LAYERS:
+        raise UserError(f"the network has {len(stages)} Conv2d/Linear/pooling layers, more than the limit of {MAX_LAYERS} "
+                        f"(runtime.spec.MAX_LAYERS)")
     last = stages[-1]
     if last.kind not in ("dense", "conv2d"):
         raise UserError(f"the network must end in a Linear or Conv2d readout, not {last.kind}")
@@ -199,6 +216,19 @@ def lower(model: nn.Module, input_shape: tuple[int, int, int]) -> Lowered:
             if a is not None and not np.isfinite(a).all():
                 raise UserError(f"layer at position {s.position} holds NaN or infinite weights")
     return Lowered(tuple(int(x) for x in input_shape), stages)
+
+
+def _check_window(typ: str, pos: int, k: int, s: int, p: int) -> None:
+    """The spec's limits on a window (checked here, before calibration runs the float network)."""
+    if not 1 <= k <= MAX_KERNEL:
+        raise UserError(f"{typ} at position {pos}: kernel size {k} is outside 1..{MAX_KERNEL} (runtime.spec.MAX_KERNEL)")
+    if not 1 <= s <= MAX_STRIDE:
+        raise UserError(f"{typ} at position {pos}: stride {s} is outside 1..{MAX_STRIDE} (runtime.spec.MAX_STRIDE)")
+    if typ == "Conv2d" and not 0 <= p <= k - 1:
+        raise UserError(f"Conv2d at position {pos}: padding {p} is outside 0..{k - 1} (at most kernel - 1, so that every "
+                        f"window overlaps the input)")
+    if typ != "Conv2d" and not 0 <= 2 * p <= k:
+        raise UserError(f"{typ} at position {pos}: padding {p} is more than half the kernel size {k}")
 
 
 def _skipped_before(mods: list, pos: int) -> int:
@@ -250,12 +280,21 @@ def _channel_values(a: torch.Tensor) -> torch.Tensor:
 
 
 def calibrate(low: Lowered, images_u8: np.ndarray, norm: str = "percentile", percentile: float = 99.99,
-              batch: int = 500) -> None:
-    """Set ``scale`` (lambda per output channel) on every firing stage from calibration images."""
+              batch: int = 500, progress: bool = False) -> None:
+    """Set ``scale`` (lambda per output channel) on every firing stage from calibration images.
+
+    ``progress`` shows one bar (stderr): a step per batch of images, then one per firing stage.
+    """
     if norm not in ("max", "percentile"):
         raise UserError(f"normalisation must be 'max' or 'percentile', not {norm!r}")
-    if not (0 < percentile <= 100):
-        raise UserError(f"percentile must be in (0, 100], not {percentile}")
+    if not (isinstance(percentile, (int, float)) and not isinstance(percentile, bool) and 0 < percentile <= 100):
+        raise UserError(f"percentile must be a number in (0, 100], not {percentile}")
+    # keep one batch's activations (float64) within about 256 MiB, whatever the network's size
+    neurons = sum(int(np.prod(st.out_shape)) for st in low.stages)
+    batch = max(1, min(int(batch), (1 << 25) // max(1, neurons)))
+    firing = [s for s in low.stages if s.fires]
+    n_batches = -(-len(images_u8) // batch)
+    bar = tqdm(total=n_batches + len(firing), desc="calibrate", unit="step", disable=not progress, leave=False)
     per_stage: dict[int, list] = {}
     with torch.no_grad():
         for i in range(0, len(images_u8), batch):
@@ -263,7 +302,7 @@ def calibrate(low: Lowered, images_u8: np.ndarray, norm: str = "percentile", per
             _, acts = float_forward(low, x, collect=True)
             for j, a in enumerate(acts):
                 per_stage.setdefault(j, []).append(_channel_values(a))
-    firing = [s for s in low.stages if s.fires]
+            bar.update(1)
     gen = torch.Generator().manual_seed(0)
     for j, st in enumerate(firing):
         v = torch.cat(per_stage[j], dim=1)  # (C, M)
@@ -279,6 +318,9 @@ def calibrate(low: Lowered, images_u8: np.ndarray, norm: str = "percentile", per
         lam = lam.numpy().astype(np.float64)
         lam[~(lam > 0)] = 1.0  # a channel that never fires: any positive scale works
         st.scale = lam
+        per_stage[j] = None  # free the activations of this stage
+        bar.update(1)
+    bar.close()
 
 
 def _in_scale_per_feature(st: Stage, lam_in: np.ndarray) -> np.ndarray:
@@ -322,7 +364,7 @@ def normalise(low: Lowered) -> Normalised:
 
 def _fire_t(a: torch.Tensor, theta: np.ndarray) -> torch.Tensor:
     """First f with a >= theta[f] (theta decreasing) else T, via a search in the reversed table."""
-    rev = _t(np.ascontiguousarray(theta[::-1]))
+    rev = _t(theta[::-1].copy())  # a copy: a 1-element reversed view keeps its negative stride
     return len(theta) - torch.searchsorted(rev, a.contiguous(), right=True)
 
 
@@ -350,16 +392,55 @@ def onespike_float_forward(norm: Normalised, images_u8: np.ndarray, Q: float, T:
 
 # ---------------------------------------------------------------------------------------- quantise
 
+def fraction_bits_needed(Q: float, T: int) -> int | None:
+    """The smallest F in 0..30 whose decode table for (Q, T) is strictly positive, or None.
+
+    ``D[T-1] = round_half_up(Q**-(T-1) * 2**F)`` must be at least 1 (the table is non-increasing
+    for any F, since rounding keeps the order). It is the same float computation as ``_decode``.
+    """
+    last = float(level(Q, T)[-1])
+    for f in range(31):
+        if math.floor(last * float(2 ** f) + 0.5) >= 1:
+            return f
+    return None
+
+
+def _code_bound(Q: float, T: int, input_Q: float, input_T: int, F: int | None, max_F: int) -> int:
+    """The smallest usable F for both codes; a UserError when the tables need more than allowed."""
+    top = F if F is not None else max_F
+    for what, q, t in (("decode", Q, T), ("input decode", input_Q, input_T)):
+        need = fraction_bits_needed(q, t)
+        if need is None or need > top:
+            at = f"F = {F}" if F is not None else f"F <= {max_F}"
+            needs = f"F >= {need} fraction bits" if need is not None else "more than 30 fraction bits"
+            code = f"Q={q:g}, T={t}" if what == "decode" else f"input Q={q:g}, input T={t}"
+            raise UserError(f"{code} is not representable at {at}: its {what} table needs {needs} "
+                            f"({q:g}**-{t - 1} * 2**F must round to at least 1)")
+    return max(fraction_bits_needed(Q, T), fraction_bits_needed(input_Q, input_T))
+
+
+def _check_code_args(Q, T, input_Q, input_T, F) -> None:
+    for name, q, t in (("Q", Q, T), ("input Q", input_Q, input_T)):
+        if not (isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q) and 1.0 < q <= 2.0):
+            raise UserError(f"{name} must be a number in (1, 2], not {q}")
+        if not (isinstance(t, (int, np.integer)) and not isinstance(t, bool) and 1 <= t <= MAX_T):
+            raise UserError(f"{'T' if name == 'Q' else 'input T'} must be an integer in 1..{MAX_T}, not {t}")
+    if F is not None and not (isinstance(F, (int, np.integer)) and not isinstance(F, bool) and 0 <= F <= 30):
+        raise UserError(f"F must be an integer in 0..30, not {F}")
+
+
 def quantise(norm: Normalised, Q: float, T: int, F: int | None = None, max_F: int = 16,
              max_bits: int = MAX_ACC_BITS, shift: bool = True, input_Q: float = INPUT_Q,
              input_T: int = INPUT_T) -> IntModel:
-    """Lower the float one-spike model to an :class:`IntModel` (largest F that fits ``max_bits``)."""
-    for name, q, t in (("Q", Q, T), ("input Q", input_Q, input_T)):
-        if not (isinstance(q, (int, float)) and math.isfinite(q) and 1.0 < q <= 2.0):
-            raise UserError(f"{name} must be a number in (1, 2], not {q}")
-        if not (isinstance(t, (int, np.integer)) and 1 <= t <= MAX_T):
-            raise UserError(f"{'T' if name == 'Q' else 'input T'} must be an integer in 1..{MAX_T}, not {t}")
-    candidates = [F] if F is not None else list(range(max_F, -1, -1))
+    """Lower the float one-spike model to an :class:`IntModel` (largest F that fits ``max_bits``).
+
+    F must be large enough for both decode tables to stay positive (checked first, without building
+    anything) and small enough for every accumulator to fit ``max_bits``; the largest such F
+    ``<= max_F`` is used, or the given ``F``.
+    """
+    _check_code_args(Q, T, input_Q, input_T, F)
+    lo = _code_bound(float(Q), int(T), float(input_Q), int(input_T), F, max_F)
+    candidates = [F] if F is not None else list(range(max_F, lo - 1, -1))
     last_err = None
     for f in candidates:
         model = _quantise_f(norm, float(Q), int(T), f, shift, float(input_Q), int(input_T))
@@ -437,7 +518,65 @@ class Conversion:
     model: IntModel
     lowered: Lowered
     normalised: Normalised
-    search: list  # {"Q", "T", "F", "disagreement_percent"} of every candidate evaluated
+    search: list  # the search log, in order: one record per (Q, T) decided on (see SEARCH_RESULTS)
+
+
+# ``result`` of a search record: "meets" / "misses" the error target (evaluated on the held-out images),
+# or "not representable" (no valid integer model: no (Q, T) from its T on is evaluated at that Q).
+SEARCH_RESULTS = ("meets", "misses", "not representable")
+EVAL_CHUNK = 500  # held-out images per golden run; a miss is decided as soon as too many disagree
+
+
+def _record(q, t, f=None, disagreement=None, result="meets", reason=None) -> dict:
+    return {"Q": float(q), "T": int(t), "F": None if f is None else int(f), "disagreement_percent": disagreement,
+            "result": result, "reason": reason}
+
+
+def check_options(Q=None, T=None, F=None, norm="percentile", percentile=99.99, max_disagree=0.2,
+                  eval_fraction=0.5, input_Q=INPUT_Q, input_T=INPUT_T, max_F: int = 16) -> None:
+    """Refuse bad options of :func:`convert` before any work: ranges, types, and the decode tables.
+
+    Only the weight-independent part of "representable" is checked here: with Q and T both given,
+    both decode tables must be positive at F (or at some F <= ``max_F``); with a search, at least
+    one candidate (Q, T) must be.
+    """
+    def real(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def integer(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if Q is not None and not (real(Q) and 1.0 < Q <= 2.0):
+        raise UserError(f"base Q must be a number in (1, 2], not {Q}")
+    if T is not None and not (integer(T) and 1 <= T <= MAX_T):
+        raise UserError(f"T must be an integer in 1..{MAX_T}, not {T}")
+    if F is not None and not (integer(F) and 0 <= F <= 30):
+        raise UserError(f"F must be an integer in 0..30, not {F}")
+    if not (real(input_Q) and 1.0 < input_Q <= 2.0):
+        raise UserError(f"input Q must be a number in (1, 2], not {input_Q}")
+    if not (integer(input_T) and 1 <= input_T <= MAX_T):
+        raise UserError(f"input T must be an integer in 1..{MAX_T}, not {input_T}")
+    if norm not in ("max", "percentile"):
+        raise UserError(f"normalisation must be 'max' or 'percentile', not {norm!r}")
+    if not (real(percentile) and 0 < percentile <= 100):
+        raise UserError(f"percentile must be a number in (0, 100], not {percentile}")
+    if not (real(max_disagree) and 0 <= max_disagree <= 100):
+        raise UserError(f"error target must be a percentage in 0..100, not {max_disagree}")
+    if not (real(eval_fraction) and 0 < eval_fraction < 1):
+        raise UserError(f"eval_fraction must be a number in (0, 1), not {eval_fraction}")
+    qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
+    ts = [int(T)] if T is not None else list(range(1, max(T_CANDIDATES) + 1))
+    first_err = None
+    for q in qs:
+        for t in ts:
+            try:
+                _code_bound(q, t, float(input_Q), int(input_T), F, max_F)
+                return
+            except UserError as e:
+                first_err = first_err or e
+    if Q is not None and T is not None:
+        raise first_err
+    raise UserError(f"no candidate (Q, T) is representable: {first_err}; give another --Q, --T or --F")
 
 
 def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
@@ -445,86 +584,144 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
             percentile: float = 99.99, max_disagree: float = 0.2, eval_fraction: float = 0.5,
             input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = True) -> Conversion:
     """Convert a trained ANN into an integer one-spike model (see the module docstring)."""
-    if Q is not None and not (isinstance(Q, (int, float)) and math.isfinite(Q) and 1.0 < Q <= 2.0):
-        raise UserError(f"base Q must be a number in (1, 2], not {Q}")
-    if T is not None and not (isinstance(T, (int, np.integer)) and 1 <= T <= MAX_T):
-        raise UserError(f"T must be an integer in 1..{MAX_T}, not {T}")
-    if not (isinstance(input_Q, (int, float)) and math.isfinite(input_Q) and 1.0 < input_Q <= 2.0):
-        raise UserError(f"input Q must be a number in (1, 2], not {input_Q}")
-    if not (isinstance(input_T, (int, np.integer)) and 1 <= input_T <= MAX_T):
-        raise UserError(f"input T must be an integer in 1..{MAX_T}, not {input_T}")
+    check_options(Q, T, F, norm, percentile, max_disagree, eval_fraction, input_Q, input_T)
     qkw = {"F": F, "input_Q": float(input_Q), "input_T": int(input_T)}
-    if not (0 <= max_disagree <= 100):
-        raise UserError(f"error target must be a percentage in 0..100, not {max_disagree}")
     ann = ann.eval()
     calib_images = golden.check_images(
         IntModel(1.5, 1, 0, tuple(input_shape), np.zeros(2, np.int64), np.zeros(256, np.uint8), []), calib_images)
     if len(calib_images) < 2:
         raise UserError("calibration needs at least 2 images")
     low = lower(ann, tuple(input_shape))
-    n_eval = int(len(calib_images) * eval_fraction) if (Q is None or T is None) else 0
+    searching = Q is None or T is None
+    n_eval = max(1, int(len(calib_images) * eval_fraction)) if searching else 0
     stats_imgs = calib_images[:len(calib_images) - n_eval] if n_eval else calib_images
-    calibrate(low, stats_imgs, norm, percentile)
+    calibrate(low, stats_imgs, norm, percentile, progress=progress)
     normd = normalise(low)
-    search = []
-    if Q is not None and T is not None:
+    search: list[dict] = []
+    if not searching:
         model = quantise(normd, float(Q), int(T), **qkw)
         met = None
     else:
-        ev_x = calib_images[len(calib_images) - n_eval:]
-        ev_y = ann_predict(low, ev_x)  # the target is agreement with the ANN's own classes
-        qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
-        ts = [int(T)] if T is not None else list(T_CANDIDATES)
-        best = None
-        bar = tqdm(total=len(qs), desc="search Q, T", disable=not progress, leave=False)
-        cache = {}
-
-        def meets(q, t):
-            if (q, t) not in cache:
-                try:
-                    m = quantise(normd, q, t, **qkw)
-                except UserError:  # e.g. Q**-(T-1) * 2**F rounds to 0: not representable
-                    cache[(q, t)] = (False, -1.0, None)
-                    return cache[(q, t)]
-                agree = float((golden.run_batched(m, ev_x).classes == ev_y).mean())
-                search.append({"Q": q, "T": t, "F": m.F, "disagreement_percent": round(100 * (1 - agree), 4)})
-                cache[(q, t)] = (100 * (1 - agree) <= max_disagree, agree, m)
-            return cache[(q, t)]
-
-        for q in qs:
-            bar.update(1)
-            # the smallest T meeting the target, by bisection (disagreement falls as T grows);
-            # only T below the best found so far can improve on it
-            cand = [t for t in ts if best is None or t <= best[1]]
-            if not cand or not meets(q, cand[-1])[0]:
-                continue
-            lo, hi = 0, len(cand) - 1  # cand[hi] meets the target
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if meets(q, cand[mid])[0]:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            t = cand[hi]
-            ok, agree, m = meets(q, t)
-            key = (t, -agree, -q)
-            if best is None or key < best[3]:
-                best = (q, t, m, key)
-        bar.close()
-        met = best is not None
-        if best is None:  # nothing met the target: the most faithful configuration tried
-            if not search:
-                raise UserError("no (Q, T) candidate gives a valid integer model; give --Q, --T or --F")
-            top = min(search, key=lambda r: (r["disagreement_percent"], r["T"]))
-            model = quantise(normd, top["Q"], top["T"], **qkw)
-        else:
-            model = best[2]
+        model, met = _search(normd, low, calib_images[len(calib_images) - n_eval:], Q, T, qkw, max_disagree,
+                             search, progress)
     model.meta.update({
         "converter": "onespike-codegen 0.1.0", "normalisation": norm,
         "percentile": percentile if norm == "percentile" else None, "calibration_images": int(len(stats_imgs)),
         "threshold_shift": True, "error_target_disagreement_percent": max_disagree, "error_target_met": met,
     })
     return Conversion(model, low, normd, search)
+
+
+def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, max_disagree: float,
+            search: list, progress: bool) -> tuple[IntModel, bool]:
+    """The (Q, T) search of step 5 (docs/conversion.md); appends every decision to ``search``.
+
+    1. For each Q, the T it can represent: the largest integer T <= max(T_CANDIDATES) with a valid
+       integer model (representability falls with T: the last decode entry shrinks, the accumulator
+       widths do not depend on T), found by bisection; its candidates are the T_CANDIDATES below it
+       plus that largest T itself.
+    2. Each Q is evaluated at its largest T; a Q that misses the target there is dropped.
+    3. The remaining Qs are evaluated at T ascending; the first T at which any Q meets the target
+       wins (the lowest disagreement among those, then the larger Q). Step 2 guarantees a winner.
+    A miss is decided as soon as more held-out images disagree than the target allows.
+    """
+    ev_y = ann_predict(low, ev_x)  # the target is agreement with the ANN's own classes
+    n = len(ev_x)
+    qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
+    ts = [int(T)] if T is not None else list(T_CANDIDATES)
+    errors: dict = {}  # (q, t) -> None (representable) or the UserError; models are rebuilt when needed,
+    results: dict = {}  # (q, t) -> record                    so that at most one is held at a time
+    bar = tqdm(desc="search Q, T", unit="pair", disable=not progress, leave=False)
+
+    def ok(q, t):
+        if (q, t) not in errors:
+            try:
+                quantise(normd, q, t, **qkw)
+                errors[(q, t)] = None
+            except UserError as e:
+                errors[(q, t)] = e
+        return errors[(q, t)] is None
+
+    def evaluate(q, t, early: bool) -> dict:
+        if (q, t) in results:
+            return results[(q, t)]
+        m = quantise(normd, q, t, **qkw)
+        bar.set_postfix_str(f"Q={q:g} T={t}")
+        d = done = 0
+        for i in range(0, n, EVAL_CHUNK):
+            cls = golden.run(m, ev_x[i:i + EVAL_CHUNK], keep_phases=False).classes
+            d += int((cls != ev_y[i:i + EVAL_CHUNK]).sum())
+            done = min(n, i + EVAL_CHUNK)
+            if early and 100 * d > max_disagree * n:
+                break
+        meets = 100 * d <= max_disagree * n
+        if done == n:
+            rec = _record(q, t, m.F, round(100 * d / n, 4), "meets" if meets else "misses")
+        else:
+            rec = _record(q, t, m.F, None, "misses",
+                          f"stopped after {done} of {n} held-out images: {d} disagree with the ANN, more than the "
+                          f"{math.floor(max_disagree * n / 100 + 1e-9)} the target allows")
+        results[(q, t)] = rec
+        search.append(rec)
+        bar.update(1)
+        return rec
+
+    # 1. what each Q can represent
+    cands: dict = {}
+    for q in qs:
+        if T is not None:
+            good, bad = ([T], None) if ok(q, T) else ([], T)
+        else:
+            top = max(ts)
+            if ok(q, top):
+                t_rep, bad = top, None
+            elif not ok(q, 1):
+                t_rep, bad = 0, 1
+            else:
+                lo, hi = 1, top  # ok(lo), not ok(hi)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if ok(q, mid) else (lo, mid)
+                t_rep, bad = lo, hi
+            good = sorted({t for t in ts if t <= t_rep} | ({t_rep} if t_rep else set()))
+        if bad is not None:
+            err = errors[(q, bad)]
+            if T is not None:
+                why = str(err)
+            elif bad > 1:
+                why = f"{err}; nor is any larger T (the largest representable is T = {bad - 1})"
+            else:
+                why = f"{err}; nor is any larger T"
+            search.append(_record(q, bad, result="not representable", reason=why))
+        if good:
+            cands[q] = good
+    if not cands:
+        bar.close()
+        first = next(r["reason"] for r in search if r["result"] == "not representable")
+        raise UserError(f"no (Q, T) candidate gives a valid integer model ({first}); give another --Q, --T or --F")
+    # 2. each Q at its largest T
+    alive = []
+    for q, good in cands.items():
+        rec = evaluate(q, good[-1], early=False)
+        if rec["result"] == "meets":
+            alive.append(q)
+        elif len(good) > 1:
+            rec["reason"] = f"misses the target at its largest representable T, so no smaller T is tried at Q={q:g}"
+    # 3. T ascending over the Qs left
+    best = None
+    for t in sorted({t for q in alive for t in cands[q]}):
+        met = [evaluate(q, t, early=True) for q in alive if t in cands[q]]
+        met = [r for r in met if r["result"] == "meets"]
+        if met:
+            best = min(met, key=lambda r: (r["disagreement_percent"], -r["Q"]))
+            break
+    bar.close()
+    if best is not None:
+        return quantise(normd, best["Q"], best["T"], **qkw), True
+    # nothing met the target: the most faithful pair evaluated in full (every Q at its largest T)
+    full = [r for r in search if r["disagreement_percent"] is not None]
+    top = min(full, key=lambda r: (r["disagreement_percent"], r["T"], -r["Q"]))
+    return quantise(normd, top["Q"], top["T"], **qkw), False
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -49,6 +49,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from boards.fpga import FPGA_BOARDS, FpgaBoard
 from boards.fpga import board as get_board
@@ -95,6 +96,34 @@ def _ram_lanes_ok(layer, lanes: int) -> bool:
     return layer.readout or lanes * 8 >= layer.acc_bits
 
 
+def _folded_range(layer) -> tuple[int, int] | None:
+    """``(min, max)`` of ``theta - bias`` when that does not fit the layer's signed ``acc_bits``, else
+    None. A firing layer in a RAM store keeps ``theta - bias`` as its thresholds (the accumulators
+    restart from 0, ``rtl.conv.ConvEngine``); the spec bounds ``theta`` and ``bias`` to ``acc_bits``
+    each, not their difference."""
+    if layer.readout or layer.theta is None or layer.bias is None:
+        return None
+    d = np.asarray(layer.theta, dtype=np.int64) - np.asarray(layer.bias, dtype=np.int64)[:, None]
+    lo, hi = -(1 << (layer.acc_bits - 1)), (1 << (layer.acc_bits - 1)) - 1
+    if d.size and (int(d.min()) < lo or int(d.max()) > hi):
+        return int(d.min()), int(d.max())
+    return None
+
+
+def ram_refusal(layer, lanes: int) -> str | None:
+    """Why ``layer`` cannot keep its weights in a RAM store at ``lanes`` (None: it can)."""
+    if not _can_ram(layer):
+        return "it is a max-pool: it has no weights to keep in RAM"
+    if not _ram_lanes_ok(layer, lanes):
+        return (f"a store word (lanes x 8 bits) must hold its {layer.acc_bits}-bit thresholds, so lanes >= "
+                f"{-(-layer.acc_bits // 8)}")
+    r = _folded_range(layer)
+    if r is not None:
+        return (f"its thresholds minus biases ({r[0]}..{r[1]}) do not fit its {layer.acc_bits}-bit accumulators "
+                f"(a RAM store keeps theta - bias)")
+    return None
+
+
 def resolve_store(model: IntModel, board: FpgaBoard | str | None, lanes: int, store="auto",
                   fifo_depth: int = FIFO_DEPTH) -> list[str]:
     """Where every layer keeps its weights: a list of ``"rom"`` / ``"ram"``, one per layer (the
@@ -104,10 +133,11 @@ def resolve_store(model: IntModel, board: FpgaBoard | str | None, lanes: int, st
     conv2d and avg-pool layer in a RAM store, i.e. SPRAM, loaded at run time; max-pools have no
     weights), a list of one of those per layer, or ``"auto"``: ``"rom"`` unless ``board`` has SPRAM
     and the rom design does not fit it; then layers move to ``"ram"``, the largest weights first
-    (skipping max-pools and firing layers whose ``acc_bits`` exceed ``lanes * 8``, and a layer whose
-    store would not fit the SPRAM left) until the estimate fits or no layer is left. ``"ram"`` on a
-    board without SPRAM, a max-pool in ``"ram"`` or a firing ``"ram"`` layer with ``lanes * 8 <
-    acc_bits`` is a UserError."""
+    (skipping layers that cannot have one, :func:`ram_refusal`: max-pools, firing layers whose
+    ``acc_bits`` exceed ``lanes * 8`` or whose ``theta - bias`` does not fit ``acc_bits``, and a layer
+    whose store would not fit the SPRAM left) until the estimate fits or no layer is left. ``"ram"``
+    on a board without SPRAM, or for a layer :func:`ram_refusal` refuses, is a UserError naming the
+    layer and why (checked here, before anything is built)."""
     spec.validate(model)
     lanes = check_lanes(lanes)
     b = get_board(board) if isinstance(board, str) else board
@@ -127,9 +157,10 @@ def resolve_store(model: IntModel, board: FpgaBoard | str | None, lanes: int, st
             if st == "ram" and not _can_ram(x):
                 raise UserError(f"layer {i} is a max-pool: it has no weights to keep in RAM")
     for i, (st, x) in enumerate(zip(out, layers)):
-        if st == "ram" and not _ram_lanes_ok(x, lanes):
-            raise UserError(f"layer {i} ({x.kind}) cannot keep its weights in a RAM store at lanes={lanes}: a store word "
-                            f"(lanes x 8 bits) must hold its {x.acc_bits}-bit thresholds, so lanes >= {-(-x.acc_bits // 8)}")
+        why = ram_refusal(x, lanes) if st == "ram" else None
+        if why is not None:
+            raise UserError(f"layer {i} ({x.kind}) cannot keep its weights in a RAM store at lanes={lanes}: {why}; "
+                            f"use --store rom or auto")
     if b is not None and "ram" in out and not b.spram_count:
         raise UserError(f"--store ram needs SPRAM, and {b.name} ({b.part}) has none: use --store rom or auto")
     return out
@@ -141,7 +172,7 @@ def _auto_store(model: IntModel, b: FpgaBoard | None, lanes: int, fifo_depth: in
     if b is None or not b.spram_count or mapping(model, b, lanes, fifo_depth, out)["fits"]:
         return out
     net = inspect_network(model, lanes, 0, out)
-    cands = [i for i, x in enumerate(model.layers) if _can_ram(x) and _ram_lanes_ok(x, lanes)]
+    cands = [i for i, x in enumerate(model.layers) if ram_refusal(x, lanes) is None]
     cands.sort(key=lambda i: (-net.engines[i].weight_depth * net.engines[i].lanes, i))
     for i in cands:
         trial = out[:i] + ["ram"] + out[i + 1:]
@@ -668,21 +699,34 @@ def pixel_stream_end(cost: np.ndarray, fifo_depth: int) -> np.ndarray:
     too) while ``fifo_depth + 2`` events wait (the FIFO, the engine's input register and the
     encoder's output stage): so the engine idles until the first spike arrives and whenever spikes
     arrive slower than it works."""
-    ends = np.zeros(len(cost))
-    cap = fifo_depth + 2
-    for i, row in enumerate(np.asarray(cost)):
-        t = 0.0              # the cycle the next pixel is accepted
-        end = 0.0            # the engine has issued every event so far
-        starts = []
-        for c in row:
+    cost = np.ascontiguousarray(cost, dtype=np.int64)
+    if cost.ndim != 2:
+        cost = cost.reshape(len(cost), -1)
+    return _stream_end(cost, int(fifo_depth) + 2, PIXEL_LATENCY)
+
+
+@njit(cache=True)
+def _stream_end(cost, cap, latency):
+    """:func:`pixel_stream_end` (compiled: the input may have 2**20 pixels): ``starts`` of the last
+    ``cap`` events are kept in a ring."""
+    n, m = cost.shape
+    ends = np.zeros(n)
+    ring = np.zeros(cap, dtype=np.int64)
+    for i in range(n):
+        t = 0               # the cycle the next pixel is accepted
+        end = 0             # the engine has issued every event so far
+        count = 0           # events so far
+        for j in range(m):
+            c = cost[i, j]
             if c:
-                if len(starts) >= cap:   # wait for a free place: the event cap places ahead has left
-                    t = max(t, starts[-cap] - PIXEL_LATENCY + 1)
-                start = max(t + PIXEL_LATENCY, end)
-                starts.append(start)
+                if count >= cap:   # wait for a free place: the event cap places ahead has left
+                    t = max(t, ring[count % cap] - latency + 1)
+                start = max(t + latency, end)
+                ring[count % cap] = start
+                count += 1
                 end = start + c
             t += 1
-        ends[i] = max(end, t + PIXEL_LATENCY)
+        ends[i] = max(end, t + latency)
     return ends
 
 

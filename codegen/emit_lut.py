@@ -19,8 +19,6 @@ import hashlib
 import io
 import json
 import platform
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -28,6 +26,8 @@ import numpy as np
 
 from runtime.io import atomic_write_bytes
 from runtime.spec import SCHEMA_VERSION, IntModel
+
+from .outputs import replace_dir
 
 TOOL_VERSION = "0.1.0"
 
@@ -92,34 +92,12 @@ def layer_summary(model: IntModel) -> list[dict]:
             for i, l in enumerate(model.layers)]
 
 
-def write_dir_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into a fresh temp dir beside ``out_dir``, then swap it in: never half-written."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    tmp.chmod(0o755)
-    try:
-        for name in sorted(files):
-            (tmp / name).write_bytes(files[name])
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
-            old.rmdir()
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_with_manifest(out_dir: Path, files: dict[str, bytes], manifest: dict) -> dict:
     """Add every file's size and sha256 to ``manifest``, write it as manifest.json, and swap the folder in."""
     manifest["files"] = [{"name": n, "bytes": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()}
                          for n in sorted(files)]
     files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    write_dir_atomically(out_dir, files)
+    replace_dir(out_dir, files, manifest["target"])
     return manifest
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from boards import MCU_BOARDS, MCU_DIR, McuBoard
-from runtime.errors import UserError
+from runtime.errors import ToolError, UserError
 from runtime.spec import IntModel
 
 from . import emit_c
+from .c_target import tool_error
 
 COMMON = MCU_DIR / "common"
 CODE_RESERVE = 8 << 10  # flash for kernels, start-up and firmware code (measured: 3-5 KiB at -O2)
@@ -95,7 +96,8 @@ def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_siz
               "-T", str(COMMON / "sections.ld"), "-Wl,-Map," + str(src / f"{stem}.map"), "-o", str(elf), "-lgcc"])
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=src)
     if r.returncode != 0:
-        raise RuntimeError(f"cross compile failed:\n{' '.join(cmd)}\n{r.stderr}")
+        raise tool_error("arm-none-eabi-gcc on the generated C (a codegen bug, please report it)", cmd, r,
+                         src / "compile.log")
     fw = Firmware(elf, b, opt, src)
     fw.sizes = sizes(fw)
     return fw
@@ -104,7 +106,7 @@ def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_siz
 def sizes(fw: Firmware) -> dict:
     """Flash and RAM per section (arm-none-eabi-size -A) and the static stack bound."""
     size = need("arm-none-eabi-size", "binutils-arm-none-eabi")
-    out = subprocess.run([size, "-A", str(fw.elf)], capture_output=True, text=True, check=True).stdout
+    out = _run_tool([size, "-A", str(fw.elf)], fw.src / "size.log")
     sections = {}
     for line in out.splitlines():
         parts = line.split()
@@ -146,13 +148,20 @@ def static_stack(src: Path, root: str = "Reset_Handler") -> int | None:
     return depth(root, frozenset())
 
 
+def _run_tool(cmd: list[str], log: Path) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise tool_error(Path(cmd[0]).name, cmd, r, log)
+    return r.stdout
+
+
 def _images_file(images: np.ndarray) -> bytes:
     return struct.pack("<I", len(images)) + np.ascontiguousarray(images).tobytes()
 
 
 def _parse(raw: bytes, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     if len(raw) != 4 * (k + 1) * n:
-        raise RuntimeError(f"firmware wrote {len(raw)} bytes, expected {4 * (k + 1) * n}")
+        raise ToolError(f"the firmware wrote {len(raw)} bytes, expected {4 * (k + 1) * n} (a codegen bug, please report it)")
     a = np.frombuffer(raw, dtype="<i4").reshape(n, k + 1).astype(np.int64)
     return a[:, :k], a[:, k]
 
@@ -166,10 +175,16 @@ def run_qemu(fw: Firmware, images: np.ndarray, n_logits: int, timeout: int = 600
         (Path(tmp) / "images.bin").write_bytes(_images_file(images))
         cmd = [qemu, "-M", fw.board.qemu_machine, "-cpu", "cortex-m4", "-nographic", "-monitor", "none", "-serial", "none",
                "-semihosting-config", "enable=on,target=native", "-kernel", str(fw.elf)]
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=timeout)
-        if r.returncode != 0:
-            raise RuntimeError(f"QEMU run failed (exit {r.returncode}): {(r.stdout + r.stderr).strip()[:1000]}")
-        return _parse((Path(tmp) / "out.bin").read_bytes(), len(images), n_logits)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise tool_error("QEMU", cmd, None, fw.src / "qemu.log",
+                             f"the firmware did not finish {len(images)} images within {timeout} s") from None
+        out = Path(tmp) / "out.bin"
+        if r.returncode != 0 or not out.exists():
+            raise tool_error("QEMU running the generated firmware (a codegen bug, please report it)", cmd, r,
+                             fw.src / "qemu.log")
+        return _parse(out.read_bytes(), len(images), n_logits)
 
 
 @dataclass
@@ -273,11 +288,14 @@ def run_unicorn(fw: Firmware, images: np.ndarray, n_logits: int) -> UnicornRun:
     entry = syms["Reset_Handler"]
     try:
         uc.emu_start(entry | 1, 0xFFFFFFFF)
+    except unicorn.UcError as e:
+        state["exit"] = f"{e} at pc {uc.reg_read(A.UC_ARM_REG_PC):#x}"
     finally:
         for f in files.values():
             f.close()
     if state["exit"] != 0:
-        raise RuntimeError(f"firmware under Unicorn did not exit cleanly: {state['exit']}")
+        tmp.cleanup()
+        raise ToolError(f"the firmware under Unicorn did not exit cleanly: {state['exit']} (a codegen bug, please report it)")
     raw = (tdir / "out.bin").read_bytes()
     tmp.cleanup()
     painted = bytes(uc.mem_read(paint_lo, sp - paint_lo))
@@ -292,7 +310,7 @@ def _round_up(x: int, a: int) -> int:
 
 def _symbols(elf: Path) -> dict[str, int]:
     nm = need("arm-none-eabi-nm", "binutils-arm-none-eabi")
-    out = subprocess.run([nm, str(elf)], capture_output=True, text=True, check=True).stdout
+    out = _run_tool([nm, str(elf)], Path(elf).parent / "nm.log")
     syms = {}
     for line in out.splitlines():
         parts = line.split()

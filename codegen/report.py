@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from runtime.golden import GoldenResult
-from runtime.io import atomic_write_bytes
 from runtime.spec import E_AC_PJ, E_MAC_PJ, IntModel, dense_macs
 
 
@@ -110,11 +109,13 @@ def plots(model: IntModel, st: dict, phases: list) -> dict[str, bytes]:
     return out
 
 
-def write(out_dir: Path, name: str, st: dict, figs: dict[str, bytes]) -> list[Path]:
+def write(out_dir: Path, name: str, st: dict, figs: dict[str, bytes], model_sha256: str | None = None) -> list[Path]:
+    """Write report.json, report.txt and the PNGs as one folder with a manifest (kind ``run``), atomically."""
+    from .emit_lut import tool_versions, write_with_manifest
+
     out_dir = Path(out_dir)
-    paths = []
-    for fn, data in [("report.json", (json.dumps(st, indent=2, sort_keys=True) + "\n").encode()),
-                     ("report.txt", (format_text(name, st) + "\n").encode())] + sorted(figs.items()):
-        atomic_write_bytes(out_dir / fn, data)
-        paths.append(out_dir / fn)
-    return paths
+    files = {"report.json": (json.dumps(st, indent=2, sort_keys=True) + "\n").encode(),
+             "report.txt": (format_text(name, st) + "\n").encode(), **figs}
+    write_with_manifest(out_dir, files, {"target": "run", "model": {"name": name, "sha256": model_sha256},
+                                         "tools": tool_versions()})
+    return [out_dir / fn for fn in ["report.json", "report.txt"] + sorted(figs)]

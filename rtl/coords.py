@@ -11,25 +11,45 @@ input coordinate ``y`` are the contiguous run ``o in [lo, lo + n)`` where
 ``y + p - o * s`` (the first one, for ``o = lo``, is ``tap0``; each further output is ``s`` taps
 earlier). :func:`window_runs` tabulates ``(lo, n, tap0)`` per input coordinate.
 """
+import functools
+
 import numpy as np
 from amaranth.hdl import Const, Value, unsigned
 
 __all__ = ["magic_divisor", "div_const", "unflatten", "window_runs"]
 
 
+@functools.lru_cache(maxsize=256)
 def magic_divisor(divisor: int, n_max: int) -> tuple[int, int]:
-    """``(mult, shift)`` with ``(n * mult) >> shift == n // divisor`` for every ``0 <= n <= n_max``."""
+    """``(mult, shift)`` with ``(n * mult) >> shift == n // divisor`` for every ``0 <= n <= n_max``:
+    the smallest such ``shift``, with ``mult = ceil(2**shift / divisor)``.
+
+    The shift is found from an exact criterion: with ``e = mult * divisor - 2**shift`` (``0 <= e <
+    divisor``) and ``n = q * divisor + r``, ``(n * mult) >> shift == q`` holds iff ``n * e < (divisor -
+    r) * 2**shift``, i.e. ``(n * e) >> shift < divisor - r``, and for each residue ``r`` the largest
+    such ``n`` is the hardest, so only the last ``divisor`` dividends need checking. The pair found is
+    then checked exhaustively over every ``0 <= n <= n_max`` (vectorised: index spaces are at most
+    ``2**20``, so the products fit 64 bits)."""
     if not (isinstance(divisor, (int, np.integer)) and divisor >= 1):
         raise ValueError(f"Divisor must be a positive integer, not {divisor!r}")
     if not (isinstance(n_max, (int, np.integer)) and n_max >= 0):
         raise ValueError(f"Largest dividend must be a non-negative integer, not {n_max!r}")
-    n = np.arange(int(n_max) + 1, dtype=object)
-    want = n // int(divisor)
-    for shift in range(0, 2 * int(n_max).bit_length() + int(divisor).bit_length() + 2):
-        mult = -(-(1 << shift) // int(divisor))       # ceil(2**shift / divisor)
-        if ((n * mult) >> shift == want).all():
-            return int(mult), int(shift)
-    raise AssertionError("unreachable: a large enough shift always works")
+    d, n_max = int(divisor), int(n_max)
+    wide = n_max.bit_length() + d.bit_length() > 62     # products beyond int64: exact Python ints
+    dt = object if wide else np.int64
+    tail = np.arange(max(0, n_max - d + 1), n_max + 1, dtype=dt)     # the largest n of every residue
+    room = d - tail % d
+    for shift in range(0, 2 * n_max.bit_length() + d.bit_length() + 2):
+        mult = -(-(1 << shift) // d)       # ceil(2**shift / divisor)
+        e = mult * d - (1 << shift)
+        if ((tail * e) >> shift < room).all():
+            break
+    else:
+        raise AssertionError("unreachable: a large enough shift always works")
+    n = np.arange(n_max + 1, dtype=object if wide or (n_max * mult).bit_length() > 62 else np.int64)
+    if not ((n * mult) >> shift == n // d).all():
+        raise AssertionError(f"magic divisor of {d} up to {n_max} is wrong: {mult}, {shift}")
+    return int(mult), int(shift)
 
 
 def div_const(value: Value, divisor: int, n_max: int) -> Value:
@@ -51,13 +71,13 @@ def unflatten(index: Value, shape: tuple[int, int, int]) -> tuple[Value, Value, 
 
 
 def window_runs(size: int, k: int, s: int, p: int, out: int) -> np.ndarray:
-    """``(size, 3)`` int table ``(lo, n, tap0)``: the outputs (and first tap) that read each input."""
-    runs = np.zeros((size, 3), dtype=np.int64)
-    for y in range(size):
-        os_ = [o for o in range(out) if o * s - p <= y <= o * s - p + k - 1]
-        if os_:
-            assert os_ == list(range(os_[0], os_[-1] + 1))
-            runs[y] = (os_[0], len(os_), y + p - os_[0] * s)
-        else:
-            runs[y] = (0, 0, 0)
+    """``(size, 3)`` int table ``(lo, n, tap0)``: the outputs (and first tap) that read each input
+    (``(0, 0, 0)`` for an input no window reads). Output ``o`` reads ``o*s - p .. o*s - p + k - 1``, so
+    input ``y`` is read by ``ceil((y + p - k + 1) / s) <= o <= floor((y + p) / s)``, within ``0 .. out-1``."""
+    y = np.arange(int(size), dtype=np.int64)
+    lo = np.maximum(0, -((k - 1 - y - p) // s))          # ceil((y + p - k + 1) / s)
+    hi = np.minimum(int(out) - 1, (y + p) // s)
+    n = np.maximum(0, hi - lo + 1)
+    runs = np.stack([lo, n, y + p - lo * s], axis=1)
+    runs[n == 0] = 0
     return runs

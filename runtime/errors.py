@@ -10,3 +10,11 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
     exit_code = 2
+
+
+class ToolError(UserError):
+    """An external tool (compiler, simulator, synthesis) failed on our own generated files.
+
+    Not the user's fault, but reported the same way: one line naming the tool and its log (``-v`` adds
+    the traceback), exit code 2, and nothing written to the output folder.
+    """

@@ -23,7 +23,8 @@ import torch
 
 from .errors import UserError
 from .io import atomic_torch_save, load_plain
-from .spec import SCHEMA_FORMAT, SCHEMA_VERSION, IntModel, Layer, SpecError, validate
+from .spec import (MAX_LAYERS, SCHEMA_FORMAT, SCHEMA_VERSION, IntModel, Layer, SpecError, check_shape_limits,
+                   validate)
 
 _TOP_KEYS = ("Q", "T", "F", "input_shape", "decode", "encode", "input_Q", "input_T", "input_decode", "layers")
 
@@ -72,6 +73,26 @@ def _array(obj, what: str, dtype) -> np.ndarray | None:
     return a.astype(dtype)
 
 
+def _int(v, what: str, lo: int | None = None) -> int:
+    """An integer field: a Python int (or an integral 0-d integer tensor), never a bool or a float."""
+    if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(f"{what} must be an integer, not {v!r}"[:200])
+    if lo is not None and v < lo:
+        raise SpecError(f"{what} must be an integer >= {lo}, not {v}")
+    return v
+
+
+def _shape(v, what: str, dims: tuple[int, ...] = (1, 3)) -> tuple[int, ...]:
+    if isinstance(v, torch.Tensor):
+        v = v.tolist() if v.ndim == 1 and not v.is_floating_point() else v
+    if not isinstance(v, (list, tuple)) or len(v) not in dims:
+        want = " or ".join({1: "[N]", 3: "[C, H, W]"}[d] for d in dims)
+        raise SpecError(f"{what} must be a list {want}, not {v!r}"[:200])
+    return tuple(_int(x, f"{what} entry", 1) for x in v)
+
+
 def from_dict(obj: dict, source: str = "model") -> IntModel:
     if obj.get("format") != SCHEMA_FORMAT:
         raise UserError(f"{source}: not a one-spike model (format {obj.get('format')!r}, expected {SCHEMA_FORMAT!r})")
@@ -81,48 +102,78 @@ def from_dict(obj: dict, source: str = "model") -> IntModel:
     for k in _TOP_KEYS:
         if k not in obj:
             raise UserError(f"{source}: missing field {k!r}")
+    try:
+        return _from_dict(obj, source)
+    except SpecError as e:
+        msg = str(e)
+        raise SpecError(msg if msg.startswith(f"{source}: ") else f"{source}: {msg}") from None
+
+
+def _from_dict(obj: dict, source: str) -> IntModel:
     for key in ("Q", "input_Q"):
         q = obj[key]
-        if not isinstance(q, (int, float)) or not np.isfinite(q):
-            raise SpecError(f"{source}: {key} must be a finite number, not {q!r}")
-    for key in ("T", "input_T", "F"):
-        if not isinstance(obj[key], int) or isinstance(obj[key], bool) or obj[key] < (0 if key == "F" else 1):
-            raise SpecError(f"{source}: {key} must be a {'non-negative' if key == 'F' else 'positive'} integer, not {obj[key]!r}")
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not np.isfinite(q):
+            raise SpecError(f"{key} must be a finite number, not {q!r}"[:200])
+    T = _int(obj["T"], "T", 1)
+    input_T = _int(obj["input_T"], "input_T", 1)
+    _int(obj["F"], "F", 0)
+    meta = obj.get("meta")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise SpecError(f"meta must be a dict, not {type(meta).__name__}")
+    input_shape = _shape(obj["input_shape"], "input_shape", (3,))
     layers = []
     if not isinstance(obj["layers"], list):
-        raise SpecError(f"{source}: layers must be a list")
+        raise SpecError("layers must be a list")
+    if len(obj["layers"]) > MAX_LAYERS:
+        raise SpecError(f"model has {len(obj['layers'])} layers, more than the limit of {MAX_LAYERS} (runtime.spec.MAX_LAYERS)")
     for i, d in enumerate(obj["layers"]):
         if not isinstance(d, dict):
-            raise SpecError(f"{source}: layer {i} is not a dict")
+            raise SpecError(f"layer {i} is not a dict")
         try:
+            kind = d["kind"]
+            if not isinstance(kind, str):
+                raise SpecError(f"layer {i}: kind must be a string, not {kind!r}"[:200])
+            in_shape = _shape(d["in_shape"], f"layer {i} in_shape")
+            out_shape = _shape(d["out_shape"], f"layer {i} out_shape")
+            # sizes first: a small file can declare huge shapes; refuse them before reading arrays
+            check_shape_limits(in_shape, f"layer {i} ({kind}) input")
+            check_shape_limits(out_shape, f"layer {i} ({kind}) output")
+            readout = d.get("readout", False)
+            if not isinstance(readout, bool):
+                raise SpecError(f"layer {i}: readout must be true or false, not {readout!r}"[:200])
             layers.append(Layer(
-                kind=str(d["kind"]), name=str(d.get("name", "")),
-                in_shape=tuple(int(x) for x in d["in_shape"]), out_shape=tuple(int(x) for x in d["out_shape"]),
+                kind=kind, name=str(d.get("name", "")), in_shape=in_shape, out_shape=out_shape,
                 weight=_array(d.get("weight"), f"layer {i} weight", np.int8),
                 bias=_array(d.get("bias"), f"layer {i} bias", np.int64),
                 theta=_array(d.get("theta"), f"layer {i} threshold table", np.int64),
-                kernel=int(d.get("kernel", 1)), stride=int(d.get("stride", 1)), padding=int(d.get("padding", 0)),
-                readout=bool(d.get("readout", False)),
+                kernel=_int(d.get("kernel", 1), f"layer {i} kernel", 1),
+                stride=_int(d.get("stride", 1), f"layer {i} stride", 1),
+                padding=_int(d.get("padding", 0), f"layer {i} padding", 0),
+                readout=readout,
             ))
         except KeyError as e:
-            raise SpecError(f"{source}: layer {i} lacks field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise SpecError(f"{source}: layer {i}: {e}") from None
+            raise SpecError(f"layer {i} lacks field {e.args[0]!r}") from None
     enc = _array(obj["encode"], "input-encoding table", np.int64)
     if enc is None or enc.shape != (256,) or enc.min() < 0 or enc.max() > 255:
-        raise SpecError(f"{source}: input-encoding table must hold 256 uint8 phases")
+        raise SpecError("input-encoding table must hold 256 uint8 phases")
+    for key, t, tn in (("decode", T, "T"), ("input_decode", input_T, "input_T")):
+        what = key.replace("_", " ") + " table"
+        d = _array(obj[key], what, np.int64)
+        if d is None or d.ndim != 1 or d.shape[0] != t + 1:
+            got = "none" if d is None else f"shape {tuple(d.shape)}"
+            raise SpecError(f"{what} must hold {tn} + 1 = {t + 1} entries, not {got}")
+        if (d[:t] <= 0).any() or d[t] != 0:
+            raise SpecError(f"{what} must hold positive entries ending in 0 (entry {int(np.argmax(d[:t] <= 0)) if (d[:t] <= 0).any() else t} is {int(d[int(np.argmax(d[:t] <= 0))] if (d[:t] <= 0).any() else d[t])})")
     model = IntModel(
-        Q=float(obj["Q"]), T=int(obj["T"]), F=int(obj["F"]),
-        input_shape=tuple(int(x) for x in obj["input_shape"]),
+        Q=float(obj["Q"]), T=T, F=int(obj["F"]), input_shape=input_shape,
         decode=_array(obj["decode"], "decode table", np.int64),
-        encode=enc.astype(np.uint8), layers=layers, meta=dict(obj.get("meta") or {}),
-        input_Q=float(obj["input_Q"]), input_T=int(obj["input_T"]),
+        encode=enc.astype(np.uint8), layers=layers, meta=dict(meta),
+        input_Q=float(obj["input_Q"]), input_T=input_T,
         input_decode=_array(obj["input_decode"], "input decode table", np.int64),
     )
-    try:
-        validate(model)
-    except SpecError as e:
-        raise SpecError(f"{source}: {e}") from None
+    validate(model)
     return model
 
 

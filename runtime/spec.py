@@ -30,6 +30,13 @@ Layers (``acc`` is an exact integer; no rounding anywhere, so any exact summatio
     readout:         the last layer is dense/conv2d without fire; its ``acc`` are the output logits;
                      the class is ``argmax`` with ties going to the lowest index.
     Inputs of a dense layer are the previous activation flattened in (C, H, W) order.
+    Padding: conv2d ``0 <= p <= kernel - 1`` (every window overlaps the input); max- and avg-pool
+    ``2 * p <= kernel``.
+
+Limits
+    ``MAX_SIDE``, ``MAX_CHANNELS``, ``MAX_NEURONS`` bound every activation, ``MAX_KERNEL``,
+    ``MAX_STRIDE``, ``MAX_LAYERS`` and ``MAX_WEIGHTS`` the layers; :func:`check_limits` refuses a model
+    beyond them from its declared shapes alone, before anything is allocated for it.
 
 Widths
     :func:`analyse_ranges` bounds every accumulator (and every threshold compared with it) by interval
@@ -50,6 +57,15 @@ SCHEMA_VERSION = 1
 MAX_T = 255  # phases are uint8; code T means "no spike"
 MAX_ACC_BITS = 32  # widest accumulator a backend must support (int32 on an MCU)
 LAYER_KINDS = ("dense", "conv2d", "maxpool", "avgpool")
+# Size limits: every backend supports a model within them, and they are checked before any
+# backend allocates anything for a model (a small file can declare a huge shape).
+MAX_SIDE = 1024  # H and W of any activation (the input included)
+MAX_CHANNELS = 1024  # C of any activation, outputs of a dense layer
+MAX_NEURONS = 1 << 20  # C*H*W of any activation
+MAX_KERNEL = 32  # conv2d / pooling window side
+MAX_STRIDE = 32
+MAX_LAYERS = 64
+MAX_WEIGHTS = 1 << 24  # int8 weights of one layer
 
 
 class SpecError(UserError):
@@ -253,8 +269,44 @@ def analyse_ranges(model: IntModel, max_bits: int = MAX_ACC_BITS) -> list[int]:
     return out
 
 
+def check_shape_limits(shape, what: str) -> None:
+    """Refuse an activation shape beyond the size limits (a (C, H, W) or a flat (N,) shape)."""
+    shape = tuple(int(x) for x in shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise SpecError(f"{what}: shape must be (C, H, W) or (N,) of positive sizes, not {shape}")
+    if len(shape) == 3:
+        c, h, w = shape
+        if c > MAX_CHANNELS:
+            raise SpecError(f"{what}: {c} channels exceed the limit of {MAX_CHANNELS} (runtime.spec.MAX_CHANNELS)")
+        if max(h, w) > MAX_SIDE:
+            raise SpecError(f"{what}: {h}x{w} exceeds the limit of {MAX_SIDE} per side (runtime.spec.MAX_SIDE)")
+    n = int(np.prod(shape, dtype=object))
+    if n > MAX_NEURONS:
+        raise SpecError(f"{what}: {shape} holds {n} neurons, more than the limit of {MAX_NEURONS} (runtime.spec.MAX_NEURONS)")
+
+
+def check_limits(model: IntModel) -> None:
+    """The size limits, from the declared shapes and parameters only (cheap; nothing is allocated)."""
+    check_shape_limits(model.input_shape, "input")
+    if len(model.layers) > MAX_LAYERS:
+        raise SpecError(f"model has {len(model.layers)} layers, more than the limit of {MAX_LAYERS} (runtime.spec.MAX_LAYERS)")
+    for i, layer in enumerate(model.layers):
+        where = f"layer {i} ({layer.kind})"
+        check_shape_limits(layer.in_shape, f"{where} input")
+        check_shape_limits(layer.out_shape, f"{where} output")
+        if layer.kind != "dense":
+            for nm, lim in (("kernel", MAX_KERNEL), ("stride", MAX_STRIDE)):
+                v = getattr(layer, nm)
+                if not 1 <= v <= lim:
+                    raise SpecError(f"{where}: {nm} must be an integer in 1..{lim}, not {v}")
+        if layer.weight is not None and layer.weight.size > MAX_WEIGHTS:
+            raise SpecError(f"{where}: {layer.weight.size} weights exceed the limit of {MAX_WEIGHTS} per layer "
+                            f"(runtime.spec.MAX_WEIGHTS)")
+
+
 def validate(model: IntModel, max_bits: int = MAX_ACC_BITS) -> None:
     """Check every invariant of the specification; raises :class:`SpecError` naming the first problem."""
+    check_limits(model)
     check_qtf(model.Q, model.T, model.F)
     check_qtf(model.input_Q, model.input_T, model.F)
     T = model.T
@@ -287,19 +339,25 @@ def validate(model: IntModel, max_bits: int = MAX_ACC_BITS) -> None:
                 raise SpecError(f"{where}: {nm} must be a positive integer, not {getattr(layer, nm)}")
         if layer.padding < 0:
             raise SpecError(f"{where}: padding must be >= 0, not {layer.padding}")
+        if layer.kind == "conv2d" and layer.padding > layer.kernel - 1:
+            raise SpecError(f"{where}: padding must be at most kernel - 1 = {layer.kernel - 1}, not {layer.padding}")
         if layer.kind in ("dense", "conv2d"):
             if layer.weight is None or layer.weight.dtype != np.int8:
                 raise SpecError(f"{where}: weights must be int8")
             if layer.kind == "conv2d" and layer.weight.ndim == 4 and layer.kernel != layer.weight.shape[2]:
                 raise SpecError(f"{where}: kernel {layer.kernel} does not match the weight shape {tuple(layer.weight.shape)}")
+            want = 2 if layer.kind == "dense" else 4
+            if layer.weight.ndim != want:
+                raise SpecError(f"{where}: weights must be a {want}-D array "
+                                f"({'(out, in)' if want == 2 else '(out, in, k, k)'}), not shape {tuple(layer.weight.shape)}")
             if (layer.weight == -128).any():
                 raise SpecError(f"{where}: weights must lie in -127..127")
             if layer.bias is None or layer.bias.shape != (layer.weight.shape[0],):
                 raise SpecError(f"{where}: bias must have one entry per output channel")
         elif layer.weight is not None or layer.bias is not None:
             raise SpecError(f"{where}: pooling layers carry no weights or bias")
-        if layer.kind == "maxpool" and layer.padding * 2 > layer.kernel:
-            raise SpecError(f"{where}: padding must be at most half the kernel")
+        if layer.kind in ("maxpool", "avgpool") and layer.padding * 2 > layer.kernel:
+            raise SpecError(f"{where}: padding must be at most half the kernel ({layer.kernel // 2}), not {layer.padding}")
         out = infer_out_shape(layer.kind, shape, layer.weight, layer.kernel, layer.stride, layer.padding)
         if tuple(layer.out_shape) != out:
             raise SpecError(f"shape mismatch: {where} declares output {tuple(layer.out_shape)} but computes {out}")

@@ -45,9 +45,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "host_runner: cannot open files\n");
         return 2;
     }
+    /* the spec's limit on any activation (runtime.spec.MAX_NEURONS): inputs and logits */
     static uint8_t pixels[1 << 20];
-    static int32_t logits[65536 + 1];
-    if (in_size > sizeof pixels) {
+    static int32_t logits[1 << 20];
+    if (in_size > sizeof pixels || m->n_logits > sizeof logits / sizeof logits[0]) {
         fprintf(stderr, "host_runner: model too large for the runner\n");
         return 2;
     }
@@ -61,7 +62,7 @@ int main(int argc, char **argv)
         if (trace) {
             long pos = ftell(g_out);
             int32_t zero[1] = {0};
-            for (int k = 0; k <= m->n_logits; k++)
+            for (uint32_t k = 0; k <= m->n_logits; k++)
                 fwrite(zero, sizeof zero, 1, g_out); /* placeholder for logits + class */
             cls = os_infer(m, pixels, logits, trace_hook, NULL);
             long end = ftell(g_out);

@@ -10,7 +10,13 @@
  */
 #include "onespike.h"
 
+#include <limits.h>
 #include <string.h>
+
+/* Sizes up to runtime.spec.MAX_NEURONS (2^20) are held in int. */
+#if INT_MAX < 0x7FFFFFFF
+#error "onespike.c needs an int of at least 32 bits"
+#endif
 
 /* Layer kernels stay out of line: inlined into one function they starve the register allocator
  * (measured on Cortex-M4: twice the instructions per synaptic operation). */
@@ -20,9 +26,9 @@
 #define OS_NOINLINE
 #endif
 
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && \
-    (defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__i386__) || defined(__aarch64__))
-#define OS_LE_WORDS 1
+/* Targets where a 4-byte memcpy from any address is one load (not on strict-alignment cores). */
+#if defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
+#define OS_WORD_LOADS 1
 #endif
 
 /* The first phase f with acc >= theta[f], or T (no spike). theta is non-increasing, so this is
@@ -52,26 +58,42 @@ int os_argmax(const int32_t *v, int n)
     return best;
 }
 
-/* acc[0..3] += the four weights at w[4 * off[e]] times d[e], for every list entry e. */
-static OS_NOINLINE void os_events4(int32_t *acc4, const int8_t *w, const uint16_t *off, const int32_t *d, int n)
+/* Accumulation is done in uint32_t, modulo 2^32, and is exact without any overflow:
+ * the true accumulator B + sum W * D[f] of every output lies in int32 (the range analysis at
+ * lowering bounds it over all inputs: acc_bits <= 32), but a single product W * D[f] need not
+ * (W = 127, D[f] = 2^25 with a bias near -2^31), so signed int32 arithmetic could overflow, which
+ * is undefined behaviour in C. Unsigned arithmetic is defined to wrap; the wrapped sum is congruent
+ * to the true sum modulo 2^32, and the true sum is in [-2^31, 2^31), so os_s32 recovers it exactly.
+ * It compiles to the same instructions as int32 would (LDR, SXTB/SBFX/ASR, MLA: 13 per event on
+ * Cortex-M4 at -O2), and os_s32 to none. */
+
+/* a * b modulo 2^32; the 1u keeps the product unsigned even where int is wider than 32 bits. */
+#define OS_MULU(a, b) (1u * (a) * (b))
+
+/* The int32 value congruent to u modulo 2^32, without implementation-defined conversion. */
+static int32_t os_s32(uint32_t u)
 {
-    int32_t a0 = acc4[0], a1 = acc4[1], a2 = acc4[2], a3 = acc4[3];
+    return u <= 0x7FFFFFFFu ? (int32_t)u : (int32_t)(u - 0x80000000u) + INT32_MIN;
+}
+
+/* acc[0..3] += the four weights at w[4 * off[e]] times d[e], for every list entry e (mod 2^32). */
+static OS_NOINLINE void os_events4(uint32_t *acc4, const int8_t *w, const uint16_t *off, const int32_t *d, int n)
+{
+    uint32_t a0 = acc4[0], a1 = acc4[1], a2 = acc4[2], a3 = acc4[3];
     for (int e = 0; e < n; e++) {
         const int8_t *wp = w + 4 * (size_t)off[e];
-        const int32_t de = d[e];
-#ifdef OS_LE_WORDS
-        uint32_t w4;
-        memcpy(&w4, wp, sizeof w4);
-        a0 += (int32_t)(int8_t)(w4 & 0xFFu) * de;
-        a1 += (int32_t)(int8_t)((w4 >> 8) & 0xFFu) * de;
-        a2 += (int32_t)(int8_t)((w4 >> 16) & 0xFFu) * de;
-        a3 += (int32_t)(int8_t)(w4 >> 24) * de;
+        const uint32_t de = (uint32_t)d[e];
+#ifdef OS_WORD_LOADS
+        int8_t wb[4]; /* one 32-bit load */
+        memcpy(wb, wp, sizeof wb);
 #else
-        a0 += (int32_t)wp[0] * de;
-        a1 += (int32_t)wp[1] * de;
-        a2 += (int32_t)wp[2] * de;
-        a3 += (int32_t)wp[3] * de;
+        const int8_t *wb = wp;
 #endif
+        /* (uint32_t) of a negative int8_t is defined: the value modulo 2^32 */
+        a0 += OS_MULU((uint32_t)wb[0], de);
+        a1 += OS_MULU((uint32_t)wb[1], de);
+        a2 += OS_MULU((uint32_t)wb[2], de);
+        a3 += OS_MULU((uint32_t)wb[3], de);
     }
     acc4[0] = a0, acc4[1] = a1, acc4[2] = a2, acc4[3] = a3;
 }
@@ -80,25 +102,26 @@ static OS_NOINLINE void os_events4(int32_t *acc4, const int8_t *w, const uint16_
 static void os_block_out(const os_layer_t *L, int ob, const int8_t *wblock, const uint16_t *off, const int32_t *d,
                          int n, size_t out_index, size_t out_stride, uint8_t *out, int32_t *logits)
 {
-    const int O = L->out_c;
-    int32_t acc4[4];
+    const int O = (int)L->out_c;
+    uint32_t acc4[4];
     for (int k = 0; k < 4; k++)
-        acc4[k] = ob * 4 + k < O ? L->bias[ob * 4 + k] : 0;
+        acc4[k] = ob * 4 + k < O ? (uint32_t)L->bias[ob * 4 + k] : 0u;
     os_events4(acc4, wblock, off, d, n);
     for (int k = 0; k < 4 && ob * 4 + k < O; k++) {
         const size_t idx = out_index + (size_t)(ob * 4 + k) * out_stride;
+        const int32_t acc = os_s32(acc4[k]);
         if (L->readout)
-            logits[idx] = acc4[k];
+            logits[idx] = acc;
         else
-            out[idx] = os_fire(acc4[k], L->theta + (size_t)(ob * 4 + k) * L->T, L->T);
+            out[idx] = os_fire(acc, L->theta + (size_t)(ob * 4 + k) * L->T, L->T);
     }
 }
 
 static OS_NOINLINE void os_dense(const os_layer_t *L, const uint8_t *in, uint8_t *out, uint16_t *off, int32_t *d,
                                  int32_t *logits)
 {
-    const int n_in = (int)L->in_c * L->in_h * L->in_w;
-    const int blocks = (L->out_c + 3) / 4;
+    const int n_in = (int)(L->in_c * L->in_h * L->in_w); /* <= 2^20 (runtime.spec.MAX_NEURONS) */
+    const int blocks = (int)(L->out_c + 3) / 4;
     int n = 0;
     for (int j = 0; j < n_in; j++) {
         const uint8_t f = in[j];
@@ -115,9 +138,9 @@ static OS_NOINLINE void os_conv2d(const os_layer_t *L, const uint8_t *in, uint8_
                                   int32_t *logits)
 {
     const int K = L->kernel, S = L->stride, P = L->padding;
-    const int C = L->in_c, H = L->in_h, W = L->in_w;
-    const int OH = L->out_h, OW = L->out_w;
-    const int blocks = (L->out_c + 3) / 4;
+    const int C = (int)L->in_c, H = (int)L->in_h, W = (int)L->in_w;
+    const int OH = (int)L->out_h, OW = (int)L->out_w;
+    const int blocks = (int)(L->out_c + 3) / 4;
     const size_t rf = (size_t)C * K * K;
     const size_t plane = (size_t)OH * OW;
     for (int oy = 0; oy < OH; oy++) {
@@ -149,9 +172,9 @@ static OS_NOINLINE void os_conv2d(const os_layer_t *L, const uint8_t *in, uint8_
 static OS_NOINLINE void os_pool(const os_layer_t *L, const uint8_t *in, uint8_t *out)
 {
     const int K = L->kernel, S = L->stride, P = L->padding;
-    const int H = L->in_h, W = L->in_w, OH = L->out_h, OW = L->out_w;
+    const int C = (int)L->in_c, H = (int)L->in_h, W = (int)L->in_w, OH = (int)L->out_h, OW = (int)L->out_w;
     const uint8_t none = L->in_none;
-    for (int c = 0; c < L->in_c; c++) {
+    for (int c = 0; c < C; c++) {
         const uint8_t *inc = in + (size_t)c * H * W;
         uint8_t *outc = out + (size_t)c * OH * OW;
         for (int oy = 0; oy < OH; oy++) {
@@ -206,7 +229,7 @@ int os_infer_phases(const os_model_t *m, const uint8_t *phases, int32_t *logits,
         if (hook && !L->readout)
             hook(ctx, i, out, (size_t)L->out_c * L->out_h * L->out_w);
     }
-    return os_argmax(logits, m->n_logits);
+    return os_argmax(logits, (int)m->n_logits);
 }
 
 int os_infer(const os_model_t *m, const uint8_t *pixels, int32_t *logits, os_hook_t hook, void *ctx)

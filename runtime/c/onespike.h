@@ -7,8 +7,9 @@
  *   fire: the first f with acc >= Theta[c][f], else no spike; maxpool: earliest spike;
  *   the last layer (readout) does not fire: its accumulators are the logits.
  * The kernels are event-driven: each dense/conv2d output group gathers the list of spiking inputs it
- * can see, and only those cost multiply-accumulates. Accumulators are int32: the code generator's
- * range analysis proves no overflow for any input (or partial sum).
+ * can see, and only those cost multiply-accumulates. Accumulators are int32: the range analysis
+ * at lowering proves every accumulator fits for any input; the kernels sum modulo 2^32 in uint32_t,
+ * which is exact then (a single product W * D[f] may exceed int32; see onespike.c).
  *
  * Generated code (codegen emit --target c) provides the tables, one os_model_t and the static
  * buffers, plus a two-call API (NAME_init, NAME_infer) declared in its own header.
@@ -33,8 +34,8 @@ typedef struct {
     uint8_t out_none;  /* no-spike code of the output (T when the layer fires, in_none for maxpool) */
     uint8_t T;         /* phases of the hidden code: length of each threshold row */
     uint8_t in_buf, out_buf; /* which activation buffer holds the input / receives the output */
-    uint16_t in_c, in_h, in_w;
-    uint16_t out_c, out_h, out_w;
+    uint32_t in_c, in_h, in_w;   /* dense: in_c = fan-in, in_h = in_w = 1 */
+    uint32_t out_c, out_h, out_w;
     const int32_t *in_decode; /* decode table of the input's code, in_none + 1 entries, last = 0 */
     const int8_t *weight;     /* blocks of four output channels, zero-padded:
                                * dense [out/4][in][4]; conv2d [out/4][in_c][ky][kx][4] */
@@ -46,10 +47,10 @@ typedef struct {
     uint16_t n_layers;
     const os_layer_t *layers;
     const uint8_t *encode;    /* 256 entries: pixel -> input phase */
-    uint16_t in_c, in_h, in_w;
-    uint16_t n_logits;
+    uint32_t in_c, in_h, in_w;
+    uint32_t n_logits;
     uint8_t *buf[2];          /* activation (phase) buffers */
-    uint16_t *ev_off;         /* spike list scratch: weight offsets of the spiking inputs ... */
+    uint16_t *ev_off;         /* spike list scratch: weight offsets of the spiking inputs (fan-in <= 65536) ... */
     int32_t *ev_d;            /* ... and their decoded values D[f] (largest fan-in entries each) */
 } os_model_t;
 
