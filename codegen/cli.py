@@ -122,28 +122,66 @@ def cmd_train(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    import math
+    import os
+
     import numpy as np
 
     from codegen import ann, convert, datasets, report
     from runtime import golden, modelfile
     from runtime.errors import UserError
+    from runtime.spec import MAX_T
 
+    # 1. every option, before anything is loaded
+    def number(opt, v, ok, what):
+        if v is not None and not (math.isfinite(v) and ok(v)):
+            raise UserError(f"{opt} must be {what}, not {v:g}")
+
+    number("--Q", args.Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
+    number("--T", args.T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
+    number("--F", args.F, lambda v: 0 <= v <= 30, "an integer in 0..30")
+    number("--input-Q", args.input_Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
+    number("--input-T", args.input_T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
+    number("--percentile", args.percentile, lambda v: 0 < v <= 100, "a number in (0, 100]")
+    number("--calib", args.calib, lambda v: v >= 2, "an integer of at least 2 (images)")
+    number("--error-target", args.error_target, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
+    number("--seed", args.seed, lambda v: v >= 0, "a non-negative integer")
+    datasets.canonical(args.dataset)
     src = Path(args.ann)
+    out = Path(args.output) if args.output else Path("build") / _model_name(src) / "model.pt"
+    # 2. the output can be written (checked again by the atomic write, but here before the work)
+    if out.is_dir():
+        raise UserError(f"-o {out}: is an existing folder; give the path of the model.pt file to write")
+    if out.exists() and not out.is_file():
+        raise UserError(f"-o {out}: exists and is not a regular file")
+    if out.exists() and src.exists() and os.path.samefile(out, src):
+        raise UserError(f"-o {out}: is the input ANN file")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"-o {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"-o {out}: the folder {parent} is not writable")
+    # 3. the ANN file, and whether the options can give a valid model at all
     net, input_shape, ann_meta = ann.load(src)
-    if args.calib < 2:
-        raise UserError(f"--calib must be at least 2 images, not {args.calib}")
+    convert.check_options(Q=args.Q, T=args.T, F=args.F, norm=args.norm, percentile=args.percentile,
+                          max_disagree=args.error_target, input_Q=args.input_Q, input_T=args.input_T)
+    convert.lower(net, input_shape)  # every structural refusal before the datasets are read
+    # 4. the work
     xtr, _ = datasets.load(args.dataset, "train")
     rng = np.random.default_rng(args.seed)
     calib = xtr[np.sort(rng.choice(len(xtr), size=min(args.calib, len(xtr)), replace=False))]
+    progress = not args.quiet
     conv = convert.convert(net, input_shape, calib, Q=args.Q, T=args.T, F=args.F, norm=args.norm,
                            percentile=args.percentile, max_disagree=args.error_target, input_Q=args.input_Q,
-                           input_T=args.input_T, progress=not args.quiet)
+                           input_T=args.input_T, progress=progress)
     m = conv.model
     xte, yte = datasets.load(args.dataset, "test")
-    ann_acc = float((convert.ann_predict(conv.lowered, xte) == yte).mean())
+    ann_acc = float((convert.ann_predict(conv.lowered, xte, progress=progress) == yte).mean())
     f1_acc = float((convert.onespike_predict(conv.normalised, xte, m.Q, m.T, input_Q=m.input_Q,
-                                             input_T=m.input_T) == yte).mean())
-    res = golden.run_batched(m, xte, progress=not args.quiet, desc="integer model")
+                                             input_T=m.input_T, progress=progress) == yte).mean())
+    res = golden.run_batched(m, xte, progress=progress, desc="integer model")
     st = report.stats(m, res, yte)
     m.meta.update({
         "name": _model_name(Path(args.output)) if args.output else _model_name(src),
@@ -153,10 +191,9 @@ def cmd_convert(args) -> int:
         "test_accuracy": {"ann_float": ann_acc, "onespike_float": f1_acc, "integer": st["accuracy"]},
         "spikes_per_neuron": st["spikes_per_neuron"],
     })
-    out = Path(args.output or f"build/{_model_name(src)}/model.pt")
     modelfile.save(m, out)
     if m.meta.get("error_target_met") is False:
-        best = min(r["disagreement_percent"] for r in conv.search)
+        best = min(r["disagreement_percent"] for r in conv.search if r["disagreement_percent"] is not None)
         print(f"codegen: warning: no (Q, T) met the error target of {args.error_target}% disagreement; "
               f"using the most faithful one tried ({best}%)", file=sys.stderr)
     print(f"converted {src} -> {out}: Q={m.Q:g} T={m.T} (input Q={m.input_Q:g} T={m.input_T}) F={m.F}, "
@@ -392,18 +429,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("ann")
     c.add_argument("--dataset", required=True, help="mnist or fashion-mnist: calibration (train split) and report (test split)")
     c.add_argument("-o", "--output", help="model.pt to write (default build/NAME/model.pt)")
-    c.add_argument("--Q", type=float, help="phase base in (1, 2] (default: searched)")
-    c.add_argument("--T", type=int, help="phases per window (default: searched)")
-    c.add_argument("--F", type=int, help="fraction bits of the decode table (default: largest that fits 32-bit accumulators)")
-    c.add_argument("--input-Q", type=float, default=1.02, help="phase base of the input pixel code (default 1.02)")
-    c.add_argument("--input-T", type=int, default=255, help="phases of the input pixel code (default 255)")
+    c.add_argument("--Q", type=float, help="phase base in (1, 2] (default: searched; alone, T is searched for it)")
+    c.add_argument("--T", type=int, help="phases per window, 1..255 (default: searched; alone, Q is searched for it)")
+    c.add_argument("--F", type=int, help="fraction bits of the decode tables, 0..30 (default: largest <= 16 that fits "
+                                         "32-bit accumulators)")
+    c.add_argument("--input-Q", type=float, default=1.02, help="phase base of the input pixel code, in (1, 2] (default 1.02)")
+    c.add_argument("--input-T", type=int, default=255, help="phases of the input pixel code, 1..255 (default 255)")
     c.add_argument("--norm", choices=("max", "percentile"), default="percentile", help="activation normalisation")
-    c.add_argument("--percentile", type=float, default=99.99)
-    c.add_argument("--calib", type=int, default=10000, help="calibration images from the train split")
+    c.add_argument("--percentile", type=float, default=99.99, help="percentile of --norm percentile, in (0, 100] "
+                                                                   "(default 99.99)")
+    c.add_argument("--calib", type=int, default=10000, help="calibration images from the train split, at least 2 "
+                                                            "(default 10000)")
     c.add_argument("--error-target", type=float, default=0.2,
-                   help="max %% of held-out calibration images whose class differs from the ANN (Q/T search)")
-    c.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
-    c.add_argument("-q", "--quiet", action="store_true")
+                   help="max %% of held-out calibration images whose class differs from the ANN, in [0, 100] "
+                        "(Q/T search; default 0.2)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (non-negative)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser("inspect", help="print layers, shapes, Q, T and accumulator widths of a model.pt")

@@ -494,20 +494,22 @@ def _decode(Q: float, T: int, F: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ convert
 
-def ann_predict(low: Lowered, images_u8: np.ndarray, batch: int = 1000) -> np.ndarray:
+def ann_predict(low: Lowered, images_u8: np.ndarray, batch: int = 1000, progress: bool = False,
+                desc: str = "ANN float") -> np.ndarray:
     out = []
     with torch.no_grad():
-        for i in range(0, len(images_u8), batch):
+        for i in tqdm(range(0, len(images_u8), batch), desc=desc, unit="batch", disable=not progress, leave=False):
             out.append(float_forward(low, _t(images_u8[i:i + batch].astype(np.float64) / 255.0)).reshape(
                 min(batch, len(images_u8) - i), -1).argmax(1).numpy())
     return np.concatenate(out)
 
 
 def onespike_predict(norm: Normalised, images_u8: np.ndarray, Q: float, T: int, batch: int = 1000,
-                     input_Q: float = INPUT_Q, input_T: int = INPUT_T) -> np.ndarray:
+                     input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = False,
+                     desc: str = "one-spike float") -> np.ndarray:
     out = []
     with torch.no_grad():
-        for i in range(0, len(images_u8), batch):
+        for i in tqdm(range(0, len(images_u8), batch), desc=desc, unit="batch", disable=not progress, leave=False):
             out.append(onespike_float_forward(norm, images_u8[i:i + batch], Q, T, input_Q=input_Q,
                                               input_T=input_T).argmax(1).numpy())
     return np.concatenate(out)

@@ -244,6 +244,37 @@ def test_resolve_store_errors(mlp, small_cnn):
     assert emit_fpga.largest_fitting_lanes(mlp, board("icebreaker"), 8) == 4
 
 
+REPRO = ROOT / "tests" / "data" / "fuzz-repro"
+
+
+def test_ram_store_refuses_theta_minus_bias_overflow(tmp_path):
+    """Fuzz reproducer: a 32-bit conv2d whose theta - bias does not fit 32 bits cannot have a RAM store
+    (it keeps theta - bias). --store ram is refused up front, naming the layer and why; auto keeps it
+    in ROM (only the readout may move) and the design builds."""
+    m = modelfile.load(REPRO / "rtl-ram-store-theta-minus-bias" / "model.pt")
+    l0 = m.layers[0]
+    assert l0.kind == "conv2d" and l0.acc_bits == 32
+    assert emit_fpga.ram_refusal(l0, 8).startswith("its thresholds minus biases (-2147483678..2147483617)")
+    for lanes in (4, 8):
+        with pytest.raises(UserError, match=rf"^layer 0 \(conv2d\) cannot keep its weights in a RAM store at "
+                                            rf"lanes={lanes}: its thresholds minus biases \(-2147483678..2147483617\) "
+                                            r"do not fit its 32-bit accumulators"):
+            emit_fpga.emit(m, "00" * 32, "repro", tmp_path / "out", board="icebreaker", lanes=lanes, store="ram")
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(UserError, match=r"^layer 0 \(conv2d\)"):
+            emit_fpga.resolve_store(m, None, lanes, ["ram", "rom"])
+    # auto on the UP5K: at 8 lanes the ROM design needs 16 DSPs, so auto tries RAM stores; layer 0 stays.
+    st = emit_fpga.resolve_store(m, "icebreaker", 8)
+    assert st[0] == "rom"
+    assert emit_fpga.fits(m, board("icebreaker"), 8, store="ram") is False
+    with pytest.raises(UserError, match=r"^model does not fit icebreaker .*lanes=4 fits"):
+        emit_fpga.emit(m, "00" * 32, "repro", tmp_path / "out", board="icebreaker", lanes=8)
+    man = emit_fpga.emit(m, "00" * 32, "repro", tmp_path / "ok", board="icebreaker", lanes=4)
+    assert man["store"]["layers"][0] == "rom"
+    # The readout (no thresholds) may still go to RAM.
+    assert emit_fpga.resolve_store(m, None, 8, ["rom", "ram"]) == ["rom", "ram"]
+
+
 @pytest.mark.parametrize("seed,plan,T", [
     (5, ["conv2d", "maxpool", "dense"], 6),
     (2, ["conv2d", "avgpool", "conv2d", "dense"], 5),

@@ -121,3 +121,56 @@ def test_missing_tools_name_the_package(capsys, tmp_path, monkeypatch, tool, pac
         args = ["emit", str(ROOT / "models" / "mnist-mlp.pt"), "--target", "c", "-o", str(tmp_path / "o")]
     _one_line_error(capsys, args, f"{tool} not found", package)
     assert not (tmp_path / "o").exists()
+
+
+REPRO = ROOT / "tests" / "data" / "fuzz-repro"
+
+
+@pytest.mark.parametrize("repro", ["c-werror-unused-decode", "c-ubsan-product-overflow"])
+def test_fuzz_repros_on_the_board_equal_golden(repro, tmp_path):
+    """The reproducers build for the Cortex-M4 with -Werror and equal golden under QEMU."""
+    m = modelfile.load(REPRO / repro / "model.pt")
+    x = np.load(REPRO / repro / "inputs.npy") if (REPRO / repro / "inputs.npy").exists() else datasets.load("mnist", "test")[0][:20]
+    fw = mcu.build_firmware(m, repro, mcu.board("mps2-an386"), tmp_path, opt="-O2")
+    logits, classes = mcu.run_qemu(fw, x, m.num_classes)
+    gold = golden.run(m, x, keep_phases=False)
+    assert np.array_equal(logits, gold.logits) and np.array_equal(classes, gold.classes)
+
+
+def test_emit_c_count_images_0_says_skipped_and_shows_progress(tmp_path, capsys):
+    import json
+
+    model = str(ROOT / "models" / "mnist-mlp.pt")
+    assert cli.main(["emit", model, "--target", "c", "--count-images", "0", "-o", str(tmp_path / "a")]) == 0
+    cap = capsys.readouterr()
+    assert "emit c (mps2-an386)" in cap.err  # the tqdm bar (stderr)
+    text = (tmp_path / "a" / "report.txt").read_text()
+    assert "instruction count skipped (--count-images 0)" in text and "instructions per inference" not in text
+    assert "instruction count skipped (--count-images 0)" in cap.out
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["instruction_count_skipped"] == "--count-images 0"
+    assert all("instructions_per_inference" not in e for e in rep["builds"].values()) and set(rep["builds"]) == {"-O2", "-Os"}
+    assert cli.main(["emit", model, "--target", "c", "--count-images", "0", "-q", "-o", str(tmp_path / "b")]) == 0
+    assert "emit c" not in capsys.readouterr().err  # -q: no bar
+
+
+def test_a_cross_compile_failure_is_one_line_with_its_log(tmp_path, monkeypatch, capsys):
+    from codegen import emit_c
+
+    real = emit_c.generate
+
+    def broken(model, name):
+        files = real(model, name)
+        files[f"{emit_c.c_symbol(name)}_model.c"] += b"\nstatic int unused_by_anyone;\n"
+        return files
+
+    monkeypatch.setattr(emit_c, "generate", broken)
+    code = cli.main(["emit", str(ROOT / "models" / "mnist-mlp.pt"), "--target", "c", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip() and "emit c" not in l]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("codegen: error: arm-none-eabi-gcc on the generated C") and "unused_by_anyone" in lines[0]
+    log = Path(lines[0].rsplit("log: ", 1)[1])
+    assert log.is_file() and "unused_by_anyone" in log.read_text()
+    assert not (tmp_path / "o").exists()
+    shutil.rmtree(log.parent.parent, ignore_errors=True)  # the kept build folder (onespike-c-*)
