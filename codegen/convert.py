@@ -568,17 +568,19 @@ def check_options(Q=None, T=None, F=None, norm="percentile", percentile=99.99, m
         raise UserError(f"eval_fraction must be a number in (0, 1), not {eval_fraction}")
     qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
     ts = [int(T)] if T is not None else list(range(1, max(T_CANDIDATES) + 1))
-    first_err = None
+    errs = []
     for q in qs:
         for t in ts:
             try:
                 _code_bound(q, t, float(input_Q), int(input_T), F, max_F)
                 return
             except UserError as e:
-                first_err = first_err or e
+                errs.append(e)
     if Q is not None and T is not None:
-        raise first_err
-    raise UserError(f"no candidate (Q, T) is representable: {first_err}; give another --Q, --T or --F")
+        raise errs[0]
+    # the nearest miss: T = 1 at the given Q, or the given T at the smallest candidate Q
+    raise UserError(f"no candidate (Q, T) is representable: {errs[0] if T is None else errs[-1]}; "
+                    f"give another --Q, --T or --F")
 
 
 def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
@@ -622,9 +624,12 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
        integer model (representability falls with T: the last decode entry shrinks, the accumulator
        widths do not depend on T), found by bisection; its candidates are the T_CANDIDATES below it
        plus that largest T itself.
-    2. Each Q is evaluated at its largest T; a Q that misses the target there is dropped.
-    3. The remaining Qs are evaluated at T ascending; the first T at which any Q meets the target
-       wins (the lowest disagreement among those, then the larger Q). Step 2 guarantees a winner.
+    2. Each Q is evaluated at its largest T. If none meets the target there, the target is taken as
+       out of reach (more phases are assumed not to hurt) and the most faithful of these is used.
+    3. Otherwise every Q is evaluated at T ascending (each over its own candidates); the first T at
+       which any Q meets the target wins (the lowest disagreement among those, then the larger Q).
+       No monotonicity is assumed here: no pair with a smaller T meets the target. Step 2
+       guarantees a winner by the smallest largest-T of a Q that met it.
     A miss is decided as soon as more held-out images disagree than the target allows.
     """
     ev_y = ann_predict(low, ev_x)  # the target is agreement with the ANN's own classes
@@ -702,28 +707,24 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
         first = next(r["reason"] for r in search if r["result"] == "not representable")
         raise UserError(f"no (Q, T) candidate gives a valid integer model ({first}); give another --Q, --T or --F")
     # 2. each Q at its largest T
-    alive = []
-    for q, good in cands.items():
-        rec = evaluate(q, good[-1], early=False)
-        if rec["result"] == "meets":
-            alive.append(q)
-        elif len(good) > 1:
-            rec["reason"] = f"misses the target at its largest representable T, so no smaller T is tried at Q={q:g}"
-    # 3. T ascending over the Qs left
-    best = None
-    for t in sorted({t for q in alive for t in cands[q]}):
-        met = [evaluate(q, t, early=True) for q in alive if t in cands[q]]
+    tops = [evaluate(q, good[-1], early=False) for q, good in cands.items()]
+    if not any(r["result"] == "meets" for r in tops):
+        bar.close()
+        for r, good in zip(tops, cands.values()):
+            if len(good) > 1:
+                r["reason"] = "no Q meets the target at its largest representable T, so no smaller T is tried"
+        # the most faithful pair evaluated (every Q at its largest T, in full)
+        top = min(tops, key=lambda r: (r["disagreement_percent"], r["T"], -r["Q"]))
+        return quantise(normd, top["Q"], top["T"], **qkw), False
+    # 3. T ascending, every Q
+    for t in sorted({t for good in cands.values() for t in good}):
+        met = [evaluate(q, t, early=True) for q, good in cands.items() if t in good]
         met = [r for r in met if r["result"] == "meets"]
         if met:
             best = min(met, key=lambda r: (r["disagreement_percent"], -r["Q"]))
             break
     bar.close()
-    if best is not None:
-        return quantise(normd, best["Q"], best["T"], **qkw), True
-    # nothing met the target: the most faithful pair evaluated in full (every Q at its largest T)
-    full = [r for r in search if r["disagreement_percent"] is not None]
-    top = min(full, key=lambda r: (r["disagreement_percent"], r["T"], -r["Q"]))
-    return quantise(normd, top["Q"], top["T"], **qkw), False
+    return quantise(normd, best["Q"], best["T"], **qkw), True
 
 
 def sha256_bytes(data: bytes) -> str:

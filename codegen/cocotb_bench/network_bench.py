@@ -16,7 +16,7 @@ import random
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Event, ReadOnly, SimTimeoutError, with_timeout
+from cocotb.triggers import ClockCycles, Event, First, ReadOnly, SimTimeoutError, with_timeout
 from cocotb.utils import get_sim_time
 
 PERIOD_NS = 10
@@ -174,12 +174,13 @@ async def network(dut):
 
     in_flight = bool(cfg.get("reset_in_flight", True))
     stats = {"gap_cycles": 0, "input_stall_cycles": 0, "stalled_results": 0, "reset_cycle": None,
-             "reset_partial_pixels": 0, "reset_aborted_frames": 0, "resets": 0,
+             "reset_partial_pixels": 0, "reset_aborted_frames": 0, "resets": 0, "reset_held_results": 0,
              "load_bytes": 0, "load_resets": 0, "load_cycles": 0}
     starts = [None] * n        # cycle in which each frame's first pixel was accepted
     lasts = [None] * n         # ... and its last
     all_done = Event()
     results_seen = {"count": 0, "event": Event(), "want": 0}
+    reset_seen = {"event": Event()}    # set (and replaced) when the bench asserts rst
 
     clk, rst = dut.clk, dut.rst
     edge = clk.rising_edge
@@ -234,13 +235,19 @@ async def network(dut):
             results_seen["event"] = Event()
             await results_seen["event"].wait()
 
+    def assert_reset():
+        """Drive ``rst`` high and tell the result monitor (a result it holds back is gone)."""
+        rst.value = 1
+        ev, reset_seen["event"] = reset_seen["event"], Event()
+        ev.set()
+
     async def reset_pulse(partial_pixels, idle_max):
         """Offer part of a frame, then reset (pixels offered during the reset must be dropped)."""
         partial = [rng.randrange(256) for _ in range(partial_pixels)]
         await send(partial, None, gap)
         dut.pixel_valid.value = 0
         await ClockCycles(clk, rng.randint(0, idle_max))
-        rst.value = 1
+        assert_reset()
         stats["reset_cycle"] = now_cycle()
         stats["reset_partial_pixels"] = len(partial)
         stats["resets"] += 1
@@ -263,7 +270,7 @@ async def network(dut):
         t0 = now_cycle()
         if reset_before >= 0:
             await send_load(image[: len(image) // 3])
-            rst.value = 1
+            assert_reset()
             await ClockCycles(clk, rng.randint(1, 3))
             rst.value = 0
             stats["load_resets"] += 1
@@ -346,7 +353,18 @@ async def network(dut):
                 since, offered, resets_at = t, (str(c), str(lv)), stats["resets"]
             if ready.value == 0:
                 stats["stalled_results"] += 1
-                await ClockCycles(clk, hold)
+                reset_ev = reset_seen["event"]
+                await First(ClockCycles(clk, hold), reset_ev.wait())
+                if reset_ev.is_set():
+                    # A reset while the result was held back: that result is gone (its frame is sent
+                    # again), so the next one offered is a new result with its own valid cycle.
+                    stats["reset_held_results"] += 1
+                    since = None
+                    while rst.value == 1:
+                        await edge
+                    hold = draw_hold()
+                    ready.value = 0 if hold else 1
+                    continue
                 ready.value = 1
                 continue
             if (str(c), str(lv)) != offered:

@@ -193,7 +193,9 @@ static OS_NOINLINE void os_pool(const os_layer_t *L, const uint8_t *in, uint8_t 
                     }
                     outc[oy * OW + ox] = best;
                 } else {
-                    int32_t acc = 0; /* padding contributes 0 */
+                    /* padding contributes 0; partial sums are >= 0 and at most the window's sum, which fits
+                     * int32 by the range analysis: no overflow */
+                    int32_t acc = 0;
                     for (int ky = ky_lo; ky < ky_hi; ky++) {
                         const uint8_t *r = inc + (y0 + ky) * W;
                         for (int kx = kx_lo; kx < kx_hi; kx++)
