@@ -9,7 +9,9 @@ An ``ann.pt`` holds plain data only, so it loads with ``torch.load(..., weights_
      "meta": {"dataset": "mnist", "seed": 0, ...}}
 
 ``layers`` lists the supported layer types with their constructor arguments; :func:`build` turns it
-into an ``nn.Sequential`` and :func:`describe` goes the other way.
+into an ``nn.Sequential`` and :func:`describe` goes the other way. :func:`load` checks every field
+(present, of the right type, within the size limits of :mod:`runtime.spec`) before it builds
+anything, and reports a problem as one :class:`UserError` line naming the field.
 """
 from __future__ import annotations
 

@@ -289,6 +289,12 @@ def cmd_emit(args) -> int:
         rep = c_report.emit_with_report(m, sha, name, out, args.board, n_count=count, progress=not args.quiet)
         print(c_report.format_text(rep))
         print(f"wrote {out}")
+        bad = [opt for opt, e in rep["builds"].items()
+               if (e.get("instructions_per_inference") or {}).get("outputs_equal_golden") is False]
+        if bad:
+            print(f"codegen: the firmware built with {', '.join(bad)} did not equal the golden model on the counted images; "
+                  f"run codegen verify {args.model} --target c --board {rep['board']['name']}", file=sys.stderr)
+            return 1
         return 0
     if args.target == "fpga":
         import inspect as _inspect

@@ -107,7 +107,10 @@ def replay(path: Path, sim: str, sanitize: bool) -> int:
 
     info = json.loads((path / "case.json").read_text()) if (path / "case.json").is_file() else {}
     model = modelfile.load(path / "model.pt")
-    images = np.load(path / "inputs.npy")
+    if (path / "inputs.npy").is_file():
+        images = np.load(path / "inputs.npy")
+    else:                                       # a model alone: random images (seed 0)
+        images = np.random.default_rng(0).integers(0, 256, size=(16, *model.input_shape)).astype(np.uint8)
     lanes = info.get("lanes", [2] * len(model.layers))
     store = info.get("store", ["rom"] * len(model.layers))
     case = fz.Case(model, images, lanes, store, rtl_seed=int(info.get("rtl_seed", 0)))

@@ -68,6 +68,7 @@ class Case:
     store: list[str]
     tags: set = field(default_factory=set)
     rtl_seed: int = 0               # the RTL bench's stimulus (gaps, stalls, reset point)
+    spikes: tuple = (0, 0)          # hidden neurons (over the images) that spike / stay silent
 
     def describe(self) -> str:
         m = self.model
@@ -325,6 +326,7 @@ def cases(draw, small: bool = False, n_images: int | None = None):
     n_layers = draw(st.sampled_from([1] + [k for k in range(2, n_layers_max + 1) for _ in range(2)]))
     layers: list[Layer] = []
     shape: tuple = (C, H, W)
+    fired = silent = 0
     for i in range(n_layers):
         last = i == n_layers - 1
         flat = len(shape) == 1
@@ -377,6 +379,8 @@ def cases(draw, small: bool = False, n_images: int | None = None):
             layer.theta, t = _thetas(draw, rng, acc, lo, hi, T, wild)
             tags |= t
             ph, code = _fire(out, layer.theta), (dec, T)
+            fired += int((ph != T).sum())
+            silent += int((ph == T).sum())
         elif layer.kind == "maxpool":
             ph = out
         layers.append(layer)
@@ -398,7 +402,7 @@ def cases(draw, small: bool = False, n_images: int | None = None):
                 lanes[j] = max(lanes[j], -(-l.acc_bits // 8))
         if "ram" in store:
             tags.add("ram-store")
-    return Case(model, x, lanes, store, tags, draw(st.integers(0, 2 ** 16)))
+    return Case(model, x, lanes, store, tags, draw(st.integers(0, 2 ** 16)), (fired, silent))
 
 
 # --------------------------------------------------------------------------------------- checks
@@ -432,7 +436,8 @@ KNOWN = [
     ("c", "compile-error", r"defined but not used", "issue 9 #1: unused decode table under -Werror"),
     ("c-san", "compile-error", r"defined but not used", "issue 9 #1: unused decode table under -Werror"),
     ("c-san", "ub", r"signed integer overflow", "issue 9 #2: int32 product overflow in the C kernel"),
-    ("rtl", "error", r"negative latency", "issue 9 #3: negative latency after a mid-frame reset"),
+    ("rtl", "error", r"negative latency|latency -?\d+ cycles is not positive",
+     "issue 9 #3: negative latency after a mid-frame reset"),
     ("rtl", "refused", r"Thresholds minus biases must fit", "issue 9 #4: RAM store chosen for a theta-bias too wide"),
 ]
 
@@ -503,7 +508,7 @@ def check_c(model: IntModel, images: np.ndarray, gold: golden.GoldenResult, work
         exe = c_target.build_host(model, name, work, sanitize=sanitize)
     except ToolError as e:
         lines = _tool_output(e).splitlines()
-        return _known(Verdict(backend, "compile-error", _one_line(_first(lines[1:], "error") or lines[0])))
+        return _known(Verdict(backend, "compile-error", _one_line(_first(lines, "error:") or lines[0])))
     except UserError as e:
         return _known(Verdict(backend, "refused", _one_line(e)))
     except (RuntimeError, OSError) as e:

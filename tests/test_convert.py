@@ -1,5 +1,6 @@
 """Conversion: lowering rules, BN folding, one-line refusals, and the integer model against the float one."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -182,11 +183,13 @@ def test_search_tries_every_q_at_the_t_it_can_represent(mlp):
     assert convert.fraction_bits_needed(2.0, 18) == 16 and convert.fraction_bits_needed(2.0, 19) == 17
 
 
-def test_search_picks_the_smallest_t_that_meets_the_target(mlp):
+def test_search_picks_the_smallest_t_that_meets_the_target(mlp, monkeypatch):
     """Checked against a brute-force count: no (Q, T) with a smaller T meets the target, and among
-    the pairs at the chosen T none disagrees less (regression: T = 16 was picked where 12 met it)."""
+    the pairs at the chosen T none disagrees less (regression: T = 16 was picked where 12 met it).
+    Small evaluation chunks, so that misses are decided early (and that shortcut is checked too)."""
     net, calib = mlp
     target = 2.0
+    monkeypatch.setattr(convert, "EVAL_CHUNK", 25)
     conv = convert.convert(net, (1, 28, 28), calib, max_disagree=target, progress=False)
     m = conv.model
     assert m.meta["error_target_met"] is True
@@ -206,10 +209,20 @@ def test_search_picks_the_smallest_t_that_meets_the_target(mlp):
                 assert 100 * dq > target * n, f"Q={q}, T={t} meets the target with a smaller T than {m.T}"
             elif q != m.Q:
                 assert dq >= d
-    # every record that says "misses" really misses (also those decided before all images were run)
+    # every record that says "misses" really misses, and one decided early says truly how many of the
+    # images run so far disagree: already more than the target allows
+    ev = calib[len(calib) - n:]
+    early = [r for r in conv.search if (r["reason"] or "").startswith("stopped after ")]
+    assert early
     for r in conv.search:
         if r["result"] == "misses":
             assert 100 * _disagreeing(conv, calib, r["Q"], r["T"])[0] > target * n, r
+    for r in early:
+        done, d_early = (int(w) for w in re.match(r"stopped after (\d+) of \d+ held-out images: (\d+) disagree",
+                                                  r["reason"]).groups())
+        m_r = convert.quantise(low, r["Q"], r["T"])
+        got = int((golden.run(m_r, ev[:done]).classes != convert.ann_predict(conv.lowered, ev[:done])).sum())
+        assert got == d_early and 100 * d_early > target * n, r
 
 
 def test_q_alone_searches_t_and_t_alone_searches_q(mlp):

@@ -101,24 +101,19 @@ def test_a_planted_bug_is_caught(tmp_path):
 def test_the_strategy_reaches_every_corner():
     """Across the drawn cases every corner of CORNERS occurs, hidden layers both spike and stay
     silent, and every model is valid (the strategy's contract)."""
-    seen, fired, silent = set(), 0, 0
+    seen, spikes = set(), np.zeros(2, dtype=np.int64)
 
     @settings(max_examples=150, **NO_SHRINK)
     @given(case=fz.cases())
     def collect(case):
-        nonlocal fired, silent
         validate(case.model)
         seen.update(case.tags)
-        res = golden.run(case.model, case.images)
-        for l, p in zip(case.model.layers, res.phases[1:]):
-            if l.fires:
-                fired += int((p != case.model.T).sum())
-                silent += int((p == case.model.T).sum())
+        spikes[:] += case.spikes
 
     collect()
     missing = [c for c in fz.CORNERS if c not in seen]
     assert not missing, f"corners never drawn: {missing}"
-    assert fired > 1000 and silent > 1000, (fired, silent)
+    assert spikes.min() > 1000, f"hidden neurons that spike / stay silent: {spikes.tolist()}"
 
 
 def test_known_bug_labels_and_failure_classes():

