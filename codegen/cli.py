@@ -93,6 +93,17 @@ def _load_images(args, model):
     return golden.check_images(model, x), y
 
 
+def _judge_model(src: Path):
+    """An existing ``convert -o`` file: regenerated if converted from the same ANN file, else same kind."""
+    def judge(path):
+        from runtime import modelfile
+
+        meta = modelfile.load(path).meta
+        same = src.is_file() and meta.get("source_ann_sha256") == modelfile.file_sha256(src)
+        return "regenerate" if same else "same-kind"
+    return judge
+
+
 def _judge_ann(arch: str):
     def judge(path):
         from codegen import ann
@@ -149,20 +160,10 @@ def cmd_convert(args) -> int:
     datasets.canonical(args.dataset)
     src = Path(args.ann)
     out = Path(args.output) if args.output else Path("build") / _model_name(src) / "model.pt"
-    # 2. the output can be written (checked again by the atomic write, but here before the work)
-    if out.is_dir():
-        raise UserError(f"-o {out}: is an existing folder; give the path of the model.pt file to write")
-    if out.exists() and not out.is_file():
-        raise UserError(f"-o {out}: exists and is not a regular file")
-    if out.exists() and src.exists() and os.path.samefile(out, src):
-        raise UserError(f"-o {out}: is the input ANN file")
-    parent = out.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"-o {out}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"-o {out}: the folder {parent} is not writable")
+    # 2. the output can be written, and replaces nothing it may not (codegen.outputs)
+    from codegen import outputs
+
+    outputs.check_file(out, inputs=[src], judge=_judge_model(src), force=args.force, kind="one-spike model")
     # 3. the ANN file, and whether the options can give a valid model at all
     net, input_shape, ann_meta = ann.load(src)
     convert.check_options(Q=args.Q, T=args.T, F=args.F, norm=args.norm, percentile=args.percentile,
@@ -435,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("ann")
     c.add_argument("--dataset", required=True, help="mnist or fashion-mnist: calibration (train split) and report (test split)")
     c.add_argument("-o", "--output", help="model.pt to write (default build/NAME/model.pt)")
+    c.add_argument("--force", action="store_true", help="replace an existing model file converted from another ANN")
     c.add_argument("--Q", type=float, help="phase base in (1, 2] (default: searched; alone, T is searched for it)")
     c.add_argument("--T", type=int, help="phases per window, 1..255 (default: searched; alone, Q is searched for it)")
     c.add_argument("--F", type=int, help="fraction bits of the decode tables, 0..30 (default: largest <= 16 that fits "

@@ -1116,25 +1116,42 @@ def hdl_versions() -> dict[str, str]:
 
 
 def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | None = None, lanes: int = 8,
-         fifo_depth: int = FIFO_DEPTH, n_images: int = N_COUNT, store="auto") -> dict:
+         fifo_depth: int = FIFO_DEPTH, n_images: int = N_COUNT, store="auto", progress: bool = False) -> dict:
     """Write the fpga target into ``out_dir`` (atomically) and return the manifest.
 
     ``board``: a name from :data:`boards.fpga.FPGA_BOARDS` (refuse what does not fit it) or None (estimate
     for every board, refuse nothing). ``lanes``: output channels updated per cycle in every dense, conv2d and avg-pool engine.
     ``store``: where the weights go, as :func:`resolve_store` (``"auto"``: block RAM, or SPRAM where
     the board has it and block RAM is not enough).
+    ``progress``: a tqdm bar on stderr over the stages (estimate, Verilog, tables, write).
     """
+    import sys
+
+    from tqdm import tqdm
+
     lanes = check_lanes(lanes)
     fifo_depth = check_fifo_depth(fifo_depth)
     b = get_board(board) if board is not None else None
+    with tqdm(total=4, desc="emit fpga: estimate", unit="stage", file=sys.stderr, disable=not progress,
+              leave=False) as bar:
+        return _emit(model, model_sha256, name, out_dir, b, lanes, fifo_depth, n_images, store, bar)
+
+
+def _emit(model, model_sha256, name, out_dir, b, lanes, fifo_depth, n_images, store, bar) -> dict:
+    def stage(next_desc):
+        bar.update(1)
+        bar.set_description_str(f"emit fpga: {next_desc}")
+
     est = estimate(model, b, lanes, fifo_depth, n_images, store=store)
     if b is not None:
         check_fit(model, est, b, store)  # before generating anything
+    stage("Verilog")
     st = est["store"]
     ram = "ram" in st
     sym = symbol(name)
     files: dict[str, bytes] = {}
     files[f"{sym}.v"] = verilog(model, sym, lanes, fifo_depth, st).encode()
+    stage("tables")
     payload = result_bits(model)
     files[f"{sym}_pins.v"] = pins_verilog(sym, payload, ram).encode()
     store_info = {"layers": st}
@@ -1194,7 +1211,9 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
         "tables": {t: {"entries": int(np.size(arr)), "bits": bits, "signed": signed}
                    for t, (arr, bits, signed) in sorted(tabs.items())},
     }
+    stage("write")
     write_with_manifest(out_dir, files, manifest)
+    bar.update(1)
     return manifest
 
 

@@ -21,6 +21,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from runtime import golden
-from runtime.errors import UserError
+from runtime.errors import ToolError, UserError
 from runtime.spec import IntModel
 
-__all__ = ["SIMULATORS", "FpgaResult", "Mismatch", "design_digest", "verify", "write_top"]
+__all__ = ["SIMULATORS", "FpgaResult", "Mismatch", "check_work", "design_digest", "verify", "write_top"]
 
 SIMULATORS = ("icarus", "verilator")
 TOP_FILE = "onespike_top.v"
 DESC_FILE = "onespike_top.json"
 LOAD_FILE = "load.bin"     # the store image of a design with "ram" layers
+PROGRESS_FILE = "progress.txt"   # the bench appends a line per result (the parent shows a progress bar)
+RUN_NAME = re.compile(r"^(icarus|verilator)-[0-9a-f]{8}-")   # run folders verify made (the only ones it prunes)
 BENCH_MODULE = "codegen.cocotb_bench.network_bench"
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "--no-timing"]
 TIMESCALE = ("1ns", "1ps")
@@ -225,14 +228,42 @@ def write_top(model: IntModel, lanes=8, out_dir: str | Path = "build/fpga_sim/to
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def _locked(path: Path, shared: bool = False):
+    """An advisory lock on ``path``: exclusive to convert and build a design, shared while a run uses
+    the build (yields the open file, so that a holder can try to upgrade it, :func:`_try_exclusive`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
-            yield
+            yield fh
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _try_exclusive(fh) -> bool:
+    """Upgrade a held lock to exclusive without waiting (False: another run is using the build)."""
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def check_work(work: str | Path) -> Path:
+    """The work folder, created and probed for writing before any work (a UserError naming it if it
+    cannot be written, e.g. under a read-only working directory)."""
+    work = Path(work)
+    if work.exists() and not work.is_dir():
+        raise UserError(f"the work folder {work} is a file, not a folder; give --work DIR")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=work, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write the work folder {work.absolute()} ({e.strerror or e}); "
+                        f"give --work DIR in a writable place") from None
+    return work.resolve()
 
 
 @contextlib.contextmanager
@@ -280,6 +311,16 @@ def _log_tail(path: Path, n: int = 30) -> str:
         return ""
 
 
+def _first_error(path: Path, fallback: str) -> str:
+    """The first line of a log that names an error (for a one-line message), else ``fallback``."""
+    try:
+        lines = [l.strip() for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        lines = []
+    line = next((l for l in lines if "error" in l.lower()), fallback)
+    return line[:300]
+
+
 def _max_cycles(model: IntModel, lanes, n: int, gap: float, stall: float, load_bytes: int = 0) -> int:
     """A generous cycle budget: every pixel spikes and every neuron fires, then stalls and gaps."""
     ls = _lanes(model, lanes)
@@ -314,8 +355,10 @@ def _mutate(phases: list, logits: np.ndarray, layer_names: list, firing: list, s
 
 
 def _prune_runs(runs: Path, keep: int = 20, age_s: float = 3600.0) -> None:
-    """Delete kept run folders beyond the ``keep`` newest that are older than ``age_s``."""
-    dirs = sorted((d for d in runs.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    """Delete kept run folders beyond the ``keep`` newest that are older than ``age_s`` (only folders
+    that verify made: named ``SIM-DIGEST-...`` and holding a ``bench.json``)."""
+    dirs = sorted((d for d in runs.iterdir() if d.is_dir() and RUN_NAME.match(d.name) and (d / "bench.json").is_file()),
+                  key=lambda d: d.stat().st_mtime, reverse=True)
     now = time.time()
     for d in dirs[keep:]:
         if now - d.stat().st_mtime > age_s:
@@ -325,7 +368,7 @@ def _prune_runs(runs: Path, keep: int = 20, age_s: float = 3600.0) -> None:
 def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = False, mutate: bool = False,
            seed: int = 0, *, fifo_depth: int = 16, gap: float = 0.25, stall: float = 0.3, reset: bool = True,
            isolate: bool = False, work: str | Path | None = None, keep: bool = False,
-           store="rom") -> FpgaResult:
+           store="rom", keep_build: bool = True, progress: bool = False) -> FpgaResult:
     """Run ``images`` (N, C, H, W) uint8 through the RTL in ``sim`` and compare with the golden model.
 
     The bench sends the frames back to back, with idle input runs (``gap``: probability per pixel,
@@ -346,17 +389,25 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     ``build/fpga_sim``). Each run gets a folder ``work/runs/SIM-DIGEST-XXXX`` (``run_dir``) with
     ``bench.json``, ``results.json`` (per-frame cycles, all mismatches), ``sim.log`` and the waves;
     the input ``data.npz`` is deleted after a passing run unless ``keep``. Run folders beyond the
-    20 newest are deleted once an hour old.
+    20 newest are deleted once an hour old. ``keep_build=False`` (``codegen verify`` without
+    ``--keep``) also deletes the simulator's build (Verilator's compiled model, Icarus's ``sim.vvp``)
+    after a passing run, unless another run is using it; the next run builds it again.
+    ``work`` is checked for writing first (:func:`check_work`).
+
+    ``progress``: tqdm bars on stderr, one for the build (golden model, Verilog, simulator build)
+    and one for the frames as the bench reports their results.
 
     ``store``: ``"rom"``/``"ram"`` or one per layer (:class:`~rtl.network.Network`). With ``"ram"``
     layers the bench first sends the store image on ``load_*`` (with ``reset``: a third of it, a
     reset, then all of it, which must restart the load) and waits for ``loaded``; the mid-frame
     reset later must keep the loaded weights (nothing is sent again).
 
-    Raises :class:`~runtime.errors.UserError` for an unknown or missing simulator or bad images.
+    Raises :class:`~runtime.errors.UserError` for an unknown or missing simulator, bad images or a
+    work folder that cannot be written, and :class:`~runtime.errors.ToolError` (one line naming the
+    log) when the simulator fails to build the design or the bench crashes without results.
     """
     from cocotb_tools.check_results import get_results
-    from cocotb_tools.runner import get_runner
+    from tqdm import tqdm
 
     from rtl.top import TOP_NAME
 
@@ -371,79 +422,101 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     n = len(images)
     if n == 0:
         raise UserError("no images to verify")
-    gold = golden.run(model, images)
+    work = check_work(work if work is not None else Path("build") / "fpga_sim")
 
-    work = Path(work) if work is not None else Path("build") / "fpga_sim"
-    work = work.resolve()
+    bar = tqdm(total=3, desc=f"{sim}: golden model", unit="step", file=sys.stderr, disable=not progress,
+               leave=False)
     key = design_digest(model, lanes, fifo_depth, store)[:16]
     design_dir = work / f"design-{key}"
-    t_build = time.perf_counter()
-    with _locked(work / f".lock-{key}"):
-        if not ((design_dir / TOP_FILE).is_file() and (design_dir / DESC_FILE).is_file()):
-            write_top(model, lanes, design_dir, fifo_depth, store)
-        desc = json.loads((design_dir / DESC_FILE).read_text())
-        build_dir = design_dir / (sim + ("-waves" if waves else ""))
-        build_dir.mkdir(parents=True, exist_ok=True)
-        runner = get_runner(sim)
-        runner.log.setLevel(logging.ERROR)      # not "Skipping compilation of ..." on every run
-        with _runner_env(sim):
-            try:
-                runner.build(sources=[design_dir / TOP_FILE], hdl_toplevel=TOP_NAME, build_dir=build_dir,
-                             build_args=VERILATOR_ARGS if sim == "verilator" else [], timescale=TIMESCALE,
-                             waves=waves, log_file=build_dir / "build.log")
-            except (RuntimeError, SystemExit) as e:
-                raise RuntimeError(f"{sim} build failed ({e}); log {build_dir / 'build.log'}:\n"
-                                   f"{_log_tail(build_dir / 'build.log')}") from None
-    build_s = time.perf_counter() - t_build
-
-    # Bench inputs: the images, the golden results (one of them corrupted with mutate).
-    firing = [int(k) for k in desc["firing_layers"]]
-    layer_names = [f"{i}:readout (logits)" if l.readout else f"{i}:{l.kind}" for i, l in enumerate(model.layers)]
-    phases = [np.ascontiguousarray(gold.phases[k + 1].reshape(n, -1)).astype(np.uint8) for k in firing]
-    logits = gold.logits.astype(np.int64).copy()
-    mutated = _mutate(phases, logits, layer_names, firing, desc["slot_T"]) if mutate else None
-    runs = work / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    _prune_runs(runs)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{sim}-{key[:8]}-", dir=runs))
-    np.savez(run_dir / "data.npz", images=images.reshape(n, -1), logits=logits,
-             classes=gold.classes.astype(np.int64), **{f"phases{k}": p for k, p in zip(firing, phases)})
-    cfg = {
-        "top": desc, "frames": n, "seed": int(seed), "data": str(run_dir / "data.npz"),
-        "results": str(run_dir / "results.json"), "layer_names": layer_names,
-        "load": str(design_dir / LOAD_FILE) if desc.get("load_bytes") else None,
-        "gap": float(gap), "burst": 0.5 if gap else 0.0, "frame_gap": 0.25 if gap else 0.0,
-        "stall": float(stall), "long_stall": 0.25 if stall else 0.0,
-        "reset_before": n // 2 if reset else -1, "isolate": bool(isolate),
-        "max_cycles": _max_cycles(model, lanes, n, gap, stall, int(desc.get("load_bytes", 0))),
-    }
-    (run_dir / "bench.json").write_text(json.dumps(cfg, indent=1))
-
-    wave_path = None
-    plusargs = []
-    if waves:
-        # Verilator's FST writer needs lz4.h (liblz4-dev), so Verilator writes VCD.
-        wave_path = run_dir / ("waves.fst" if sim == "icarus" else "dump.vcd")
-        if sim == "icarus":
-            plusargs = [f"+dumpfile_path={wave_path}"]
-    results_xml = run_dir / "results.xml"
-    t_sim = time.perf_counter()
-    with _runner_env(sim):
+    build_dir = design_dir / (sim + ("-waves" if waves else ""))
+    # The build's lock: exclusive while it is built, then shared while the run uses it (a passing
+    # run deletes the build only if it can make the lock exclusive again: no other run uses it).
+    with _locked(work / f".lock-{key}-{build_dir.name}") as lock:
         try:
-            runner.test(test_module=BENCH_MODULE, hdl_toplevel=TOP_NAME, hdl_toplevel_lang="verilog",
-                        build_dir=build_dir, test_dir=run_dir, results_xml=str(results_xml),
-                        extra_env={"ONESPIKE_BENCH": str(run_dir / "bench.json")}, plusargs=plusargs,
-                        waves=waves, timescale=TIMESCALE, seed=int(seed), log_file=run_dir / "sim.log")
-            sim_error = None
-        except SystemExit as e:
-            sim_error = f"{sim} exited with status {e.code}"
-    sim_s = time.perf_counter() - t_sim
+            gold = golden.run(model, images)
+            bar.update(1)
+            t_build = time.perf_counter()
+            bar.set_description_str(f"{sim}: Verilog")
+            with _locked(work / f".lock-{key}"):     # the design, shared by the simulators
+                if not ((design_dir / TOP_FILE).is_file() and (design_dir / DESC_FILE).is_file()):
+                    write_top(model, lanes, design_dir, fifo_depth, store)
+                desc = json.loads((design_dir / DESC_FILE).read_text())
+            bar.update(1)
+            bar.set_description_str(f"{sim}: build")
+            runner = _build(sim, waves, design_dir, build_dir)
+            bar.update(1)
+            build_s = time.perf_counter() - t_build
+        finally:
+            bar.close()
+        fcntl.flock(lock, fcntl.LOCK_SH)
 
-    res_file = run_dir / "results.json"
-    if not res_file.is_file():
-        raise RuntimeError(f"the cocotb bench left no results ({sim_error or 'no error reported'}); "
-                           f"log {run_dir / 'sim.log'}:\n{_log_tail(run_dir / 'sim.log')}")
-    out = json.loads(res_file.read_text())
+        # Bench inputs: the images, the golden results (one of them corrupted with mutate).
+        firing = [int(k) for k in desc["firing_layers"]]
+        layer_names = [f"{i}:readout (logits)" if l.readout else f"{i}:{l.kind}" for i, l in enumerate(model.layers)]
+        phases = [np.ascontiguousarray(gold.phases[k + 1].reshape(n, -1)).astype(np.uint8) for k in firing]
+        logits = gold.logits.astype(np.int64).copy()
+        mutated = _mutate(phases, logits, layer_names, firing, desc["slot_T"]) if mutate else None
+        runs = work / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        _prune_runs(runs)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{sim}-{key[:8]}-", dir=runs))
+        progress_file = run_dir / PROGRESS_FILE
+        np.savez(run_dir / "data.npz", images=images.reshape(n, -1), logits=logits,
+                 classes=gold.classes.astype(np.int64), **{f"phases{k}": p for k, p in zip(firing, phases)})
+        cfg = {
+            "top": desc, "frames": n, "seed": int(seed), "data": str(run_dir / "data.npz"),
+            "results": str(run_dir / "results.json"), "layer_names": layer_names,
+            "load": str(design_dir / LOAD_FILE) if desc.get("load_bytes") else None,
+            "gap": float(gap), "burst": 0.5 if gap else 0.0, "frame_gap": 0.25 if gap else 0.0,
+            "stall": float(stall), "long_stall": 0.25 if stall else 0.0,
+            "reset_before": n // 2 if reset else -1, "isolate": bool(isolate),
+            "max_cycles": _max_cycles(model, lanes, n, gap, stall, int(desc.get("load_bytes", 0))),
+            "progress": str(progress_file),
+        }
+        (run_dir / "bench.json").write_text(json.dumps(cfg, indent=1))
+
+        wave_path = None
+        plusargs = []
+        if waves:
+            # Verilator's FST writer needs lz4.h (liblz4-dev), so Verilator writes VCD.
+            wave_path = run_dir / ("waves.fst" if sim == "icarus" else "dump.vcd")
+            if sim == "icarus":
+                plusargs = [f"+dumpfile_path={wave_path}"]
+        results_xml = run_dir / "results.xml"
+        t_sim = time.perf_counter()
+        frames_bar = tqdm(total=n, desc=f"{sim}: frames", unit="frame", file=sys.stderr, disable=not progress,
+                          leave=False)
+        stop = threading.Event()
+        poller = threading.Thread(target=_poll_progress, args=(progress_file, frames_bar, stop), daemon=True)
+        if progress:
+            poller.start()
+        try:
+            with _runner_env(sim):
+                try:
+                    runner.test(test_module=BENCH_MODULE, hdl_toplevel=TOP_NAME, hdl_toplevel_lang="verilog",
+                                build_dir=build_dir, test_dir=run_dir, results_xml=str(results_xml),
+                                extra_env={"ONESPIKE_BENCH": str(run_dir / "bench.json")}, plusargs=plusargs,
+                                waves=waves, timescale=TIMESCALE, seed=int(seed), log_file=run_dir / "sim.log")
+                    sim_error = None
+                except SystemExit as e:
+                    sim_error = f"{sim} exited with status {e.code}"
+        finally:
+            stop.set()
+            if progress:
+                poller.join()
+            frames_bar.close()
+        sim_s = time.perf_counter() - t_sim
+
+        res_file = run_dir / "results.json"
+        if not res_file.is_file():
+            raise ToolError(f"the cocotb bench under {sim} left no results "
+                            f"({_first_error(run_dir / 'sim.log', sim_error or 'no error reported')}); "
+                            f"log: {run_dir / 'sim.log'}")
+        out = json.loads(res_file.read_text())
+        passed_run = (out["error"] is None and out["first_mismatch"] is None and sim_error is None
+                      and int(out["matched"]) == n)
+        if passed_run and not keep_build and _try_exclusive(lock):
+            shutil.rmtree(build_dir, ignore_errors=True)    # the compiled simulation: the large part
     try:
         _, failed = get_results(results_xml)
     except RuntimeError as e:
@@ -468,5 +541,43 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
         run_dir=run_dir, design_dir=design_dir, build_s=build_s, sim_s=sim_s, store=store)
     if res.passed and not keep:
         (run_dir / "data.npz").unlink(missing_ok=True)     # the images; can be large
+    progress_file.unlink(missing_ok=True)
     res.wall_s = time.perf_counter() - t_start
     return res
+
+
+def _build(sim: str, waves: bool, design_dir: Path, build_dir: Path):
+    """Build ``design_dir``'s Verilog for ``sim`` in ``build_dir`` (the runner skips an up-to-date
+    build); call with the build's lock held. Returns the runner."""
+    from cocotb_tools.runner import get_runner
+
+    from rtl.top import TOP_NAME
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    runner = get_runner(sim)
+    runner.log.setLevel(logging.ERROR)      # not "Skipping compilation of ..." on every run
+    log = build_dir / "build.log"
+    with _runner_env(sim):
+        try:
+            runner.build(sources=[design_dir / TOP_FILE], hdl_toplevel=TOP_NAME, build_dir=build_dir,
+                         build_args=VERILATOR_ARGS if sim == "verilator" else [], timescale=TIMESCALE,
+                         waves=waves, log_file=log)
+        except (RuntimeError, SystemExit) as e:
+            # Our own generated Verilog failed to build: a tool problem, reported in one line.
+            raise ToolError(f"{sim} failed to build the design ({_first_error(log, str(e) or type(e).__name__)}); "
+                            f"log: {log}") from None
+    return runner
+
+
+def _poll_progress(path: Path, bar, stop: threading.Event, every_s: float = 0.25) -> None:
+    """Move ``bar`` to the number of lines the bench has appended to ``path`` (one per result)."""
+    while True:
+        done = stop.wait(every_s)
+        try:
+            k = path.read_bytes().count(b"\n")
+        except OSError:
+            k = 0
+        if k > bar.n:
+            bar.update(min(k, bar.total) - bar.n)
+        if done:
+            return

@@ -193,7 +193,7 @@ def check_file(out: str | Path, inputs=(), judge=None, force: bool = False, opti
         if Path(i).resolve() == res:
             raise UserError(f"{option} {out}: is this command's input; write the output elsewhere")
     if out.is_dir():
-        raise UserError(f"{option} {out}: is a folder; give the {kind} file to write")
+        raise UserError(f"{option} {out}: is a folder; give the path of the {kind} to write")
     if out.exists() or out.is_symlink():
         if out.is_symlink() or not out.is_file():
             raise UserError(f"{option} {out}: exists and is not a regular file; not replaced")

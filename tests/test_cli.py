@@ -151,7 +151,7 @@ def test_unknown_dataset_and_bad_numbers(capsys, tmp_path):
     assert_one_line_error(code, err, "-n must be a positive integer, not -3")
     out = tmp_path / "o.pt"
     code, _, err = run_cli(capsys, "convert", ROOT / "models" / "mnist-mlp.ann.pt", "--dataset", "mnist", "--Q", "2.5", "-o", out, "-q")
-    assert_one_line_error(code, err, "base Q must be")
+    assert_one_line_error(code, err, "--Q must be a number in (1, 2], not 2.5")
     assert not out.exists()
 
 

@@ -146,6 +146,36 @@ def test_run_report_folder_is_safe(capsys, tmp_path):
     one_line_error(code, err, "'run' output")
 
 
+def test_convert_output_file_is_safe(capsys, tmp_path):
+    """convert -o: never a folder, the input or a foreign file; an earlier model from the same ANN is
+    replaced, one from another ANN only with --force. All refused before the conversion starts."""
+    ann = ROOT / "models" / "mnist-mlp.ann.pt"
+    base = ["convert", ann, "--dataset", "mnist", "-q", "-o"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    (tmp_path / "dir").mkdir()
+    for out, needle in ((notes, "not a one-spike model; not replaced"), (tmp_path / "dir", "is a folder"),
+                        (ann, "input"), (notes / "m.pt", "is a file")):
+        code, _, err = run_cli(capsys, *base, out)
+        one_line_error(code, err, needle)
+    assert notes.read_text() == "keep"
+    m = modelfile.load(MLP)
+    m.meta["source_ann_sha256"] = "0" * 64
+    other = tmp_path / "other.pt"
+    modelfile.save(m, other)                         # converted from another ANN (no source recorded)
+    code, _, err = run_cli(capsys, *base, other)
+    one_line_error(code, err, "made from another input", "--force")
+    judge = cli._judge_model(ann)
+    assert judge(other) == "same-kind"
+    m.meta["source_ann_sha256"] = modelfile.file_sha256(ann)
+    mine = tmp_path / "mine.pt"
+    modelfile.save(m, mine)
+    assert judge(mine) == "regenerate"
+    assert outputs.check_file(mine, [ann], judge, kind="one-spike model") == mine.resolve()
+    with pytest.raises(Exception, match="not a one-spike model"):
+        outputs.check_file(notes, [ann], judge, force=True, kind="one-spike model")
+
+
 def test_check_dir_unit(tmp_path):
     assert outputs.check_dir(tmp_path / "new" / "deeper", "lut") == (tmp_path / "new" / "deeper").resolve()
     assert not (tmp_path / "new").exists()            # checking writes nothing

@@ -173,6 +173,7 @@ async def network(dut):
     n_slots = len(top["firing_layers"])
 
     in_flight = bool(cfg.get("reset_in_flight", True))
+    progress_path = cfg.get("progress")
     stats = {"gap_cycles": 0, "input_stall_cycles": 0, "stalled_results": 0, "reset_cycle": None,
              "reset_partial_pixels": 0, "reset_aborted_frames": 0, "resets": 0, "reset_held_results": 0,
              "load_bytes": 0, "load_resets": 0, "load_cycles": 0}
@@ -355,8 +356,8 @@ async def network(dut):
             if ready.value == 0:
                 stats["stalled_results"] += 1
                 reset_ev = reset_seen["event"]
-                await ClockCycles(clk, hold)
-                if False:
+                await First(ClockCycles(clk, hold), reset_ev.wait())
+                if reset_ev.is_set():
                     # A reset while the result was held back: that result is gone (its frame is sent
                     # again), so the next one offered is a new result with its own valid cycle.
                     stats["reset_held_results"] += 1
@@ -379,6 +380,9 @@ async def network(dut):
                 board.unknown(since, t + 1, f"class {c}, logits {lv}")
             since = None
             results_seen["count"] = board.results
+            if progress_path:
+                with open(progress_path, "a") as fh:     # the parent shows a progress bar from it
+                    fh.write(f"{board.results}\n")
             if board.results >= results_seen["want"]:
                 results_seen["event"].set()
             if board.results >= n:
