@@ -342,36 +342,83 @@ def _synth_into(out: Path, m, board: str, lanes: int, name: str, store) -> None:
 
 
 def cmd_verify(args) -> int:
+    import os
+    import tempfile
+
     import numpy as np
 
     from codegen import c_target, datasets, mcu
     from runtime import golden, modelfile
     from runtime.errors import UserError
 
+    # 1. every option, before the model is read and before any work
     if args.target == "lut":
         raise UserError("verify checks the c and fpga targets; the lut target is the tables themselves")
-    if args.target == "fpga" and args.sim not in ("icarus", "verilator"):
-        raise UserError(f"unknown simulator {args.sim!r}; supported: icarus, verilator")
-    m = modelfile.load(args.model)
-    name = _model_name(Path(args.model))
-    ds = args.dataset or m.meta.get("dataset")
-    if not ds:
-        raise UserError("the model records no dataset: give --dataset")
-    x, _ = datasets.load(ds, "test")
+    fpga = args.target == "fpga"
+    if not fpga:
+        for flag, given in (("--sim", args.sim is not None), ("--lanes", args.lanes is not None),
+                            ("--store", args.store is not None), ("--waves", args.waves),
+                            ("--clean", args.clean), ("--keep", args.keep)):
+            if given:
+                raise UserError(f"{flag} applies to the fpga target, not {args.target}")
+    if args.input and args.dataset:
+        raise UserError("give --dataset NAME or --input FILE.npy, not both")
     if args.n is not None:
-        if args.n < 1:
-            raise UserError(f"-n must be a positive integer, not {args.n}")
-        x = x[: args.n]
-    if args.target == "fpga":
-        from boards import fpga as fpga_boards
+        check_int(args.n, "-n")
+    if fpga:
         from codegen import emit_fpga, fpga_sim
 
-        if args.n is None:
-            x = x[:20]
+        sim = "icarus" if args.sim is None else args.sim
+        if sim not in fpga_sim.SIMULATORS:
+            raise UserError(f"unknown simulator {sim!r}; supported: {', '.join(fpga_sim.SIMULATORS)}")
+        lanes = emit_fpga.check_lanes(8 if args.lanes is None else args.lanes)
+        fb = emit_fpga.get_board(args.board) if args.board else None   # unknown: the FPGA boards named
+    else:
+        b = mcu.board(args.board) if args.board else None                 # unknown: the MCU boards named
+    if args.input:
+        from runtime.io import check_regular_file
+
+        check_regular_file(Path(args.input), ".npy file")
+    # 2. the model, and a work folder that can be written (a read-only working directory: one line)
+    m = modelfile.load(args.model)
+    name = _model_name(Path(args.model))
+    work = Path(args.work) if args.work else Path("build") / name / ("verify-fpga" if fpga else "verify-c")
+    # probed where it is, or would be, created: nothing is left behind if a later check fails
+    where = work.absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise UserError(f"cannot write the work folder {work.absolute()}: {where} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=where, prefix=".write-probe-"))
+    except OSError as e:
+        raise UserError(f"cannot write the work folder {work.absolute()} ({where}: {e.strerror or e}); "
+                        f"give --work DIR in a writable place") from None
+    # 3. the images: a .npy of the model's input shape, or a dataset (the model's own by default)
+    if args.input:
+        x = load_images_npy(args.input, m)
+        source = args.input
+    else:
+        ds = args.dataset or (m.meta.get("dataset") if isinstance(m.meta, dict) else None)
+        if not ds:
+            raise UserError("the model records no dataset: give --dataset NAME or --input FILE.npy")
+        x, _ = datasets.load(ds, "test")
+        if tuple(x.shape[1:]) != tuple(m.input_shape):
+            raise UserError(f"the {ds} test images are {'x'.join(map(str, x.shape[1:]))} but the model takes "
+                            f"{'x'.join(map(str, m.input_shape))}: give --input FILE.npy")
+        source = f"{ds} test set"
+    total = len(x)
+    if args.n is not None:
+        x = x[: args.n]
+    elif fpga:
+        x = x[:20]
+    if len(x) < total:
+        print(f"images: the first {len(x)} of {total} ({source}){'; -n N for more' if args.n is None else ''}")
+    if fpga:
         # The same store as emit: resolved for --board when given (an FPGA board name), else "rom" for auto.
-        fb = fpga_boards.board(args.board) if args.board else None
-        store = emit_fpga.resolve_store(m, fb, args.lanes, args.store)
-        r = fpga_sim.verify(m, x, args.sim, lanes=args.lanes, store=store, waves=args.waves,
+        store = emit_fpga.resolve_store(m, fb, lanes, args.store or "auto")
+        r = fpga_sim.verify(m, x, sim, lanes=lanes, store=store, waves=args.waves, work=work, keep=args.keep,
+                            keep_build=args.keep, progress=not args.quiet,
                             **({"gap": 0.0, "stall": 0.0, "reset": False} if args.clean else {}))
         print(r.summary())
         if r.first_mismatch is not None:
@@ -380,13 +427,12 @@ def cmd_verify(args) -> int:
             print(f"  error: {r.error}")
         if r.waves:
             print(f"  waves: {r.waves}")
+        kept = ("kept" if args.keep else "the simulator build removed (--keep keeps it)") if r.passed \
+            else "everything kept for a look"
+        print(f"  work folder: {work} (this run: {r.run_dir}; {kept})")
         return 0 if r.passed else 1
-    if args.store != "auto":
-        raise UserError("--store applies to the fpga target")
-    b = mcu.board(args.board) if args.board else None
     if b is not None:
         mcu.check_fit(m, b)
-    work = Path("build") / name / "verify-c"
     matched, n, first = c_target.verify_host(m, name, x, work, trace=True)
     print(f"host (gcc, every layer's phases compared): {matched}/{n} matched")
     ok = matched == n
@@ -408,6 +454,7 @@ def cmd_verify(args) -> int:
                 j = int(np.flatnonzero(lq[i] != g.logits[i])[0]) if (lq[i] != g.logits[i]).any() else 0
                 print(f"  first mismatch: image {i}, layer readout (logits), neuron {j}: expected {int(g.logits[i, j])}, got {int(lq[i, j])}")
             ok &= bool(okq.all())
+    print(f"  work folder: {work}")
     return 0 if ok else 1
 
 
@@ -491,16 +538,22 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check a backend against the golden model, exactly")
     v.add_argument("model")
     v.add_argument("--target", choices=TARGETS, required=True)
-    v.add_argument("--board", help="C target: also build for this MCU board and, if it is emulated, run under QEMU; "
-                                   "FPGA target: the board --store auto resolves for")
+    v.add_argument("--board", help="C target: also build for this MCU board (mps2-an386, nucleo-f446re, rp2040-pico) "
+                                   "and, if it is emulated, run under QEMU; FPGA target: the board --store auto "
+                                   "resolves for (icebreaker, ulx3s)")
     v.add_argument("--dataset", help="test set (default: the model's own)")
-    v.add_argument("-n", type=int, help="first N test images (default: C all on the host and 200 under QEMU; FPGA 20)")
-    v.add_argument("--sim", default="icarus", help="FPGA simulator: icarus or verilator (default icarus)")
-    v.add_argument("--lanes", type=int, default=8, help="FPGA: synapse lanes per layer (default 8)")
-    v.add_argument("--store", choices=("auto", "rom", "ram"), default="auto",
-                   help="FPGA: as for emit (auto resolves for --board when given, else rom)")
+    v.add_argument("--input", help=".npy of uint8 images (N, C, H, W) of the model's input shape, instead of a dataset")
+    v.add_argument("-n", type=int, help="first N images (default: C all on the host and 200 under QEMU; FPGA 20)")
+    v.add_argument("--work", help="work folder (default build/NAME/verify-fpga or build/NAME/verify-c)")
+    v.add_argument("--keep", action="store_true", help="FPGA: keep the simulator build and the run's inputs after a "
+                                                       "passing run (default: removed)")
+    v.add_argument("--sim", help="FPGA simulator: icarus or verilator (default icarus)")
+    v.add_argument("--lanes", type=int, help="FPGA: synapse lanes per layer (default 8)")
+    v.add_argument("--store", choices=("auto", "rom", "ram"),
+                   help="FPGA: as for emit (auto, the default, resolves for --board when given, else rom)")
     v.add_argument("--waves", action="store_true", help="FPGA: write a waveform of the run")
     v.add_argument("--clean", action="store_true", help="FPGA: no input gaps, output stalls or reset (for cycle counts)")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_verify)
     for sp in sub.choices.values():    # -v before or after the subcommand
         sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")

@@ -73,9 +73,14 @@ def symbol(name: str) -> str:
     return c_symbol(name)
 
 
+MAX_LANES = 64      # synapse lanes per engine: 64 int8 multipliers, more DSPs than any board here has
+
+
 def check_lanes(lanes) -> int:
     if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
         raise UserError(f"--lanes must be a positive integer, not {lanes!r}")
+    if lanes > MAX_LANES:
+        raise UserError(f"--lanes must be at most {MAX_LANES} (emit_fpga.MAX_LANES), not {lanes}")
     return int(lanes)
 
 
@@ -213,11 +218,11 @@ class Mem:
 def varying_bits(fields: np.ndarray, bits: int) -> int:
     """Bit columns of ``fields`` (words x fields, two's complement ``bits`` wide) that are not constant."""
     u = np.asarray(fields, dtype=np.int64).reshape(len(fields), -1) & ((1 << bits) - 1)
-    n = 0
-    for b in range(bits):
-        col = (u >> b) & 1
-        n += int(np.count_nonzero(col.min(0) != col.max(0)))
-    return n
+    if not u.size:
+        return 0
+    # A bit of a field varies iff some word has it set (OR) and some word has it clear (AND).
+    diff = np.bitwise_or.reduce(u, axis=0) ^ np.bitwise_and.reduce(u, axis=0)
+    return int(sum(bin(int(v)).count("1") for v in diff))
 
 
 def is_conv_engine(e) -> bool:
@@ -919,6 +924,56 @@ def _store_words(store) -> str:
     return "store " + ",".join(store)
 
 
+# Memory bits of a design beyond which no Verilog is generated (emit, and verify's simulation top):
+# 16 Mbit is 16x the block RAM of the largest board here (ULX3S: 56 x 18 Kbit) and 4x that of the
+# largest ECP5 (85k); Amaranth's conversion of such a design takes minutes and GBs (measured: 10 Mbit,
+# 134 s and 1.4 GB), and one at the spec's size limits can need 140 Mbit.
+MAX_DESIGN_BITS = 1 << 24
+
+
+def check_design_size(total_bits: int, bits_by_kind: dict | None = None) -> None:
+    """Refuse (one line) a design whose memories hold more than :data:`MAX_DESIGN_BITS` bits."""
+    if total_bits <= MAX_DESIGN_BITS:
+        return
+    parts = ""
+    if bits_by_kind:
+        big = sorted(((v, k) for k, v in bits_by_kind.items() if k != "total" and v), reverse=True)[:2]
+        parts = " (" + ", ".join(f"{k} {v:,}" for v, k in big) + ")"
+    raise UserError(f"the FPGA design needs {total_bits:,} memory bits{parts}, more than the "
+                    f"{MAX_DESIGN_BITS:,} codegen generates Verilog for (emit_fpga.MAX_DESIGN_BITS, 16x the "
+                    f"largest board's block RAM): use smaller layers")
+
+
+def design_bits(model: IntModel, lanes, fifo_depth: int = FIFO_DEPTH, store="rom") -> dict:
+    """Memory bits of ``Network(model, lanes, fifo_depth, store)`` by kind (``total`` too), as
+    ``estimate()["memory_bits"]``: from the engines' parameters only, nothing per word."""
+    net = inspect_network(model, lanes, fifo_depth, store)
+    bits = dict.fromkeys(WHAT_ORDER, 0)
+    bits["encode"] = 256 * 8
+    prev = None
+    for k, e in enumerate(net.engines):
+        if net.fifo_depth >= 2:
+            bits["fifo"] += (net.fifo_depth - 1) * payload_bits(net.encoder if prev is None else prev)
+        if is_conv_engine(e):
+            G, L, acc = e.groups, e.lanes, e.acc_bits
+            ram, fold = getattr(e, "store", "rom") == "ram", getattr(e, "fold_bias", False)
+            if ram:
+                bits["store"] += e.store_depth * 8 * L
+            else:
+                bits["weights"] += e.weight_depth * 8 * L
+            bits["accumulators"] += e.words * L * acc
+            if not fold:
+                bits["bias"] += G * L * acc
+                bits["thresholds"] += sum(fu.rows * (1 << (fu.T - 1).bit_length()) * fu.acc_bits
+                                          for fu in e.fire_units)
+            bits["decode"] += len(e.decode) * max(1, int(e.decode.max()).bit_length())
+        else:
+            bits["pool"] += e.n_out * int(e.T).bit_length()
+        prev = e
+    bits["total"] = sum(bits[w] for w in WHAT_ORDER)
+    return bits
+
+
 def check_fit(model: IntModel, est: dict, b: FpgaBoard, store="auto") -> None:
     """Refuse (one line, naming what is needed and what the board has) a design that does not fit ``b``.
     ``store``: what was asked for (the hint searches lower lane counts with it)."""
@@ -1142,9 +1197,15 @@ def _emit(model, model_sha256, name, out_dir, b, lanes, fifo_depth, n_images, st
         bar.update(1)
         bar.set_description_str(f"emit fpga: {next_desc}")
 
+    spec.validate(model)
+    # A design far beyond every board is refused from its engines' parameters, before the estimate
+    # (which reads every table word, for every lane count it tries) and long before the Verilog.
+    quick = design_bits(model, lanes, fifo_depth, "rom")
+    check_design_size(quick["total"], quick)
     est = estimate(model, b, lanes, fifo_depth, n_images, store=store)
     if b is not None:
         check_fit(model, est, b, store)  # before generating anything
+    check_design_size(est["memory_bits"]["total"], est["memory_bits"])
     stage("Verilog")
     st = est["store"]
     ram = "ram" in st

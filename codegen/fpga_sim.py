@@ -429,6 +429,11 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     key = design_digest(model, lanes, fifo_depth, store)[:16]
     design_dir = work / f"design-{key}"
     build_dir = design_dir / (sim + ("-waves" if waves else ""))
+    if not (design_dir / TOP_FILE).is_file():     # a new design: refuse one too large to convert, first
+        from codegen import emit_fpga
+
+        bits = emit_fpga.design_bits(model, lanes, fifo_depth, store)
+        emit_fpga.check_design_size(bits["total"], bits)
     # The build's lock: exclusive while it is built, then shared while the run uses it (a passing
     # run deletes the build only if it can make the lock exclusive again: no other run uses it).
     with _locked(work / f".lock-{key}-{build_dir.name}") as lock:

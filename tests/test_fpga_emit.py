@@ -2,6 +2,7 @@
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -571,3 +572,138 @@ endmodule
             v = (word >> (cls_bits + c * acc_bits)) & ((1 << acc_bits) - 1)
             logits.append(v - (1 << acc_bits) if v >> (acc_bits - 1) else v)
         assert logits == list(ref.logits[k])
+
+
+# ------------------------------------------------------------------ codegen verify: options and inputs (no simulation)
+
+def _cli(capsys, *args):
+    from codegen import cli
+
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as e:          # argparse's own errors
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_error(code, err, *needles):
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("codegen: error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--target", "fpga", "-n", "0"], "-n must be a positive integer, not 0"),
+    (["--target", "fpga", "-n", "-2"], "-n must be a positive integer, not -2"),
+    (["--target", "fpga", "--lanes", "0"], "--lanes must be a positive integer, not 0"),
+    (["--target", "fpga", "--lanes", "65"], "--lanes must be at most 64"),
+    (["--target", "fpga", "--sim", "modelsim"], "unknown simulator 'modelsim'; supported: icarus, verilator"),
+    (["--target", "fpga", "--board", "mps2-an386"], "unknown FPGA board 'mps2-an386'"),
+    (["--target", "c", "--board", "ulx3s"], "unknown board 'ulx3s'; known MCU boards"),
+    (["--target", "c", "--store", "rom"], "--store applies to the fpga target, not c"),
+    (["--target", "c", "--lanes", "4"], "--lanes applies to the fpga target, not c"),
+    (["--target", "c", "--sim", "icarus"], "--sim applies to the fpga target, not c"),
+    (["--target", "c", "--keep"], "--keep applies to the fpga target, not c"),
+    (["--target", "fpga", "--dataset", "mnist", "--input", "x.npy"], "not both"),
+    (["--target", "fpga", "--input", "nosuch.npy"], "nosuch.npy: no such file"),
+    (["--target", "fpga", "--store", "flash"], "invalid choice"),
+])
+def test_verify_options_refused_before_any_work(capsys, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(capsys, "verify", MLP, *args)
+    _one_line_error(code, err, needle)
+    assert list(tmp_path.iterdir()) == []             # no build/ folder either
+
+
+def test_verify_input_files_refused(capsys, tmp_path, monkeypatch):
+    """--input: one line for a missing file, a text file named .npy (no numpy advice about allow_pickle),
+    pickled objects, a wrong dtype or shape, zero images, a named pipe; the model without a dataset
+    needs --input; nothing is written, not even the work folder."""
+    monkeypatch.chdir(tmp_path)
+    model = REPRO / "rtl-ram-store-theta-minus-bias" / "model.pt"     # input 2x4x2, no dataset recorded
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "text.npy").write_text("1 2 3\n")
+    np.save(d / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(d / "f32.npy", np.zeros((3, 2, 4, 2), np.float32))
+    np.save(d / "shape.npy", np.zeros((3, 1, 28, 28), np.uint8))
+    np.save(d / "zero.npy", np.zeros((0, 2, 4, 2), np.uint8))
+    os.mkfifo(d / "pipe.npy")
+    cases = [("text.npy", "not a .npy file"), ("obj.npy", "Python objects"), ("f32.npy", "uint8 pixels, not float32"),
+             ("shape.npy", "shape (N, 2, 4, 2), not (3, 1, 28, 28)"), ("zero.npy", "0 images"),
+             ("pipe.npy", "not a regular file"), ("missing.npy", "no such file")]
+    for f, needle in cases:
+        code, _, err = _cli(capsys, "verify", model, "--target", "fpga", "--input", d / f)
+        line = _one_line_error(code, err, f, needle)
+        assert "allow_pickle" not in line
+    code, _, err = _cli(capsys, "verify", model, "--target", "fpga")
+    _one_line_error(code, err, "the model records no dataset: give --dataset NAME or --input FILE.npy")
+    code, _, err = _cli(capsys, "verify", model, "--target", "c", "--dataset", "mnist")
+    _one_line_error(code, err, "mnist test images are 1x28x28 but the model takes 2x4x2")
+    # the reproducer's RAM-store refusal comes before any work too
+    code, _, err = _cli(capsys, "verify", model, "--target", "fpga", "--input", model.parent / "inputs.npy",
+                        "--store", "ram", "--board", "icebreaker")
+    _one_line_error(code, err, "layer 0 (conv2d) cannot keep its weights in a RAM store at lanes=8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_verify_work_folder_not_writable(capsys, tmp_path, monkeypatch):
+    """A working directory that cannot be written (here /proc, which even root cannot write): one line
+    naming the folder, before any work; --work under a file likewise."""
+    monkeypatch.chdir("/proc")
+    for target in ("fpga", "c"):
+        code, _, err = _cli(capsys, "verify", MLP, "--target", target, "-n", "2")
+        _one_line_error(code, err, f"cannot write the work folder /proc/build/mnist-mlp/verify-{target}")
+    (tmp_path / "f").write_text("x")
+    code, _, err = _cli(capsys, "verify", MLP, "--target", "fpga", "--work", tmp_path / "f" / "w")
+    _one_line_error(code, err, f"cannot write the work folder {tmp_path / 'f' / 'w'}", "is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_design_size_limit(tmp_path):
+    """A design with more memory bits than MAX_DESIGN_BITS is refused from the engines' parameters before
+    the estimate and the Verilog (a model within the spec's limits: a 1x1024x1024 input, a 1x1 conv that
+    keeps every pixel, then a 32x32 max-pool), with and without a board; design_bits equals the
+    estimate's memory_bits."""
+    from runtime.spec import conv_out, decode_table, encode_table
+    from randmodels import random_theta
+
+    rng = np.random.default_rng(0)
+    T, Q, F = 4, 1.5, 6
+    dec = decode_table(Q, T, F)
+    s0 = (1, 1024, 1024)
+    layers = [spec.Layer("conv2d", s0, s0, np.ones((1, 1, 1, 1), np.int8), np.zeros(1, np.int64),
+                         random_theta(rng, 1, T, int(dec[0]) * 127), 1, 1, 0, False, name="c0"),
+              spec.Layer("maxpool", s0, (1, 32, 32), kernel=32, stride=32, name="p1"),
+              spec.Layer("dense", (1, 32, 32), (4,), rng.integers(-9, 9, (4, 1024)).astype(np.int8),
+                         np.zeros(4, np.int64), None, readout=True, name="d2")]
+    big = spec.IntModel(Q=Q, T=T, F=F, input_shape=s0, decode=dec, encode=encode_table(Q, T), layers=layers)
+    spec.validate(big)
+    bits = emit_fpga.design_bits(big, 8)
+    assert bits["total"] > emit_fpga.MAX_DESIGN_BITS
+    assert bits["accumulators"] >= 1024 * 1024 * 8 * big.layers[0].acc_bits     # every pixel, 8 lanes
+    for b in (None, "ulx3s"):
+        with pytest.raises(UserError, match=r"^the FPGA design needs [\d,]+ memory bits \(accumulators "):
+            emit_fpga.emit(big, "00" * 32, "big", tmp_path / "out", board=b)
+    assert not (tmp_path / "out").exists()
+    emit_fpga.check_design_size(emit_fpga.MAX_DESIGN_BITS)        # at the limit: allowed
+    with pytest.raises(UserError):
+        emit_fpga.check_design_size(emit_fpga.MAX_DESIGN_BITS + 1)
+    small = valid_model(2, ["conv2d", "avgpool", "conv2d", "dense"], 5)[0]
+    for lanes, store in ((3, "rom"), (8, "ram")):
+        st = emit_fpga.resolve_store(small, None, lanes, store)
+        est = emit_fpga.estimate(small, None, lanes, store=st, n_images=0)
+        assert emit_fpga.design_bits(small, lanes, store=st) == est["memory_bits"]
+
+
+def test_emit_progress(small, tmp_path, capsys):
+    emit_fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "a", lanes=4, progress=True)
+    err = capsys.readouterr().err
+    for stage in ("estimate", "Verilog", "tables", "write"):
+        assert f"emit fpga: {stage}" in err
+    emit_fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "b", lanes=4)
+    assert capsys.readouterr().err == ""

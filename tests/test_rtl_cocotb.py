@@ -245,3 +245,56 @@ def test_write_top_ports(tmp_path, small):
     mtime = v.stat().st_mtime_ns
     fpga_sim.write_top(model, lanes, tmp_path)
     assert v.stat().st_mtime_ns == mtime       # unchanged text is not rewritten
+
+
+REPRO = ROOT / "tests" / "data" / "fuzz-repro" / "rtl-ram-store-theta-minus-bias"
+
+
+def test_cli_verify_input_work_keep(capsys, tmp_path):
+    """codegen verify --target fpga --input FILE.npy on the fuzz reproducer (a 2x4x2 input, no dataset):
+    N/N matched, the work folder named, progress on stderr (build, then frames); without --keep the
+    simulator build and the run's data.npz are removed after the pass, with --keep they stay."""
+    need("icarus")
+    from codegen import cli
+    import numpy as np
+
+    work = tmp_path / "w"
+    x = np.load(REPRO / "inputs.npy")
+    args = ["verify", str(REPRO / "model.pt"), "--target", "fpga", "--input", str(REPRO / "inputs.npy"), "--work", str(work)]
+    assert cli.main(args) == 0
+    cap = capsys.readouterr()
+    assert f"icarus: {len(x)}/{len(x)} matched" in cap.out and f"work folder: {work}" in cap.out
+    for stage in ("icarus: golden model", "icarus: Verilog", "icarus: build", "icarus: frames"):
+        assert stage in cap.err
+    assert "Traceback" not in cap.err
+    (design,) = work.glob("design-*")
+    assert (design / "onespike_top.v").is_file() and not (design / "icarus").exists()
+    (run,) = (work / "runs").iterdir()
+    assert (run / "results.json").is_file() and not (run / "data.npz").exists()
+    assert cli.main(args + ["--keep", "-q", "-n", "2"]) == 0
+    cap = capsys.readouterr()
+    assert "icarus: 2/2 matched" in cap.out and cap.err == ""
+    assert (design / "icarus").is_dir() and any((design / "icarus").iterdir())
+    assert len([r for r in (work / "runs").iterdir() if (r / "data.npz").is_file()]) == 1
+
+
+def test_verify_build_failure_is_a_tool_error(tmp_path, small, monkeypatch):
+    """A simulator that fails to build our Verilog: one-line ToolError naming the log, not a traceback."""
+    need("icarus")
+    from runtime.errors import ToolError
+
+    model, x, lanes = small
+    real = fpga_sim.write_top
+
+    def broken(*a, **k):
+        v = real(*a, **k)
+        v.write_text(v.read_text() + "\nthis is not verilog;\n")
+        return v
+
+    monkeypatch.setattr(fpga_sim, "write_top", broken)
+    with pytest.raises(ToolError) as e:
+        fpga_sim.verify(model, x[:2], "icarus", lanes=lanes, work=tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("icarus failed to build the design (") and "build.log" in msg
+    log = Path(msg.rsplit("log: ", 1)[1])
+    assert log.is_file()
