@@ -6,6 +6,7 @@ traceback. Outputs are written atomically, so a failed command leaves no half-wr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -458,6 +459,14 @@ def cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+def show_progress() -> bool:
+    """Progress bars go to stderr when it is a terminal, or when ``ONESPIKE_PROGRESS=1`` (``0`` hides them)."""
+    env = os.environ.get("ONESPIKE_PROGRESS", "")
+    if env in ("0", "1"):
+        return env == "1"
+    return sys.stderr.isatty()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``codegen: error: ...``, exit 2), like every other error."""
 
@@ -564,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from runtime.errors import UserError
+
+    if hasattr(args, "quiet") and not args.quiet and not show_progress():
+        args.quiet = True      # progress bars only on a terminal: a log or a pipe gets the results alone
 
     def fail(msg: str) -> int:
         if args.verbose:

@@ -318,3 +318,15 @@ def test_named_pipe_does_not_block(capsys, tmp_path):
     os.mkfifo(fifo)
     code, _, err = run_cli(capsys, "inspect", fifo)     # would block forever if opened
     one_line_error(code, err, "not a regular file")
+
+
+def test_progress_bars_only_on_a_terminal_or_when_asked(capsys, tmp_path, monkeypatch):
+    args = ["run", MLP, "--dataset", "mnist", "-n", "5", "--report"]
+    monkeypatch.delenv("ONESPIKE_PROGRESS", raising=False)
+    code, _, err = run_cli(capsys, *args, tmp_path / "a")
+    assert code == 0 and err == ""                      # captured stderr is not a terminal
+    monkeypatch.setenv("ONESPIKE_PROGRESS", "1")
+    code, _, err = run_cli(capsys, *args, tmp_path / "b")
+    assert code == 0 and "golden model" in err
+    code, _, err = run_cli(capsys, *args, tmp_path / "c", "-q")
+    assert code == 0 and err == ""

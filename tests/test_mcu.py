@@ -137,9 +137,10 @@ def test_fuzz_repros_on_the_board_equal_golden(repro, tmp_path):
     assert np.array_equal(logits, gold.logits) and np.array_equal(classes, gold.classes)
 
 
-def test_emit_c_count_images_0_says_skipped_and_shows_progress(tmp_path, capsys):
+def test_emit_c_count_images_0_says_skipped_and_shows_progress(tmp_path, capsys, monkeypatch):
     import json
 
+    monkeypatch.setenv("ONESPIKE_PROGRESS", "1")     # bars on, although stderr is not a terminal here
     model = str(ROOT / "models" / "mnist-mlp.pt")
     assert cli.main(["emit", model, "--target", "c", "--count-images", "0", "-o", str(tmp_path / "a")]) == 0
     cap = capsys.readouterr()
