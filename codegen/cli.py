@@ -430,7 +430,8 @@ def cmd_verify(args) -> int:
             print(f"  waves: {r.waves}")
         kept = ("kept" if args.keep else "the simulator build removed (--keep keeps it)") if r.passed \
             else "everything kept for a look"
-        print(f"  work folder: {work} (this run: {r.run_dir}; {kept})")
+        run_dir = getattr(r, "run_dir", None)
+        print(f"  work folder: {work} ({f'this run: {run_dir}; ' if run_dir else ''}{kept})")
         return 0 if r.passed else 1
     if b is not None:
         mcu.check_fit(m, b)

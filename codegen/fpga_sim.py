@@ -80,7 +80,8 @@ class FpgaResult:
     (``gap_cycles`` idle input cycles, ``input_stall_cycles`` cycles a pixel waited for
     ``pixel_ready``, ``stalled_results`` results held back (the second one for 4000 cycles),
     ``result_wait_cycles`` cycles results waited for ``result_ready``, ``reset_cycle``, ``reset_partial_pixels`` and ``reset_aborted_frames`` (frames in flight that the
-    reset cut and the bench sent again) of the reset, and
+    reset cut and the bench sent again) of the reset, ``reset_held_results`` (results the reset
+    took while they were held back), and
     ``cycles_total``). ``error``: a hang (timeout) or a lost result;
     ``mutated``: the expected value that ``mutate=True`` corrupted.
     """

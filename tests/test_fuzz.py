@@ -55,7 +55,7 @@ def _have(tool):
 
 @pytest.mark.cocotb
 @settings(max_examples=2, **NO_SHRINK)
-@given(case=fz.cases(small=True, n_images=6))
+@given(case=fz.cases(small=True, n_images=4))
 def test_rtl_equals_golden_and_catches_a_planted_bug(case, tmp_path_factory):
     """Small models under Icarus (gaps, stalls, a mid-frame reset): every firing layer's events,
     logits and class; then one corrupted expected value (``mutate``) must be reported."""

@@ -250,7 +250,7 @@ def test_write_top_ports(tmp_path, small):
 REPRO = ROOT / "tests" / "data" / "fuzz-repro" / "rtl-ram-store-theta-minus-bias"
 
 
-def test_cli_verify_input_work_keep(capsys, tmp_path):
+def test_cli_verify_input_work_keep(capsys, tmp_path, monkeypatch):
     """codegen verify --target fpga --input FILE.npy on the fuzz reproducer (a 2x4x2 input, no dataset):
     N/N matched, the work folder named, progress on stderr (build, then frames); without --keep the
     simulator build and the run's data.npz are removed after the pass, with --keep they stay."""
@@ -258,6 +258,7 @@ def test_cli_verify_input_work_keep(capsys, tmp_path):
     from codegen import cli
     import numpy as np
 
+    monkeypatch.setenv("ONESPIKE_PROGRESS", "1")      # progress bars although stderr is not a terminal
     work = tmp_path / "w"
     x = np.load(REPRO / "inputs.npy")
     args = ["verify", str(REPRO / "model.pt"), "--target", "fpga", "--input", str(REPRO / "inputs.npy"), "--work", str(work)]
