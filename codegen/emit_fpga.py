@@ -947,6 +947,7 @@ def check_design_size(total_bits: int, bits_by_kind: dict | None = None) -> None
 def design_bits(model: IntModel, lanes, fifo_depth: int = FIFO_DEPTH, store="rom") -> dict:
     """Memory bits of ``Network(model, lanes, fifo_depth, store)`` by kind (``total`` too), as
     ``estimate()["memory_bits"]``: from the engines' parameters only, nothing per word."""
+    spec.validate(model)
     net = inspect_network(model, lanes, fifo_depth, store)
     bits = dict.fromkeys(WHAT_ORDER, 0)
     bits["encode"] = 256 * 8
@@ -1197,7 +1198,6 @@ def _emit(model, model_sha256, name, out_dir, b, lanes, fifo_depth, n_images, st
         bar.update(1)
         bar.set_description_str(f"emit fpga: {next_desc}")
 
-    spec.validate(model)
     # A design far beyond every board is refused from its engines' parameters, before the estimate
     # (which reads every table word, for every lane count it tries) and long before the Verilog.
     quick = design_bits(model, lanes, fifo_depth, "rom")

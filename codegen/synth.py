@@ -143,10 +143,14 @@ def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *,
                chart: bool = True, timeout: float = 1800, store="auto") -> dict:
     """Synthesise and place-and-route ``Network(model, lanes)`` for ``board``; return the report.
 
-    Nothing is refused up front: a design that does not fit is still run through the tools, and the
-    report says so (``fits`` False, ``place_and_route.error`` holds nextpnr's message)."""
+    Nothing is refused up front for not fitting: a design that does not fit is still run through the
+    tools, and the report says so (``fits`` False, ``place_and_route.error`` holds nextpnr's message);
+    only one beyond :data:`codegen.emit_fpga.MAX_DESIGN_BITS` is refused (a UserError), before any
+    file is written."""
     b = get_board(board) if isinstance(board, str) else board
     lanes = emit_fpga.check_lanes(lanes)
+    quick = emit_fpga.design_bits(model, lanes, fifo_depth, "rom")     # refuse a huge design first
+    emit_fpga.check_design_size(quick["total"], quick)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     sym = emit_fpga.symbol(name)

@@ -686,7 +686,7 @@ def test_design_size_limit(tmp_path):
     bits = emit_fpga.design_bits(big, 8)
     assert bits["total"] > emit_fpga.MAX_DESIGN_BITS
     assert bits["accumulators"] >= 1024 * 1024 * 8 * big.layers[0].acc_bits     # every pixel, 8 lanes
-    for b in (None, "ulx3s"):
+    for b in ("ulx3s", None):
         with pytest.raises(UserError, match=r"^the FPGA design needs [\d,]+ memory bits \(accumulators "):
             emit_fpga.emit(big, "00" * 32, "big", tmp_path / "out", board=b)
     assert not (tmp_path / "out").exists()
@@ -707,3 +707,57 @@ def test_emit_progress(small, tmp_path, capsys):
         assert f"emit fpga: {stage}" in err
     emit_fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "b", lanes=4)
     assert capsys.readouterr().err == ""
+
+
+def _stream_end_reference(cost, fifo_depth):
+    """pixel_stream_end as a plain Python loop (the form it had before it was compiled)."""
+    ends = np.zeros(len(cost))
+    cap = fifo_depth + 2
+    for i, row in enumerate(np.asarray(cost)):
+        t, end, starts = 0, 0, []
+        for c in row:
+            if c:
+                if len(starts) >= cap:
+                    t = max(t, starts[-cap] - emit_fpga.PIXEL_LATENCY + 1)
+                start = max(t + emit_fpga.PIXEL_LATENCY, end)
+                starts.append(start)
+                end = start + c
+            t += 1
+        ends[i] = max(end, t + emit_fpga.PIXEL_LATENCY)
+    return ends
+
+
+def test_fast_index_math_equals_its_definition():
+    """The vectorised / compiled forms used at the spec's size limits equal their definitions:
+    magic_divisor (smallest shift; exhaustively right), window_runs (the outputs whose window holds
+    each input), pixel_stream_end (the Python queue)."""
+    from rtl.coords import magic_divisor, window_runs
+
+    for d in range(1, 40):
+        for n_max in (0, 1, d - 1, d, 3 * d + 1, 1000):
+            mult, shift = magic_divisor(d, n_max)
+            n = np.arange(n_max + 1, dtype=object)
+            assert ((n * mult) >> shift == n // d).all()
+            if shift:   # the smallest shift: one less fails somewhere
+                m2 = -(-(1 << (shift - 1)) // d)
+                assert not ((n * m2) >> (shift - 1) == n // d).all()
+    assert magic_divisor(1 << 20, (1 << 20) - 1) == (1, 20)
+    assert magic_divisor(1000 * 1000, 1000 * 1000 - 1) == (137439, 37)
+    for size in range(1, 13):
+        for k in range(1, 6):
+            for s in range(1, 4):
+                for p in range(k):
+                    out = (size + 2 * p - k) // s + 1
+                    if out < 1:
+                        continue
+                    runs = window_runs(size, k, s, p, out)
+                    for y in range(size):
+                        os_ = [o for o in range(out) if o * s - p <= y <= o * s - p + k - 1]
+                        want = (os_[0], len(os_), y + p - os_[0] * s) if os_ else (0, 0, 0)
+                        assert tuple(runs[y]) == want
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        cost = rng.integers(0, 9, size=(3, int(rng.integers(1, 200))))
+        cost[rng.random(cost.shape) < 0.5] = 0
+        depth = int(rng.integers(0, 20))
+        assert (emit_fpga.pixel_stream_end(cost, depth) == _stream_end_reference(cost, depth)).all()

@@ -3,7 +3,9 @@
 It runs inside the simulator and reads everything from the JSON file named by ``ONESPIKE_BENCH``
 (written by ``codegen/fpga_sim.py``): the top's port layout, the stimulus settings, and the ``.npz``
 with the images and the golden model's expected logits, classes and per-layer spike phases. It
-writes its findings to the JSON file named there (``results``) and fails the test on any mismatch.
+writes its findings to the JSON file named there (``results``) and fails the test on any mismatch
+or impossible time stamp (a latency that is not positive), and appends a line per result to the
+file named ``progress`` (the parent's progress bar polls it).
 
 Python work is per transfer, not per cycle: the pixel driver wakes once per pixel (plus once per
 idle run), the debug monitor only in cycles with spike events (it waits on ``dbg_seq``), the result
