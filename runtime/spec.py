@@ -259,7 +259,9 @@ def analyse_ranges(model: IntModel, max_bits: int = MAX_ACC_BITS) -> list[int]:
     out = []
     for i, layer in enumerate(model.layers):
         lo, hi = layer_range(layer, model.code_of_layer_input(i)[0])
-        bits = bits_signed(lo, hi) if layer.kind != "maxpool" else 0
+        # at least 2 bits (a sign and a value bit): a layer whose range is 0..0 (all-zero weights and
+        # bias) would need 1, which no register file or HDL backend should have to special-case
+        bits = max(2, bits_signed(lo, hi)) if layer.kind != "maxpool" else 0
         if bits > max_bits:
             raise SpecError(
                 f"layer {i} ({layer.kind}) needs a {bits}-bit accumulator (range {lo}..{hi}); "

@@ -299,3 +299,18 @@ def test_verify_build_failure_is_a_tool_error(tmp_path, small, monkeypatch):
     assert "\n" not in msg and msg.startswith("icarus failed to build the design (") and "build.log" in msg
     log = Path(msg.rsplit("log: ", 1)[1])
     assert log.is_file()
+
+
+def test_fuzz_repro_zero_range_readout(tmp_path):
+    """Fuzz finding: a readout whose weights and biases are all zero has the range 0..0; the RTL
+    refused its 1-bit accumulator with a traceback. The spec now makes every accumulator at least
+    2 bits wide, and the design matches the golden model."""
+    need("icarus")
+    import numpy as np
+
+    repro = ROOT / "tests" / "data" / "fuzz-repro" / "rtl-acc-bits-1"
+    model = modelfile.load(repro / "model.pt")
+    assert model.layers[-1].acc_bits == 2 and not model.layers[-1].weight.any()
+    x = np.load(repro / "inputs.npy")
+    r = fpga_sim.verify(model, x, "icarus", lanes=2, work=tmp_path / "w")
+    assert r.passed and r.matched == len(x), r.summary()
