@@ -55,7 +55,7 @@ KINDS = ("dense", "conv2d", "maxpool", "avgpool")
 # Corners a case can hit (Case.tags); tests/test_fuzz.py checks that the strategy reaches each.
 CORNERS = ("acc32", "product>int32", "T=1", "T=255", "Q~1", "Q=2", "F=30", "F=min", "conv-pad-max", "pool-pad-max",
            "pool-on-input", "no-firing-layer", "own-input-code", "random-encode", "theta-extreme", "big-kernel",
-           "big-stride", "conv-readout", "dense-3d-in", *(f"kind:{k}" for k in KINDS))
+           "big-stride", "conv-readout", "dense-3d-in", "zero-weights", *(f"kind:{k}" for k in KINDS))
 
 
 @dataclass
@@ -394,6 +394,8 @@ def cases(draw, small: bool = False, n_images: int | None = None):
         tags.add("no-firing-layer")
     if max(l.acc_bits for l in layers) == MAX_ACC_BITS:
         tags.add("acc32")
+    if any(l.weight is not None and not l.weight.any() for l in layers):
+        tags.add("zero-weights")        # with a zero bias: an accumulator range of one value
     lanes = [draw(st.integers(1, 4)) for _ in layers]
     store = ["rom"] * len(layers)
     if draw(st.integers(0, 4)) == 0:     # RAM weight stores (a lane word must hold a threshold)

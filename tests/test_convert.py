@@ -458,10 +458,10 @@ def test_cli_convert_refuses_bad_outputs_before_the_work(capsys, tmp_path, no_da
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "keep.txt").write_text("mine")
     (tmp_path / "file").write_text("mine")
-    for o, needle in [(tmp_path / "dir", "is an existing folder"),
+    for o, needle in [(tmp_path / "dir", "is a folder"),
                       (tmp_path / "file" / "model.pt", "is a file, not a folder"),
                       (tmp_path / "file" / "x" / "model.pt", "is a file, not a folder"),
-                      (src, "is the input ANN file")]:
+                      (src, "is this command's input")]:
         code, _, err = _cli(capsys, "convert", src, "--dataset", "mnist", "-o", o, "-q")
         _one_line_error(code, err, needle)
     assert src.read_bytes() == before and (tmp_path / "file").read_text() == "mine"
@@ -484,9 +484,10 @@ def test_cli_convert_ann_without_state_dict(capsys, tmp_path, no_datasets):
     assert not (tmp_path / "o.pt").exists()
 
 
-def test_cli_convert_t_1_and_q_alone(capsys, tmp_path, mlp_file, small_datasets):
+def test_cli_convert_t_1_and_q_alone(capsys, tmp_path, mlp_file, small_datasets, monkeypatch):
     """`--Q 1.5 --T 1` converts (it failed with a negative-stride traceback); `--Q 1.5` alone searches T
     (it failed with "give --Q, --T or --F"), with progress bars unless -q."""
+    monkeypatch.setenv("ONESPIKE_PROGRESS", "1")     # bars although stderr is captured
     from runtime import modelfile
 
     code, out, err = _cli(capsys, "convert", mlp_file, "--dataset", "mnist", "--Q", "1.5", "--T", "1", "--calib", "300",
