@@ -11,6 +11,7 @@ import torch
 
 from codegen import cli
 from runtime import modelfile
+from conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "models" / "mnist-mlp.pt"
@@ -22,14 +23,8 @@ def run_cli(capsys, *args):
     return code, out.out, out.err
 
 
-def assert_one_line_error(code, err, *needles):
-    assert code == 2
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("codegen: error: ")
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
+assert_one_line_error = one_line_error
+
 
 
 def _model_dict():

@@ -11,6 +11,7 @@ import torch
 
 from codegen import cli, outputs
 from runtime import modelfile
+from conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "models" / "mnist-mlp.pt"
@@ -25,14 +26,7 @@ def run_cli(capsys, *args):
     return code, out.out, out.err
 
 
-def one_line_error(code, err, *needles):
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("codegen: error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+
 
 
 def snapshot(folder: Path) -> dict:

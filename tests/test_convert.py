@@ -11,6 +11,7 @@ from codegen import convert
 from runtime import golden
 from runtime.errors import UserError
 from runtime.spec import validate
+from conftest import one_line_error
 
 
 def _tiny_cnn(seed=0):
@@ -378,10 +379,8 @@ def _cli(capsys, *args):
     return code, out.out, out.err
 
 
-def _one_line_error(code, err, needle):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("codegen: error: "), err
-    assert needle in lines[0] and "Traceback" not in err, lines[0]
+_one_line_error = one_line_error
+
 
 
 @pytest.fixture

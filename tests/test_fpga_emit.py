@@ -16,6 +16,7 @@ from boards.fpga import FPGA_BOARDS, board
 from codegen import emit_fpga
 from runtime import golden, modelfile, spec
 from runtime.errors import UserError
+from conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "models" / "mnist-mlp.pt"
@@ -587,13 +588,8 @@ def _cli(capsys, *args):
     return code, out.out, out.err
 
 
-def _one_line_error(code, err, *needles):
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("codegen: error: "), err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+_one_line_error = one_line_error
+
 
 
 @pytest.mark.parametrize("args, needle", [
