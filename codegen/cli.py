@@ -37,44 +37,9 @@ def check_int(value, option: str, lo: int = 1, hi: int | None = None) -> int:
     return value
 
 
-def load_images_npy(path, model=None):
-    """uint8 pixels (N, C, H, W) from a ``.npy`` file, with one-line errors (no pickles, no text files)."""
-    import numpy as np
-
-    from runtime.errors import UserError
-    from runtime.io import check_regular_file
-
-    p = Path(path)
-    check_regular_file(p, ".npy file")
-    with open(p, "rb") as f:
-        magic = f.read(6)
-    if magic != b"\x93NUMPY":
-        raise UserError(f"{p}: not a .npy file (no NumPy header); save images with numpy.save")
-    try:
-        x = np.load(p, allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise UserError(f"{p}: holds Python objects, not uint8 pixels (object arrays are refused)") from None
-        raise UserError(f"{p}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
-    except (OSError, EOFError) as e:
-        raise UserError(f"{p}: not a readable .npy array ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
-    if not isinstance(x, np.ndarray):
-        raise UserError(f"{p}: not a single .npy array")
-    if x.ndim >= 1 and x.shape[0] == 0:
-        raise UserError(f"{p}: holds 0 images")
-    if model is None:
-        return x
-    from runtime import golden
-
-    try:
-        return golden.check_images(model, x)
-    except UserError as e:
-        raise UserError(f"{p}: {e}") from None
-
-
 def _load_images(args, model):
     """Images and labels for ``run``: a dataset split or a ``.npy`` of uint8 pixels."""
-    from codegen import datasets
+    from codegen.frontend import datasets, images
     from runtime import golden
     from runtime.errors import UserError
 
@@ -83,7 +48,7 @@ def _load_images(args, model):
     if args.n is not None:
         check_int(args.n, "-n")
     if args.input:
-        x, y = load_images_npy(args.input, model), None
+        x, y = images.load_npy(args.input, model), None
     else:
         if not args.dataset:
             raise UserError("give --dataset NAME or --input FILE.npy")
@@ -107,7 +72,7 @@ def _judge_model(src: Path):
 
 def _judge_ann(arch: str):
     def judge(path):
-        from codegen import ann
+        from codegen.frontend import ann
 
         _, _, meta = ann.load(path)
         return "regenerate" if meta.get("arch") == arch else "same-kind"
@@ -115,7 +80,8 @@ def _judge_ann(arch: str):
 
 
 def cmd_train(args) -> int:
-    from codegen import ann, train
+    from codegen.frontend import ann
+    from codegen.frontend import train
 
     from codegen import outputs
 
@@ -135,11 +101,13 @@ def cmd_train(args) -> int:
 
 def cmd_convert(args) -> int:
     import math
-    import os
 
     import numpy as np
 
-    from codegen import ann, convert, datasets, report
+    from codegen import report
+    from codegen.frontend import ann
+    from codegen.frontend import convert
+    from codegen.frontend import datasets
     from runtime import golden, modelfile
     from runtime.errors import UserError
     from runtime.spec import MAX_T
@@ -251,7 +219,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_emit(args) -> int:
-    from codegen import emit_lut, outputs
+    from codegen import outputs
+    from codegen import lut
     from runtime import modelfile
     from runtime.errors import UserError
 
@@ -268,16 +237,18 @@ def cmd_emit(args) -> int:
     if args.target == "lut" and args.board:
         raise UserError("--board applies to the c and fpga targets")
     if args.target == "c":
-        from codegen import mcu
+        from boards import registry
 
-        mcu.board(args.board)   # unknown board: one line, before anything else
+        registry.mcu(args.board, "emit --target c")   # unknown board: one line, before anything else
         count = 10 if args.count_images is None else check_int(args.count_images, "--count-images", lo=0)
     if args.target == "fpga":
-        from codegen import emit_fpga
+        from codegen import fpga
 
-        lanes = emit_fpga.check_lanes(8 if args.lanes is None else args.lanes)
+        lanes = fpga.check_lanes(8 if args.lanes is None else args.lanes)
         if args.board:
-            emit_fpga.get_board(args.board)
+            from boards import registry
+
+            registry.fpga(args.board, "emit --target fpga")
         if args.synth and not args.board:
             raise UserError("--synth needs --board (icebreaker or ulx3s)")
     m = modelfile.load(args.model)
@@ -286,7 +257,7 @@ def cmd_emit(args) -> int:
     outputs.check_dir(out, args.target, [args.model], force=args.force)
     sha = modelfile.file_sha256(args.model)
     if args.target == "c":
-        from codegen import c_report
+        from codegen.c import report as c_report
 
         rep = c_report.emit_with_report(m, sha, name, out, args.board, n_count=count, progress=not args.quiet)
         print(c_report.format_text(rep))
@@ -301,62 +272,34 @@ def cmd_emit(args) -> int:
     if args.target == "fpga":
         import inspect as _inspect
 
-        kw = {"progress": not args.quiet} if "progress" in _inspect.signature(emit_fpga.emit).parameters else {}
-        man = emit_fpga.emit(m, sha, name, out, board=args.board, lanes=lanes, store=args.store or "auto", **kw)
+        kw = {"progress": not args.quiet} if "progress" in _inspect.signature(fpga.emit).parameters else {}
+        man = fpga.emit(m, sha, name, out, board=args.board, lanes=lanes, store=args.store or "auto", **kw)
         print((out / "estimate.txt").read_text().rstrip())
         if args.synth:
-            _synth_into(out, m, args.board, lanes, name, man["store"]["layers"])
+            from codegen.fpga import synth
+
+            print(synth.synthesize_into(out, m, args.board, lanes, name, man["store"]["layers"]))
         print(f"wrote {out}")
         return 0
-    man = emit_lut.emit(m, sha, name, out)
+    man = lut.emit(m, sha, name, out)
     print(f"wrote {len(man['files']) + 1} files to {out}")
     return 0
-
-
-def _synth_into(out: Path, m, board: str, lanes: int, name: str, store) -> None:
-    """Yosys + nextpnr in a temp folder beside ``out``, then moved to ``out/synth`` and listed in its manifest."""
-    import hashlib
-    import json
-    import shutil
-    import tempfile
-
-    from codegen import synth
-    from codegen.outputs import MANIFEST
-    from runtime.io import atomic_write_bytes
-
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.synth."))
-    try:
-        rep = synth.synthesize(m, board, lanes, tmp, name=name, store=store)
-        man = json.loads((out / MANIFEST).read_text())
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        man["files"] = [e for e in man["files"] if not e["name"].startswith("synth/")] + [
-            {"name": f"synth/{p.relative_to(tmp).as_posix()}", "bytes": p.stat().st_size,
-             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
-        man["files"].sort(key=lambda e: e["name"])
-        tmp.rename(out / "synth")
-        atomic_write_bytes(out / MANIFEST, (json.dumps(man, indent=2, sort_keys=True) + "\n").encode())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    report = out / "synth" / "synth_report.txt"
-    print(report.read_text().rstrip() if report.exists() else rep)
 
 
 def cmd_verify(args) -> int:
     import os
     import tempfile
 
-    import numpy as np
-
-    from codegen import c_target, datasets, mcu
-    from runtime import golden, modelfile
+    from boards import registry
+    from codegen.frontend import datasets, images
+    from runtime import modelfile
     from runtime.errors import UserError
 
     # 1. every option, before the model is read and before any work
     if args.target == "lut":
         raise UserError("verify checks the c and fpga targets; the lut target is the tables themselves")
-    fpga = args.target == "fpga"
-    if not fpga:
+    on_fpga = args.target == "fpga"
+    if not on_fpga:
         for flag, given in (("--sim", args.sim is not None), ("--lanes", args.lanes is not None),
                             ("--store", args.store is not None), ("--waves", args.waves),
                             ("--clean", args.clean), ("--keep", args.keep)):
@@ -366,16 +309,17 @@ def cmd_verify(args) -> int:
         raise UserError("give --dataset NAME or --input FILE.npy, not both")
     if args.n is not None:
         check_int(args.n, "-n")
-    if fpga:
-        from codegen import emit_fpga, fpga_sim
+    if on_fpga:
+        from codegen import fpga
+        from codegen.fpga import sim as fpga_sim
 
         sim = "icarus" if args.sim is None else args.sim
         if sim not in fpga_sim.SIMULATORS:
             raise UserError(f"unknown simulator {sim!r}; supported: {', '.join(fpga_sim.SIMULATORS)}")
-        lanes = emit_fpga.check_lanes(8 if args.lanes is None else args.lanes)
-        fb = emit_fpga.get_board(args.board) if args.board else None   # unknown: the FPGA boards named
+        lanes = fpga.check_lanes(8 if args.lanes is None else args.lanes)
+        board = registry.fpga(args.board, "verify --target fpga") if args.board else None
     else:
-        b = mcu.board(args.board) if args.board else None                 # unknown: the MCU boards named
+        board = registry.mcu(args.board, "verify --target c") if args.board else None
     if args.input:
         from runtime.io import check_regular_file
 
@@ -383,7 +327,7 @@ def cmd_verify(args) -> int:
     # 2. the model, and a work folder that can be written (a read-only working directory: one line)
     m = modelfile.load(args.model)
     name = _model_name(Path(args.model))
-    work = Path(args.work) if args.work else Path("build") / name / ("verify-fpga" if fpga else "verify-c")
+    work = Path(args.work) if args.work else Path("build") / name / ("verify-fpga" if on_fpga else "verify-c")
     # probed where it is, or would be, created: nothing is left behind if a later check fails
     where = work.absolute()
     while not where.exists() and where != where.parent:
@@ -397,7 +341,7 @@ def cmd_verify(args) -> int:
                         f"give --work DIR in a writable place") from None
     # 3. the images: a .npy of the model's input shape, or a dataset (the model's own by default)
     if args.input:
-        x = load_images_npy(args.input, m)
+        x = images.load_npy(args.input, m)
         source = args.input
     else:
         ds = args.dataset or (m.meta.get("dataset") if isinstance(m.meta, dict) else None)
@@ -411,51 +355,61 @@ def cmd_verify(args) -> int:
     total = len(x)
     if args.n is not None:
         x = x[: args.n]
-    elif fpga:
+    elif on_fpga:
         x = x[:20]
     if len(x) < total:
         print(f"images: the first {len(x)} of {total} ({source}){'; -n N for more' if args.n is None else ''}")
-    if fpga:
-        # The same store as emit: resolved for --board when given (an FPGA board name), else "rom" for auto.
-        store = emit_fpga.resolve_store(m, fb, lanes, args.store or "auto")
-        r = fpga_sim.verify(m, x, sim, lanes=lanes, store=store, waves=args.waves, work=work, keep=args.keep,
-                            keep_build=args.keep, progress=not args.quiet,
-                            **({"gap": 0.0, "stall": 0.0, "reset": False} if args.clean else {}))
-        print(r.summary())
-        if r.first_mismatch is not None:
-            print(f"  {r.first_mismatch}")
-        if r.error:
-            print(f"  error: {r.error}")
-        if r.waves:
-            print(f"  waves: {r.waves}")
-        kept = ("kept" if args.keep else "the simulator build removed (--keep keeps it)") if r.passed \
-            else "everything kept for a look"
-        run_dir = getattr(r, "run_dir", None)
-        print(f"  work folder: {work} ({f'this run: {run_dir}; ' if run_dir else ''}{kept})")
-        return 0 if r.passed else 1
-    if b is not None:
-        mcu.check_fit(m, b)
-    matched, n, first = c_target.verify_host(m, name, x, work, trace=True)
+    if on_fpga:
+        return _verify_fpga(args, m, x, sim, lanes, board, work)
+    return _verify_c(args, m, name, x, board, work)
+
+
+def _verify_fpga(args, m, x, sim: str, lanes: int, board, work: Path) -> int:
+    from codegen import fpga
+    from codegen.fpga import sim as fpga_sim
+
+    # The same store as emit: resolved for --board when given (an FPGA board name), else "rom" for auto.
+    store = fpga.resolve_store(m, board, lanes, args.store or "auto")
+    r = fpga_sim.verify(m, x, sim, lanes=lanes, store=store, waves=args.waves, work=work, keep=args.keep,
+                        keep_build=args.keep, progress=not args.quiet,
+                        **({"gap": 0.0, "stall": 0.0, "reset": False} if args.clean else {}))
+    print(r.summary())
+    if r.first_mismatch is not None:
+        print(f"  {r.first_mismatch}")
+    if r.error:
+        print(f"  error: {r.error}")
+    if r.waves:
+        print(f"  waves: {r.waves}")
+    kept = ("kept" if args.keep else "the simulator build removed (--keep keeps it)") if r.passed \
+        else "everything kept for a look"
+    run_dir = getattr(r, "run_dir", None)
+    print(f"  work folder: {work} ({f'this run: {run_dir}; ' if run_dir else ''}{kept})")
+    return 0 if r.passed else 1
+
+
+def _verify_c(args, m, name: str, x, board, work: Path) -> int:
+    from codegen.c import emulators, firmware
+    from codegen.c import host as c_host
+
+    if board is not None:
+        firmware.check_fit(m, board)
+    matched, n, first = c_host.verify_host(m, name, x, work, trace=True)
     print(f"host (gcc, every layer's phases compared): {matched}/{n} matched")
     ok = matched == n
     if first is not None:
         print(f"  {first}")
-    if b is not None:
-        fw = mcu.build_firmware(m, name, b, work)
-        if b.qemu_machine is None:
-            print(f"{b.name}: firmware builds ({fw.sizes['flash_bytes']} B flash, {fw.sizes['ram_bytes']} B RAM); "
+    if board is not None:
+        fw = firmware.build_firmware(m, name, board, work)
+        if board.qemu_machine is None:
+            print(f"{board.name}: firmware builds ({fw.sizes['flash_bytes']} B flash, {fw.sizes['ram_bytes']} B RAM); "
                   f"not emulated, so not run")
         else:
             nq = len(x) if args.n is not None else min(len(x), 200)
-            g = golden.run(m, x[:nq], keep_phases=False)
-            lq, cq = mcu.run_qemu(fw, x[:nq], m.num_classes)
-            okq = np.all(lq == g.logits, axis=1) & (cq == g.classes)
-            print(f"{b.name} under QEMU (logits and class): {int(okq.sum())}/{nq} matched")
-            if not okq.all():
-                i = int(np.flatnonzero(~okq)[0])
-                j = int(np.flatnonzero(lq[i] != g.logits[i])[0]) if (lq[i] != g.logits[i]).any() else 0
-                print(f"  first mismatch: image {i}, layer readout (logits), neuron {j}: expected {int(g.logits[i, j])}, got {int(lq[i, j])}")
-            ok &= bool(okq.all())
+            matched_q, first_q = emulators.compare_qemu(m, fw, x[:nq])
+            print(f"{board.name} under QEMU (logits and class): {matched_q}/{nq} matched")
+            if first_q:
+                print(f"  {first_q}")
+            ok &= matched_q == nq
     print(f"  work folder: {work}")
     return 0 if ok else 1
 

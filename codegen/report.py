@@ -111,7 +111,7 @@ def plots(model: IntModel, st: dict, phases: list) -> dict[str, bytes]:
 
 def write(out_dir: Path, name: str, st: dict, figs: dict[str, bytes], model_sha256: str | None = None) -> list[Path]:
     """Write report.json, report.txt and the PNGs as one folder with a manifest (kind ``run``), atomically."""
-    from .emit_lut import tool_versions, write_with_manifest
+    from .lut import tool_versions, write_with_manifest
 
     out_dir = Path(out_dir)
     files = {"report.json": (json.dumps(st, indent=2, sort_keys=True) + "\n").encode(),

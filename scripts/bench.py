@@ -19,7 +19,9 @@ import numba
 import numpy as np
 import torch
 
-from codegen import ann, convert, datasets
+from codegen.frontend import ann
+from codegen.frontend import convert
+from codegen.frontend import datasets
 from runtime import golden, modelfile
 
 ROOT = Path(__file__).resolve().parent.parent

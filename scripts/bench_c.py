@@ -18,8 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from codegen import ann, convert, datasets, emit_c, mcu
-from codegen.baseline import int8
+from codegen.frontend import ann
+from codegen.frontend import convert
+from codegen.frontend import datasets
+from codegen.c import emit as emit_c
+from boards import registry
+from codegen.c import emulators
+from codegen.c import firmware
+from codegen.c.baseline import int8
 from runtime import golden, modelfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +40,7 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    b = mcu.board("mps2-an386")
+    b = registry.mcu("mps2-an386")
     rows = []
     for name, ds in MODELS.items():
         m = modelfile.load(ROOT / "models" / f"{name}.pt")
@@ -53,12 +59,12 @@ def main():
                "sops_per_inference": float(gold.sops[:args.count].sum(1).mean())}
         sym8 = emit_c.c_symbol(name) + "_int8"
         for opt in ("-O2", "-Os"):
-            fw = mcu.build_firmware(m, name, b, out / name, opt=opt)
-            r = mcu.run_unicorn(fw, imgs, m.num_classes)
+            fw = firmware.build_firmware(m, name, b, out / name, opt=opt)
+            r = emulators.run_unicorn(fw, imgs, m.num_classes)
             assert np.array_equal(r.logits, gold.logits[:args.count]), "one-spike C differs from golden"
-            fw8 = mcu.build_elf(int8.generate(q, name, shape), [f"{sym8}_model.c", "int8_ann.c"], f"{sym8}_infer",
+            fw8 = firmware.build_elf(int8.generate(q, name, shape), [f"{sym8}_model.c", "int8_ann.c"], f"{sym8}_infer",
                                 int(np.prod(shape)), m.num_classes, b, out / name / f"int8{opt}", opt, sym8)
-            r8 = mcu.run_unicorn(fw8, imgs, m.num_classes)
+            r8 = emulators.run_unicorn(fw8, imgs, m.num_classes)
             assert np.array_equal(r8.logits, int8_logits[:args.count]), "int8 C differs from its numpy reference"
             ours, base = statistics.median(r.instructions), statistics.median(r8.instructions)
             row[opt] = {"onespike": {"instructions_median": ours, "flash": fw.sizes["flash_bytes"], "ram": fw.sizes["ram_bytes"],
@@ -67,9 +73,9 @@ def main():
                                  "stack_peak": r8.stack_peak_bytes},
                         "ratio_instructions": ours / base}
         if args.full_qemu:
-            fw = mcu.build_firmware(m, name, b, out / name / "qemu", opt="-O2")
+            fw = firmware.build_firmware(m, name, b, out / name / "qemu", opt="-O2")
             t = time.perf_counter()
-            lq, cq = mcu.run_qemu(fw, xte, m.num_classes, timeout=3600)
+            lq, cq = emulators.run_qemu(fw, xte, m.num_classes, timeout=3600)
             row["qemu_full"] = {"images": len(xte), "matched": int((np.all(lq == gold.logits, axis=1) & (cq == gold.classes)).sum()),
                                 "seconds": round(time.perf_counter() - t, 1)}
         rows.append(row)

@@ -35,7 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from codegen import datasets, fpga_sim  # noqa: E402
+from codegen.frontend import datasets
+from codegen.fpga import sim as fpga_sim
 from rtl.network import Network  # noqa: E402
 from runtime import golden, modelfile  # noqa: E402
 

@@ -2,7 +2,8 @@
 import sys
 from pathlib import Path
 
-from codegen import ann, train
+from codegen.frontend import ann
+from codegen.frontend import train
 
 out = Path(__file__).resolve().parent.parent / "models"
 for arch in sys.argv[1:] or list(train.ARCHS):

@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codegen import c_target, datasets
+from codegen.c import host as c_host
+from codegen.frontend import datasets
 from randmodels import random_images, random_model
 from runtime import golden, modelfile
 
@@ -30,7 +31,7 @@ def test_c_equals_golden_on_random_models(seed, work):
     rng = np.random.default_rng(1000 + seed)
     model = _wide_random_model(rng)
     images = random_images(rng, model, 16)
-    matched, n, first = c_target.verify_host(model, f"rand{seed}", images, work, trace=True)
+    matched, n, first = c_host.verify_host(model, f"rand{seed}", images, work, trace=True)
     assert first is None, str(first)
     assert matched == n == 16
 
@@ -40,7 +41,7 @@ def test_sanitizer_build_is_clean(seed, work):
     rng = np.random.default_rng(2000 + seed)
     model = _wide_random_model(rng)
     images = random_images(rng, model, 8)
-    matched, n, first = c_target.verify_host(model, f"san{seed}", images, work, trace=True, sanitize=True)
+    matched, n, first = c_host.verify_host(model, f"san{seed}", images, work, trace=True, sanitize=True)
     assert first is None and matched == n
 
 
@@ -48,15 +49,15 @@ def test_corrupted_c_is_caught_and_located(work):
     rng = np.random.default_rng(5)
     model = random_model(rng, plan=["dense", "dense", "dense"], T=6)
     images = random_images(rng, model, 32)
-    exe = c_target.build_host(model, "corrupt", work)
+    exe = c_host.build_host(model, "corrupt", work)
     gold = golden.run(model, images)
     # change one hidden weight in the golden model only: the C binary keeps the original
     model.layers[0].weight[:, :] = np.clip(model.layers[0].weight.astype(np.int16) + 7, -127, 127).astype(np.int8)
     model._golden_cache = None
     gold_bad = golden.run(model, images)
-    got = c_target.run_host(model, exe, images, trace=True)
-    assert c_target.compare(model, gold, got)[0] == 32
-    matched, first = c_target.compare(model, gold_bad, got)
+    got = c_host.run_host(model, exe, images, trace=True)
+    assert c_host.compare(model, gold, got)[0] == 32
+    matched, first = c_host.compare(model, gold_bad, got)
     assert matched < 32 and first is not None
     assert first.layer in ("0:dense", "1:dense") or "readout" in first.layer
 
@@ -65,7 +66,7 @@ def test_corrupted_c_is_caught_and_located(work):
 def test_shipped_models_full_test_set_parity(name, work):
     m = modelfile.load(ROOT / "models" / f"{name}.pt")
     x, _ = datasets.load(SHIPPED[name], "test")
-    matched, n, first = c_target.verify_host(m, name, x, work, trace=True)
+    matched, n, first = c_host.verify_host(m, name, x, work, trace=True)
     assert first is None, str(first)
     assert matched == n == 10000
 
@@ -74,7 +75,7 @@ def test_shipped_models_full_test_set_parity(name, work):
 def test_shipped_models_sanitizer_subset(name, work):
     m = modelfile.load(ROOT / "models" / f"{name}.pt")
     x, _ = datasets.load(SHIPPED[name], "test")
-    matched, n, first = c_target.verify_host(m, name, x[:50], work, trace=True, sanitize=True)
+    matched, n, first = c_host.verify_host(m, name, x[:50], work, trace=True, sanitize=True)
     assert first is None and matched == n
 
 
@@ -86,16 +87,16 @@ REPRO = ROOT / "tests" / "data" / "fuzz-repro"
 def test_fuzz_repro_no_firing_layer_compiles_with_werror(work):
     """A lone dense readout reads only the input code: the hidden decode table must not be emitted
     (it was, and -Wunused-const-variable under -Werror refused it)."""
-    from codegen import emit_c
+    from codegen.c import emit as emit_c
 
     m = modelfile.load(REPRO / "c-werror-unused-decode" / "model.pt")
     assert not any(l.fires for l in m.layers)
-    assert "-Werror" in c_target.WARN_FLAGS
+    assert "-Werror" in c_host.WARN_FLAGS
     src = emit_c.generate(m, "werror")["werror_model.c"].decode()
     assert "werror_decode[" not in src and "werror_input_decode[" in src
     x, _ = datasets.load("mnist", "test")
     images = np.concatenate([x[:40], random_images(np.random.default_rng(9), m, 10)])
-    matched, n, first = c_target.verify_host(m, "werror", images, work, trace=True)
+    matched, n, first = c_host.verify_host(m, "werror", images, work, trace=True)
     assert first is None and matched == n == 50
 
 
@@ -113,9 +114,9 @@ def test_fuzz_repro_product_beyond_int32_is_exact_under_sanitizers(work):
     assert min(int(b) for b in l0.bias) == -2**31
     gold = golden.run(m, x)
     for sanitize in (False, True):
-        exe = c_target.build_host(m, "ubprod", work, sanitize=sanitize)
-        got = c_target.run_host(m, exe, x, trace=True)
-        matched, first = c_target.compare(m, gold, got)
+        exe = c_host.build_host(m, "ubprod", work, sanitize=sanitize)
+        got = c_host.run_host(m, exe, x, trace=True)
+        matched, first = c_host.compare(m, gold, got)
         assert first is None and matched == len(x), str(first)
         assert np.array_equal(got.logits, gold.logits)
 
@@ -162,7 +163,7 @@ def test_c_target_works_at_its_size_limits(case, work):
                    "logits-65540": ((1, 1, 1), [("dense", 65540)])}[case]
     m = _limit_model(shape, plan)
     images = random_images(np.random.default_rng(3), m, 3)
-    matched, n, first = c_target.verify_host(m, f"lim_{case.replace('-', '_')}", images, work, trace=True)
+    matched, n, first = c_host.verify_host(m, f"lim_{case.replace('-', '_')}", images, work, trace=True)
     assert first is None and matched == n == 3, str(first)
 
 
@@ -174,19 +175,20 @@ def test_c_target_refuses_a_fan_in_beyond_uint16_offsets_before_compiling(work, 
     def no_compiler(*a, **k):
         raise AssertionError("must refuse before compiling")
 
-    monkeypatch.setattr(c_target.subprocess, "run", no_compiler)
+    monkeypatch.setattr(c_host.subprocess, "run", no_compiler)
     with pytest.raises(UserError) as e:
-        c_target.build_host(m, "too_wide", work)
+        c_host.build_host(m, "too_wide", work)
     assert str(e.value) == "C target: layer 0 (dense)'s fan-in 65792 exceeds 65536 (uint16 event offsets in onespike.h)"
     # a conv2d receptive field counts its channels: 80 x 29 x 29 = 67280
     m2 = _limit_model((80, 29, 29), [("conv2d", 1, 29, 1, 0)])
     with pytest.raises(UserError, match=r"layer 0 \(conv2d\)'s fan-in 67280 exceeds 65536"):
-        c_target.build_host(m2, "too_wide2", work)
+        c_host.build_host(m2, "too_wide2", work)
 
 
 def test_a_compile_failure_is_one_line_with_its_log(tmp_path, monkeypatch, capsys):
     """A compile failure of our own generated C is a ToolError: one line naming gcc and the log."""
-    from codegen import cli, emit_c
+    from codegen import cli
+    from codegen.c import emit as emit_c
 
     real = emit_c.generate
 

@@ -92,7 +92,7 @@ def test_unsupported_layer_in_ann(capsys, tmp_path):
 def test_shape_mismatch_in_ann(capsys, tmp_path):
     from torch import nn
 
-    from codegen import ann
+    from codegen.frontend import ann
 
     bad = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(32, 10))
     p = tmp_path / "mismatch.ann.pt"
@@ -180,7 +180,7 @@ def test_fpga_emit_mlp_on_icebreaker_uses_spram(capsys, tmp_path):
 
 
 def test_fpga_verify_passes_the_resolved_store(capsys, monkeypatch):
-    from codegen import fpga_sim
+    from codegen.fpga import sim as fpga_sim
 
     seen = {}
 
@@ -249,7 +249,7 @@ def test_convert_cli_end_to_end_is_deterministic(capsys, tmp_path):
 
 
 def test_training_is_reproducible_from_the_seed():
-    from codegen import train
+    from codegen.frontend import train
 
     a, meta_a = train.train("mnist-mlp", seed=3, epochs=1, progress=False)
     b, meta_b = train.train("mnist-mlp", seed=3, epochs=1, progress=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from codegen import convert
+from codegen.frontend import convert
 from runtime import golden
 from runtime.errors import UserError
 from runtime.spec import validate
@@ -127,7 +127,7 @@ def test_non_sequential_network_is_refused():
 
 
 def test_ann_file_keeps_every_layer_argument(tmp_path):
-    from codegen import ann
+    from codegen.frontend import ann
 
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, count_include_pad=False, padding=1),
                         nn.Flatten(), nn.Linear(50, 2)).eval()
@@ -143,7 +143,7 @@ def test_ann_file_keeps_every_layer_argument(tmp_path):
 @pytest.fixture(scope="module")
 def mlp():
     """A small MLP trained for a few steps on 2000 MNIST images, and 400 calibration images."""
-    from codegen import datasets
+    from codegen.frontend import datasets
 
     x, y = datasets.load("mnist", "train")
     torch.manual_seed(0)
@@ -308,7 +308,7 @@ def test_search_and_calibration_show_progress(mlp, capsys):
 # ------------------------------------------------------------------ the ANN file loader
 
 def _ann_file(tmp_path, **change):
-    from codegen import ann
+    from codegen.frontend import ann
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
     p = tmp_path / "a.ann.pt"
@@ -353,7 +353,7 @@ def _set_layer(i, **kv):
                                                  "kernel_size": 3.5})}, "kernel_size must be an integer in 1..32"),
 ])
 def test_ann_file_fields_are_checked(tmp_path, change, needle):
-    from codegen import ann
+    from codegen.frontend import ann
 
     p = _ann_file(tmp_path, **change)
     with pytest.raises(UserError) as e:
@@ -363,7 +363,7 @@ def test_ann_file_fields_are_checked(tmp_path, change, needle):
 
 
 def test_ann_file_unchanged_loads(tmp_path):
-    from codegen import ann
+    from codegen.frontend import ann
 
     net, shape, meta = ann.load(_ann_file(tmp_path))
     assert shape == (1, 8, 8) and meta == {} and isinstance(net[1], nn.Linear)
@@ -386,7 +386,7 @@ _one_line_error = one_line_error
 @pytest.fixture
 def no_datasets(monkeypatch):
     """Fail if a dataset is read: the checks must come before the expensive work."""
-    from codegen import datasets
+    from codegen.frontend import datasets
 
     def refuse(*a, **k):
         raise AssertionError("a dataset was loaded before the options were checked")
@@ -397,7 +397,7 @@ def no_datasets(monkeypatch):
 @pytest.fixture
 def small_datasets(monkeypatch):
     """The real datasets, cut to 3000 train and 300 test images (speed only; the code path is the same)."""
-    from codegen import datasets
+    from codegen.frontend import datasets
 
     real = datasets.load
 
@@ -411,7 +411,7 @@ def small_datasets(monkeypatch):
 
 @pytest.fixture
 def mlp_file(mlp, tmp_path):
-    from codegen import ann
+    from codegen.frontend import ann
 
     p = tmp_path / "mlp.ann.pt"
     ann.save(p, mlp[0], (1, 28, 28))
@@ -438,7 +438,7 @@ def mlp_file(mlp, tmp_path):
     (["--T", "255"], "no candidate (Q, T) is representable"),
 ])
 def test_cli_convert_checks_every_option_first(capsys, tmp_path, no_datasets, opt, needle):
-    from codegen import ann
+    from codegen.frontend import ann
 
     src = tmp_path / "a.ann.pt"
     ann.save(src, nn.Sequential(nn.Flatten(), nn.Linear(784, 4), nn.ReLU(), nn.Linear(4, 2)), (1, 28, 28))
@@ -449,7 +449,7 @@ def test_cli_convert_checks_every_option_first(capsys, tmp_path, no_datasets, op
 
 
 def test_cli_convert_refuses_bad_outputs_before_the_work(capsys, tmp_path, no_datasets):
-    from codegen import ann
+    from codegen.frontend import ann
 
     src = tmp_path / "a.ann.pt"
     ann.save(src, nn.Sequential(nn.Flatten(), nn.Linear(784, 4), nn.ReLU(), nn.Linear(4, 2)), (1, 28, 28))

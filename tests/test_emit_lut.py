@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from codegen import cli, emit_lut
+from codegen import cli
+from codegen import lut
 from runtime import modelfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ def test_emit_is_exact_and_deterministic(tmp_path):
         for f in man["files"]:
             assert hashlib.sha256((a / f["name"]).read_bytes()).hexdigest() == f["sha256"]
         assert "time" not in (a / "manifest.json").read_text().lower().replace("timestep", "")
-        tabs = emit_lut.tables(m)
+        tabs = lut.tables(m)
         npz = np.load(io.BytesIO((a / "tables.npz").read_bytes()))
         for name, (arr, bits, signed) in tabs.items():
             back = read_mem(a / f"{name}.mem", bits, signed)
@@ -52,7 +53,7 @@ def test_emit_is_exact_and_deterministic(tmp_path):
 
 def test_mem_format_is_twos_complement_hex():
     vals = np.array([-5, 0, 7, -128, 127])
-    text = emit_lut.mem_lines(vals, 8).decode()
+    text = lut.mem_lines(vals, 8).decode()
     assert text.split() == ["fb", "00", "07", "80", "7f"]
 
 

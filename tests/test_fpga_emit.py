@@ -1,4 +1,4 @@
-"""codegen.emit_fpga: files, determinism, manifest, the estimate, refusals (fast; no synthesis)."""
+"""codegen.fpga: files, determinism, manifest, the estimate, refusals (fast; no synthesis)."""
 import hashlib
 import json
 import math
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from randmodels import random_images, random_model, valid_model
 
-from boards.fpga import FPGA_BOARDS, board
-from codegen import emit_fpga
+from boards.registry import FPGA_BOARDS
+from boards.registry import fpga as board
+from codegen import fpga
 from runtime import golden, modelfile, spec
 from runtime.errors import UserError
 from conftest import one_line_error
@@ -45,8 +46,8 @@ def small_cnn():
     return valid_model(5, ["conv2d", "maxpool", "dense"], 6)[0]
 
 
-def mem_shapes(model, lanes, fifo_depth=emit_fpga.FIFO_DEPTH):
-    return {m.name: (m.depth, m.width) for m in emit_fpga.memories(model, lanes, fifo_depth)}
+def mem_shapes(model, lanes, fifo_depth=fpga.FIFO_DEPTH):
+    return {m.name: (m.depth, m.width) for m in fpga.memories(model, lanes, fifo_depth)}
 
 
 def read_dir(d: Path) -> dict:
@@ -77,8 +78,8 @@ def test_boards():
 
 
 def test_emit_small_files_deterministic(small, tmp_path):
-    man = emit_fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "a", board="icebreaker", lanes=4)
-    man2 = emit_fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "b", board="icebreaker", lanes=4)
+    man = fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "a", board="icebreaker", lanes=4)
+    man2 = fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "b", board="icebreaker", lanes=4)
     a, b = read_dir(tmp_path / "a"), read_dir(tmp_path / "b")
     assert a == b  # byte-identical
     assert man == man2
@@ -98,13 +99,13 @@ def test_emit_small_files_deterministic(small, tmp_path):
     assert man["target"] == "fpga" and man["board"] == "icebreaker" and man["lanes"] == 4
     assert man["top"]["module"] == "tiny_net" and man["pins_wrapper"]["pins"] == 23
     # Another lane count changes the Verilog.
-    emit_fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "c", board=None, lanes=1)
+    fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "c", board=None, lanes=1)
     assert (tmp_path / "c" / "tiny_net.v").read_bytes() != a["tiny_net.v"]
 
 
 def test_estimate_cycles_formula(small):
     for lanes in (1, 2, 3, 8):
-        est = emit_fpga.estimate(small, None, lanes)
+        est = fpga.estimate(small, None, lanes)
         c = est["cycles"]
         assert c["spikes_source"].startswith("worst case")  # random models name no dataset
         for layer, x in zip(small.layers, c["layers"]):
@@ -118,10 +119,10 @@ def test_estimate_cycles_formula(small):
             assert x["event_driven_limit"] == pytest.approx(n_in * n_out / lanes, abs=1e-3)
             assert x["limit_ratio"] == pytest.approx(G * lanes / n_out, abs=1e-3)
             if layer.readout:
-                want = n_out + 2 * G + emit_fpga.READOUT_DRAIN_OVERHEAD
+                want = n_out + 2 * G + fpga.READOUT_DRAIN_OVERHEAD
             else:   # worst case: every neuron spikes, a word holds min(lanes, what is left) spikes
                 spikes = [min(lanes, n_out - g * lanes) for g in range(G)]
-                want = sum(max(3, small.T.bit_length() + s) for s in spikes) + emit_fpga.FIRE_DRAIN_OVERHEAD
+                want = sum(max(3, small.T.bit_length() + s) for s in spikes) + fpga.FIRE_DRAIN_OVERHEAD
             assert x["drain_cycles"] == want
         acc = sum(x["accumulate_cycles"] for x in c["layers"])
         drain = sum(x["drain_cycles"] for x in c["layers"])
@@ -131,7 +132,7 @@ def test_estimate_cycles_formula(small):
         D = [x["drain_cycles"] for x in c["layers"]]
         assert c["cycles_sequential"] == max(px, A[0]) + sum(A[1:]) + drain
         # Layers overlap; every pixel spikes, so the first engine works from the first pixel on.
-        assert c["first_layer_done"] == A[0] + emit_fpga.PIXEL_LATENCY
+        assert c["first_layer_done"] == A[0] + fpga.PIXEL_LATENCY
         assert c["cycles_per_inference"] == c["first_layer_done"] + max(D[0], A[1]) + D[1]
         assert est["multipliers"]["lane_multipliers"] == lanes * len(small.layers)
         assert set(est["boards"]) == set(FPGA_BOARDS)
@@ -139,7 +140,7 @@ def test_estimate_cycles_formula(small):
 
 def test_estimate_memories(small):
     lanes = 2
-    mems = {m.name: m for m in emit_fpga.memories(small, lanes)}
+    mems = {m.name: m for m in fpga.memories(small, lanes)}
     l0 = small.layers[0]
     G = math.ceil(l0.weight.shape[0] / lanes)
     assert (mems["layer0.wmem"].depth, mems["layer0.wmem"].width) == (int(np.prod(l0.weight.shape[1:])) * G, 8 * lanes)
@@ -147,14 +148,14 @@ def test_estimate_memories(small):
     assert mems["encoder.rom"].depth == 256
     assert sum(1 for n in mems if n.startswith("layer0.fire")) == lanes  # one threshold ROM per lane
     assert not any(n.startswith("layer1.fire") for n in mems)           # readout: no thresholds
-    est = emit_fpga.estimate(small, "icebreaker", lanes)
+    est = fpga.estimate(small, "icebreaker", lanes)
     m = est["boards"]["icebreaker"]
     assert "not used" in m["spram_note"] and m["spram"] == 0
     assert m["fits"]
 
 
 def test_mnist_mlp_emit(mlp, tmp_path):
-    man = emit_fpga.emit(mlp, modelfile.file_sha256(MLP), "mnist-mlp", tmp_path / "a", board="ulx3s", lanes=4)
+    man = fpga.emit(mlp, modelfile.file_sha256(MLP), "mnist-mlp", tmp_path / "a", board="ulx3s", lanes=4)
     check_manifest(tmp_path / "a", man)
     assert man["store"] == {"layers": ["rom", "rom"]} and "weights.bin" not in read_dir(tmp_path / "a")
     v = (tmp_path / "a" / "mnist_mlp.v").read_text()
@@ -168,7 +169,7 @@ def test_mnist_mlp_emit(mlp, tmp_path):
     txt = (tmp_path / "a" / "estimate.txt").read_text()
     assert "ESTIMATE" in txt and "cycles per inference" in txt
     if "mnist" in c["spikes_source"]:  # dataset available: golden spike counts
-        from codegen import datasets
+        from codegen.frontend import datasets
 
         x, _ = datasets.load("mnist", "test")
         r = golden.run(mlp, x[:10], keep_phases=False)
@@ -182,30 +183,30 @@ def test_mnist_mlp_icebreaker_spram(mlp, tmp_path):
     checks that against a live run): 18 SB_RAM40_4K, 8 SB_MAC16, 4 SB_SPRAM256KA."""
     from rtl.network import Network
 
-    assert emit_fpga.resolve_store(mlp, "icebreaker", 4) == ["ram", "rom"]
-    assert emit_fpga.resolve_store(mlp, "ulx3s", 4) == ["rom", "rom"]      # fits in block RAM
-    assert emit_fpga.resolve_store(mlp, None, 4) == ["rom", "rom"]
-    est = emit_fpga.estimate(mlp, "icebreaker", 4, n_images=0)
+    assert fpga.resolve_store(mlp, "icebreaker", 4) == ["ram", "rom"]
+    assert fpga.resolve_store(mlp, "ulx3s", 4) == ["rom", "rom"]      # fits in block RAM
+    assert fpga.resolve_store(mlp, None, 4) == ["rom", "rom"]
+    est = fpga.estimate(mlp, "icebreaker", 4, n_images=0)
     m = est["boards"]["icebreaker"]
     assert est["store"] == ["ram", "rom"] and m["fits"]
     assert (m["spram"], m["block_rams"], m["dsp"]) == (4, 18, 8)
     mems = {x["name"]: x for x in est["memories"]}
-    e0 = emit_fpga.inspect_network(mlp, 4, store=["ram", "rom"]).engines[0]
+    e0 = fpga.inspect_network(mlp, 4, store=["ram", "rom"]).engines[0]
     assert (mems["layer0.spram_store"]["depth"], mems["layer0.spram_store"]["width"]) == (784 * 32 + 128 * 16, 32)
     assert e0.store_depth == 784 * 32 + 128 * 16
     assert "layer0.wmem" not in mems and "layer0.biasmem" not in mems and not any(n.startswith("layer0.fire") for n in mems)
     assert "layer1.wmem" in mems and "layer1.biasmem" in mems
     # Serial fire drain: (T.bit_length() + 1) cycles per neuron.
-    assert est["cycles"]["layers"][0]["drain_cycles"] == 128 * (mlp.T.bit_length() + 1) + emit_fpga.FIRE_DRAIN_OVERHEAD
+    assert est["cycles"]["layers"][0]["drain_cycles"] == 128 * (mlp.T.bit_length() + 1) + fpga.FIRE_DRAIN_OVERHEAD
     assert est["cycles"]["load_cycles"] == e0.store_depth * 5
     # rom does not fit: 234 EBR
-    assert not emit_fpga.mapping(mlp, board("icebreaker"), 4, store=["rom", "rom"])["fits"]
+    assert not fpga.mapping(mlp, board("icebreaker"), 4, store=["rom", "rom"])["fits"]
 
     sha = modelfile.file_sha256(MLP)
-    man = emit_fpga.emit(mlp, sha, "mnist-mlp", tmp_path / "a", board="icebreaker", lanes=4, n_images=0)
+    man = fpga.emit(mlp, sha, "mnist-mlp", tmp_path / "a", board="icebreaker", lanes=4, n_images=0)
     check_manifest(tmp_path / "a", man)
     a = read_dir(tmp_path / "a")
-    image = Network(mlp, 4, emit_fpga.FIFO_DEPTH, ["ram", "rom"]).load_image()
+    image = Network(mlp, 4, fpga.FIFO_DEPTH, ["ram", "rom"]).load_image()
     assert a["weights.bin"] == image and len(image) == e0.store_depth * 4
     st = man["store"]
     assert st["layers"] == ["ram", "rom"] and st["image"]["bytes"] == len(image)
@@ -223,27 +224,27 @@ def test_mnist_mlp_icebreaker_spram(mlp, tmp_path):
     assert ".load__payload(ld)" in pins and "output wire       loaded" in pins
     assert "4/4 SPRAM" in a["estimate.txt"].decode() and "weights.bin" in a["estimate.txt"].decode()
     # Deterministic (byte-identical) on the real model.
-    man2 = emit_fpga.emit(mlp, sha, "mnist-mlp", tmp_path / "b", board="icebreaker", lanes=4, n_images=0)
+    man2 = fpga.emit(mlp, sha, "mnist-mlp", tmp_path / "b", board="icebreaker", lanes=4, n_images=0)
     assert read_dir(tmp_path / "b") == a and man2 == man
 
 
 def test_resolve_store_errors(mlp, small_cnn):
     with pytest.raises(UserError, match="--store ram needs SPRAM, and ulx3s .* has none"):
-        emit_fpga.resolve_store(mlp, "ulx3s", 4, "ram")
+        fpga.resolve_store(mlp, "ulx3s", 4, "ram")
     with pytest.raises(UserError, match="--store must be one of auto, rom, ram, not 'flash'"):
-        emit_fpga.resolve_store(mlp, None, 4, "flash")
+        fpga.resolve_store(mlp, None, 4, "flash")
     with pytest.raises(UserError, match=r"layer 0 \(dense\) cannot keep its weights in a RAM store at lanes=2: .*lanes >= 4"):
-        emit_fpga.resolve_store(mlp, "icebreaker", 2, "ram")
+        fpga.resolve_store(mlp, "icebreaker", 2, "ram")
     with pytest.raises(UserError, match="layer 1 is a max-pool"):
-        emit_fpga.resolve_store(small_cnn, None, 4, ["rom", "ram", "rom"])
+        fpga.resolve_store(small_cnn, None, 4, ["rom", "ram", "rom"])
     with pytest.raises(UserError, match="one of rom/ram per layer"):
-        emit_fpga.resolve_store(small_cnn, None, 4, ["rom", "rom"])
-    assert emit_fpga.resolve_store(small_cnn, None, 4, "ram") == ["ram", "rom", "ram"]   # max-pools stay rom
-    assert emit_fpga.resolve_store(mlp, "icebreaker", 4, "rom") == ["rom", "rom"]
+        fpga.resolve_store(small_cnn, None, 4, ["rom", "rom"])
+    assert fpga.resolve_store(small_cnn, None, 4, "ram") == ["ram", "rom", "ram"]   # max-pools stay rom
+    assert fpga.resolve_store(mlp, "icebreaker", 4, "rom") == ["rom", "rom"]
     # auto skips layers that cannot be in RAM at this lane count: at 2 lanes only the readout can move.
-    assert emit_fpga.resolve_store(mlp, "icebreaker", 2) == ["rom", "ram"]
-    assert not emit_fpga.fits(mlp, board("icebreaker"), 2)
-    assert emit_fpga.largest_fitting_lanes(mlp, board("icebreaker"), 8) == 4
+    assert fpga.resolve_store(mlp, "icebreaker", 2) == ["rom", "ram"]
+    assert not fpga.fits(mlp, board("icebreaker"), 2)
+    assert fpga.largest_fitting_lanes(mlp, board("icebreaker"), 8) == 4
 
 
 REPRO = ROOT / "tests" / "data" / "fuzz-repro"
@@ -256,25 +257,25 @@ def test_ram_store_refuses_theta_minus_bias_overflow(tmp_path):
     m = modelfile.load(REPRO / "rtl-ram-store-theta-minus-bias" / "model.pt")
     l0 = m.layers[0]
     assert l0.kind == "conv2d" and l0.acc_bits == 32
-    assert emit_fpga.ram_refusal(l0, 8).startswith("its thresholds minus biases (-2147483678..2147483617)")
+    assert fpga.ram_refusal(l0, 8).startswith("its thresholds minus biases (-2147483678..2147483617)")
     for lanes in (4, 8):
         with pytest.raises(UserError, match=rf"^layer 0 \(conv2d\) cannot keep its weights in a RAM store at "
                                             rf"lanes={lanes}: its thresholds minus biases \(-2147483678..2147483617\) "
                                             r"do not fit its 32-bit accumulators"):
-            emit_fpga.emit(m, "00" * 32, "repro", tmp_path / "out", board="icebreaker", lanes=lanes, store="ram")
+            fpga.emit(m, "00" * 32, "repro", tmp_path / "out", board="icebreaker", lanes=lanes, store="ram")
         assert not (tmp_path / "out").exists()
         with pytest.raises(UserError, match=r"^layer 0 \(conv2d\)"):
-            emit_fpga.resolve_store(m, None, lanes, ["ram", "rom"])
+            fpga.resolve_store(m, None, lanes, ["ram", "rom"])
     # auto on the UP5K: at 8 lanes the ROM design needs 16 DSPs, so auto tries RAM stores; layer 0 stays.
-    st = emit_fpga.resolve_store(m, "icebreaker", 8)
+    st = fpga.resolve_store(m, "icebreaker", 8)
     assert st[0] == "rom"
-    assert emit_fpga.fits(m, board("icebreaker"), 8, store="ram") is False
+    assert fpga.fits(m, board("icebreaker"), 8, store="ram") is False
     with pytest.raises(UserError, match=r"^model does not fit icebreaker .*lanes=4 fits"):
-        emit_fpga.emit(m, "00" * 32, "repro", tmp_path / "out", board="icebreaker", lanes=8)
-    man = emit_fpga.emit(m, "00" * 32, "repro", tmp_path / "ok", board="icebreaker", lanes=4)
+        fpga.emit(m, "00" * 32, "repro", tmp_path / "out", board="icebreaker", lanes=8)
+    man = fpga.emit(m, "00" * 32, "repro", tmp_path / "ok", board="icebreaker", lanes=4)
     assert man["store"]["layers"][0] == "rom"
     # The readout (no thresholds) may still go to RAM.
-    assert emit_fpga.resolve_store(m, None, 8, ["rom", "ram"]) == ["rom", "ram"]
+    assert fpga.resolve_store(m, None, 8, ["rom", "ram"]) == ["rom", "ram"]
 
 
 @pytest.mark.parametrize("seed,plan,T", [
@@ -286,9 +287,9 @@ def test_ram_store_memories_match_elaborated_design(seed, plan, T):
     """memories() with RAM stores lists exactly the memories of the elaborated RTL."""
     m = valid_model(seed, plan, T)[0]
     lanes = max(-(-x.acc_bits // 8) for x in m.layers)
-    store = emit_fpga.resolve_store(m, None, lanes, "ram")
-    shapes = {x.name: (x.depth, x.width) for x in emit_fpga.memories(m, lanes, 2, store=store)}
-    assert shapes == emit_fpga.elaborated_memories(m, lanes, 2, store)
+    store = fpga.resolve_store(m, None, lanes, "ram")
+    shapes = {x.name: (x.depth, x.width) for x in fpga.memories(m, lanes, 2, store=store)}
+    assert shapes == fpga.elaborated_memories(m, lanes, 2, store)
     assert any(n.endswith("spram_store") for n in shapes)
 
 
@@ -302,8 +303,8 @@ def test_ram_store_drain_cycles_match_simulation():
     store = ["ram", "ram", "rom"]
     r = simulate_network(m, x, 4, store=store)
     assert (r.classes == g.classes).all() and (r.logits == g.logits).all()
-    c = emit_fpga.cycle_estimate(m, 4, g.phases, "test", store=store)
-    net = emit_fpga.inspect_network(m, 4, store=store)
+    c = fpga.cycle_estimate(m, 4, g.phases, "test", store=store)
+    net = fpga.inspect_network(m, 4, store=store)
     for k in (0, 1):
         measured = np.mean([a - b for a, b in zip(r.eof_cycle[k], r.eof_in_cycle[k])])
         assert abs(c["layers"][k]["drain_cycles"] - measured) <= net.engines[k].words, k
@@ -320,23 +321,23 @@ def test_memories_match_elaborated_design(seed, plan, T):
     """memories() lists exactly the memories (name, depth, width) of the elaborated RTL."""
     m = valid_model(seed, plan, T)[0]
     for lanes, fifo_depth in ((1, 16), (2, 2), (3, 0), (8, 1)):
-        assert mem_shapes(m, lanes, fifo_depth) == emit_fpga.elaborated_memories(m, lanes, fifo_depth), (lanes, fifo_depth)
+        assert mem_shapes(m, lanes, fifo_depth) == fpga.elaborated_memories(m, lanes, fifo_depth), (lanes, fifo_depth)
 
 
 def test_memory_contents_follow_the_engines(small_cnn):
     lanes = 2
-    net = emit_fpga.inspect_network(small_cnn, lanes)
-    mems = {m.name: m for m in emit_fpga.memories(small_cnn, lanes)}
+    net = fpga.inspect_network(small_cnn, lanes)
+    mems = {m.name: m for m in fpga.memories(small_cnn, lanes)}
     conv, pool = net.engines[0], net.engines[1]
-    assert emit_fpga.weight_words(conv).tolist() == conv.weight_words()   # the RTL's own weight layout
-    assert mems["layer0.wmem"].varying == emit_fpga.varying_bits(np.array(conv.weight_words()), 8)
+    assert fpga.weight_words(conv).tolist() == conv.weight_words()   # the RTL's own weight layout
+    assert mems["layer0.wmem"].varying == fpga.varying_bits(np.array(conv.weight_words()), 8)
     assert (mems["layer0.accmem"].depth, mems["layer0.accmem"].width) == (conv.n_pos * conv.groups,
                                                                          lanes * conv.acc_bits)
     assert sum(1 for n in mems if n.startswith("layer0.fire")) == lanes
     assert (mems["layer1.mem"].what, mems["layer1.mem"].depth, mems["layer1.mem"].width, mems["layer1.mem"].rom) == \
         ("pool", pool.n_out, small_cnn.T.bit_length(), False)
     assert not any(n.startswith("layer1.") and n != "layer1.mem" for n in mems)   # a max-pool has no other memory
-    assert mems["fifo1.storage"].width == emit_fpga.payload_bits(conv)
+    assert mems["fifo1.storage"].width == fpga.payload_bits(conv)
 
 
 def test_conv_cycles_from_golden_phases(small_cnn):
@@ -345,8 +346,8 @@ def test_conv_cycles_from_golden_phases(small_cnn):
     x = random_images(np.random.default_rng(0), m, 4)
     g = golden.run(m, x, keep_phases=True)
     for lanes in (1, 2, 4):
-        c = emit_fpga.cycle_estimate(m, lanes, g.phases, "test")
-        net = emit_fpga.inspect_network(m, lanes)
+        c = fpga.cycle_estimate(m, lanes, g.phases, "test")
+        net = fpga.inspect_network(m, lanes)
         for k, (e, layer, x_) in enumerate(zip(net.engines, m.layers, c["layers"])):
             _, code = m.code_of_layer_input(k)
             spikes = g.phases[k].reshape((len(x),) + tuple(e.in_shape)) < code
@@ -366,17 +367,17 @@ def test_conv_cycles_from_golden_phases(small_cnn):
                 assert x_["synaptic_ops"] == pytest.approx(g.sops[:, k].mean(), abs=1e-3)
             assert x_["event_driven_limit"] == pytest.approx(x_["synaptic_ops"] / lanes, abs=1e-3)
             if layer.readout:
-                assert x_["drain_cycles"] == e.n_out + 2 * e.words + emit_fpga.READOUT_DRAIN_OVERHEAD
+                assert x_["drain_cycles"] == e.n_out + 2 * e.words + fpga.READOUT_DRAIN_OVERHEAD
             else:
                 out = (g.phases[k + 1].reshape(len(x), C_out, e.n_pos) < m.T)
                 pad = np.zeros((len(x), e.groups * lanes, e.n_pos), dtype=np.int64)
                 pad[:, :C_out] = out
                 words = pad.reshape(len(x), e.groups, lanes, e.n_pos).sum(2)
                 want = (np.maximum(3, m.T.bit_length() + np.maximum(1, words)).sum((1, 2))
-                        + emit_fpga.FIRE_DRAIN_OVERHEAD).mean()
+                        + fpga.FIRE_DRAIN_OVERHEAD).mean()
                 assert x_["drain_cycles"] == pytest.approx(want, abs=1e-3)
     # Worst case (no dataset): every neuron spikes.
-    c = emit_fpga.estimate(m, None, 2)["cycles"]
+    c = fpga.estimate(m, None, 2)["cycles"]
     assert c["spikes_source"].startswith("worst case")
     assert c["layers"][0]["input_spikes"] == int(np.prod(m.input_shape))
     assert c["layers"][2]["input_spikes"] == int(np.prod(m.layers[1].out_shape))
@@ -384,21 +385,21 @@ def test_conv_cycles_from_golden_phases(small_cnn):
 
 def test_pixel_stream_end():
     """The first engine idles until the first spike and while spikes arrive slower than it works."""
-    L = emit_fpga.PIXEL_LATENCY
+    L = fpga.PIXEL_LATENCY
     cost = np.zeros((3, 100), dtype=np.int64)
     cost[0, 50] = 10                      # one spike at pixel 50
     cost[1, ::2] = 5                      # a spike every other pixel, 5 cycles each: the engine is the bottleneck
-    end = emit_fpga.pixel_stream_end(cost, fifo_depth=4)
+    end = fpga.pixel_stream_end(cost, fifo_depth=4)
     assert end[0] == 100 + L              # the marker after the last pixel
     assert end[1] == L + 50 * 5           # back to back from the first spike
     assert end[2] == 100 + L              # no spike at all
-    assert emit_fpga.pixel_stream_end(cost[1:2] * 0 + 1, 0)[0] == 100 + L
+    assert fpga.pixel_stream_end(cost[1:2] * 0 + 1, 0)[0] == 100 + L
 
 
 def test_emit_small_conv(small_cnn, tmp_path):
     m = small_cnn
-    man = emit_fpga.emit(m, "cd" * 32, "small-cnn", tmp_path / "a", board="ulx3s", lanes=2)
-    man2 = emit_fpga.emit(m, "cd" * 32, "small-cnn", tmp_path / "b", board="ulx3s", lanes=2)
+    man = fpga.emit(m, "cd" * 32, "small-cnn", tmp_path / "a", board="ulx3s", lanes=2)
+    man2 = fpga.emit(m, "cd" * 32, "small-cnn", tmp_path / "b", board="ulx3s", lanes=2)
     a, b = read_dir(tmp_path / "a"), read_dir(tmp_path / "b")
     assert a == b and man == man2    # byte-identical
     check_manifest(tmp_path / "a", man)
@@ -411,7 +412,7 @@ def test_emit_small_conv(small_cnn, tmp_path):
     est = json.loads(a["estimate.json"])
     assert est["board"] == "ulx3s" and est["boards"]["ulx3s"]["fits"]
     assert {x["name"]: (x["depth"], x["width"]) for x in est["memories"]} == \
-        emit_fpga.elaborated_memories(m, 2)
+        fpga.elaborated_memories(m, 2)
     assert [x["kind"] for x in est["cycles"]["layers"]] == ["conv2d", "maxpool", "dense"]
     assert est["memory_bits"]["pool"] == m.layers[1].out_shape[0] * m.layers[1].out_shape[1] * \
         m.layers[1].out_shape[2] * m.T.bit_length()
@@ -424,20 +425,20 @@ def test_emit_small_conv(small_cnn, tmp_path):
 
 def test_mnist_cnn_emit(cnn, tmp_path):
     sha = modelfile.file_sha256(CNN)
-    man = emit_fpga.emit(cnn, sha, "mnist-cnn", tmp_path / "a", board=None, lanes=8)
+    man = fpga.emit(cnn, sha, "mnist-cnn", tmp_path / "a", board=None, lanes=8)
     check_manifest(tmp_path / "a", man)
     a = read_dir(tmp_path / "a")
     assert re.search(r"^module mnist_cnn\(", a["mnist_cnn.v"].decode(), re.M)
     assert {"L0_conv2d_weight.mem", "L2_conv2d_weight.mem", "L4_dense_weight.mem", "L5_dense_weight.mem",
             "L0_conv2d_theta.mem"} <= set(a)
     est = json.loads(a["estimate.json"])
-    assert {x["name"]: (x["depth"], x["width"]) for x in est["memories"]} == emit_fpga.elaborated_memories(cnn, 8)
+    assert {x["name"]: (x["depth"], x["width"]) for x in est["memories"]} == fpga.elaborated_memories(cnn, 8)
     c = est["cycles"]
     assert [x["kind"] for x in c["layers"]] == ["conv2d", "maxpool", "conv2d", "maxpool", "dense", "dense"]
     assert [x["cycles_per_event"] for x in c["layers"]] == [25 * 2, 1, 25 * 4, 1, 16, 2]
     assert all(x["limit_ratio"] is None or x["limit_ratio"] >= 1 for x in c["layers"])
     if "mnist" in c["spikes_source"]:  # dataset available: golden phases
-        from codegen import datasets
+        from codegen.frontend import datasets
 
         x, _ = datasets.load("mnist", "test")
         g = golden.run(cnn, x[:10], keep_phases=False)
@@ -450,14 +451,14 @@ def test_mnist_cnn_emit(cnn, tmp_path):
         assert not m["fits"] and m["block_rams"] > m["block_rams_available"]
     assert est["boards"]["ulx3s"]["dsp"] > 28
     # Deterministic on the real model too.
-    emit_fpga.emit(cnn, sha, "mnist-cnn", tmp_path / "b", board=None, lanes=8)
+    fpga.emit(cnn, sha, "mnist-cnn", tmp_path / "b", board=None, lanes=8)
     assert read_dir(tmp_path / "b") == a
 
 
 def test_refuses_cnn_that_does_not_fit(cnn, tmp_path):
     for bn, bram, dsp in (("ulx3s", "DP16KD", "MULT18X18D"), ("icebreaker", "SB_RAM40_4K", "SB_MAC16")):
         with pytest.raises(UserError) as e:
-            emit_fpga.emit(cnn, "00" * 32, "mnist-cnn", tmp_path / "out", board=bn, lanes=8)
+            fpga.emit(cnn, "00" * 32, "mnist-cnn", tmp_path / "out", board=bn, lanes=8)
         msg = str(e.value)
         assert "\n" not in msg and msg.startswith(f"model does not fit {bn} ")
         need = re.search(rf"needs (\d+) block RAMs \(board has (\d+) {bram}\)", msg)
@@ -468,14 +469,14 @@ def test_refuses_cnn_that_does_not_fit(cnn, tmp_path):
         assert not (tmp_path / "out").exists()
     f = modelfile.load(FCNN)
     with pytest.raises(UserError, match=r"^model does not fit ulx3s .*needs \d+ block RAMs \(board has 56 DP16KD\)"):
-        emit_fpga.emit(f, "00" * 32, "fmnist-cnn", tmp_path / "out", board="ulx3s", lanes=4, n_images=0)
+        fpga.emit(f, "00" * 32, "fmnist-cnn", tmp_path / "out", board="ulx3s", lanes=4, n_images=0)
     assert not (tmp_path / "out").exists()
 
 
 def test_refuses_too_big_for_board(mlp, tmp_path):
     # Weights in block RAM: the UP5K's 30 EBR are far too few at any lane count.
     with pytest.raises(UserError) as e:
-        emit_fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="icebreaker", lanes=8, store="rom")
+        fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="icebreaker", lanes=8, store="rom")
     msg = str(e.value)
     assert "\n" not in msg
     need = re.search(r"needs (\d+) block RAMs \(board has (\d+) SB_RAM40_4K\)", msg)
@@ -485,19 +486,19 @@ def test_refuses_too_big_for_board(mlp, tmp_path):
     assert not (tmp_path / "out").exists()
     # auto: the first layer goes to SPRAM, but 8 lanes still need 16 DSPs; 4 lanes fit.
     with pytest.raises(UserError) as e:
-        emit_fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="icebreaker", lanes=8, n_images=0)
+        fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="icebreaker", lanes=8, n_images=0)
     msg = str(e.value)
     assert "(store ram,rom)" in msg and "needs 16 DSPs (board has 8 SB_MAC16)" in msg and "block RAMs" not in msg
     assert msg.endswith("; lanes=4 fits (weights in block RAM or SPRAM)")
     assert not (tmp_path / "out").exists()
     # ECP5-25k: 8 lanes need more than 56 DP16KD (Yosys: 58); the message names a lane count that fits.
     with pytest.raises(UserError, match=r"needs \d+ block RAMs \(board has 56 DP16KD\); lanes=\d fits"):
-        emit_fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="ulx3s", lanes=8)
+        fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="ulx3s", lanes=8)
     with pytest.raises(UserError, match="--lanes must be a positive integer"):
-        emit_fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="ulx3s", lanes=0)
+        fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "out", board="ulx3s", lanes=0)
     assert not (tmp_path / "out").exists()
     # Without a board nothing is refused; the estimate says where it fits.
-    man = emit_fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "any", board=None, lanes=8, n_images=0)
+    man = fpga.emit(mlp, "00" * 32, "mnist-mlp", tmp_path / "any", board=None, lanes=8, n_images=0)
     est = json.loads((tmp_path / "any" / "estimate.json").read_text())
     assert man["board"] is None and not est["boards"]["icebreaker"]["fits"] and not est["boards"]["ulx3s"]["fits"]
     assert est["cycles"]["spikes_source"].startswith("worst case")
@@ -514,7 +515,7 @@ def test_pins_wrapper_matches_golden(tmp_path, store):
     x = random_images(rng, m, 4)
     spec.validate(m)   # sets acc_bits
     lanes = 2 if store == "rom" else max(-(-x_.acc_bits // 8) for x_ in m.layers)
-    man = emit_fpga.emit(m, "00" * 32, "rnd", tmp_path / "hw", lanes=lanes, store=store)
+    man = fpga.emit(m, "00" * 32, "rnd", tmp_path / "hw", lanes=lanes, store=store)
     assert ("ram" in man["store"]["layers"]) == (store == "ram")
     image = (tmp_path / "hw" / "weights.bin").read_bytes() if store == "ram" else b"\0"
     (tmp_path / "image.hex").write_text("".join(f"{v:02x}\n" for v in image))
@@ -522,7 +523,7 @@ def test_pins_wrapper_matches_golden(tmp_path, store):
     ld_ports = (".ld(ld_mem[j]), .ld_valid(ld_valid), .ld_ready(ld_ready), .loaded(loaded)," if store == "ram" else "")
     n_px = int(np.prod(m.input_shape))
     (tmp_path / "pixels.hex").write_text("".join(f"{int(p):02x}\n" for p in x.reshape(-1)))
-    nb = -(-emit_fpga.result_bits(m) // 8)
+    nb = -(-fpga.result_bits(m) // 8)
     tb = f"""`timescale 1ns/1ps
 module tb;
   reg clk = 0, rst = 1;
@@ -679,29 +680,29 @@ def test_design_size_limit(tmp_path):
                          np.zeros(4, np.int64), None, readout=True, name="d2")]
     big = spec.IntModel(Q=Q, T=T, F=F, input_shape=s0, decode=dec, encode=encode_table(Q, T), layers=layers)
     spec.validate(big)
-    bits = emit_fpga.design_bits(big, 8)
-    assert bits["total"] > emit_fpga.MAX_DESIGN_BITS
+    bits = fpga.design_bits(big, 8)
+    assert bits["total"] > fpga.MAX_DESIGN_BITS
     assert bits["accumulators"] >= 1024 * 1024 * 8 * big.layers[0].acc_bits     # every pixel, 8 lanes
     for b in ("ulx3s", None):
         with pytest.raises(UserError, match=r"^the FPGA design needs [\d,]+ memory bits \(accumulators "):
-            emit_fpga.emit(big, "00" * 32, "big", tmp_path / "out", board=b)
+            fpga.emit(big, "00" * 32, "big", tmp_path / "out", board=b)
     assert not (tmp_path / "out").exists()
-    emit_fpga.check_design_size(emit_fpga.MAX_DESIGN_BITS)        # at the limit: allowed
+    fpga.check_design_size(fpga.MAX_DESIGN_BITS)        # at the limit: allowed
     with pytest.raises(UserError):
-        emit_fpga.check_design_size(emit_fpga.MAX_DESIGN_BITS + 1)
+        fpga.check_design_size(fpga.MAX_DESIGN_BITS + 1)
     small = valid_model(2, ["conv2d", "avgpool", "conv2d", "dense"], 5)[0]
     for lanes, store in ((3, "rom"), (8, "ram")):
-        st = emit_fpga.resolve_store(small, None, lanes, store)
-        est = emit_fpga.estimate(small, None, lanes, store=st, n_images=0)
-        assert emit_fpga.design_bits(small, lanes, store=st) == est["memory_bits"]
+        st = fpga.resolve_store(small, None, lanes, store)
+        est = fpga.estimate(small, None, lanes, store=st, n_images=0)
+        assert fpga.design_bits(small, lanes, store=st) == est["memory_bits"]
 
 
 def test_emit_progress(small, tmp_path, capsys):
-    emit_fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "a", lanes=4, progress=True)
+    fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "a", lanes=4, progress=True)
     err = capsys.readouterr().err
     for stage in ("estimate", "Verilog", "tables", "write"):
         assert f"emit fpga: {stage}" in err
-    emit_fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "b", lanes=4)
+    fpga.emit(small, "ab" * 32, "tiny-net", tmp_path / "b", lanes=4)
     assert capsys.readouterr().err == ""
 
 
@@ -714,12 +715,12 @@ def _stream_end_reference(cost, fifo_depth):
         for c in row:
             if c:
                 if len(starts) >= cap:
-                    t = max(t, starts[-cap] - emit_fpga.PIXEL_LATENCY + 1)
-                start = max(t + emit_fpga.PIXEL_LATENCY, end)
+                    t = max(t, starts[-cap] - fpga.PIXEL_LATENCY + 1)
+                start = max(t + fpga.PIXEL_LATENCY, end)
                 starts.append(start)
                 end = start + c
             t += 1
-        ends[i] = max(end, t + emit_fpga.PIXEL_LATENCY)
+        ends[i] = max(end, t + fpga.PIXEL_LATENCY)
     return ends
 
 
@@ -756,4 +757,4 @@ def test_fast_index_math_equals_its_definition():
         cost = rng.integers(0, 9, size=(3, int(rng.integers(1, 200))))
         cost[rng.random(cost.shape) < 0.5] = 0
         depth = int(rng.integers(0, 20))
-        assert (emit_fpga.pixel_stream_end(cost, depth) == _stream_end_reference(cost, depth)).all()
+        assert (fpga.pixel_stream_end(cost, depth) == _stream_end_reference(cost, depth)).all()

@@ -5,7 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codegen import cli, datasets, mcu
+from codegen import cli
+from codegen.frontend import datasets
+from boards import registry
+from codegen.c import emulators
+from codegen.c import firmware
 from runtime import golden, modelfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +27,8 @@ def _load(name):
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_qemu_mps2_an386_parity_200_images(name, tmp_path):
     m, x = _load(name)
-    fw = mcu.build_firmware(m, name, mcu.board("mps2-an386"), tmp_path, opt="-O2")
-    logits, classes = mcu.run_qemu(fw, x[:200], m.num_classes)
+    fw = firmware.build_firmware(m, name, registry.mcu("mps2-an386"), tmp_path, opt="-O2")
+    logits, classes = emulators.run_qemu(fw, x[:200], m.num_classes)
     gold = golden.run(m, x[:200], keep_phases=False)
     assert np.array_equal(logits, gold.logits) and np.array_equal(classes, gold.classes)
 
@@ -32,24 +36,24 @@ def test_qemu_mps2_an386_parity_200_images(name, tmp_path):
 def test_qemu_parity_at_os_and_a_corrupted_model_is_caught(tmp_path):
     m, x = _load("mnist-mlp")
     gold = golden.run(m, x[:100], keep_phases=False)
-    fw = mcu.build_firmware(m, "mnist-mlp", mcu.board("mps2-an386"), tmp_path, opt="-Os")
-    logits, classes = mcu.run_qemu(fw, x[:100], m.num_classes)
+    fw = firmware.build_firmware(m, "mnist-mlp", registry.mcu("mps2-an386"), tmp_path, opt="-Os")
+    logits, classes = emulators.run_qemu(fw, x[:100], m.num_classes)
     assert np.array_equal(logits, gold.logits) and np.array_equal(classes, gold.classes)
     m.layers[-1].bias[3] += 1  # firmware built from a different model must not match
-    fw2 = mcu.build_firmware(m, "mnist-mlp", mcu.board("mps2-an386"), tmp_path / "bad", opt="-O2")
-    logits2, _ = mcu.run_qemu(fw2, x[:100], m.num_classes)
+    fw2 = firmware.build_firmware(m, "mnist-mlp", registry.mcu("mps2-an386"), tmp_path / "bad", opt="-O2")
+    logits2, _ = emulators.run_qemu(fw2, x[:100], m.num_classes)
     assert not np.array_equal(logits2, gold.logits)
 
 
 @pytest.mark.parametrize("board", ["mps2-an386", "nucleo-f446re", "rp2040-pico"])
 def test_boards_build_and_count_instructions(board, tmp_path):
     m, x = _load("mnist-cnn")
-    b = mcu.board(board)
-    fw = mcu.build_firmware(m, "mnist-cnn", b, tmp_path)
+    b = registry.mcu(board)
+    fw = firmware.build_firmware(m, "mnist-cnn", b, tmp_path)
     s = fw.sizes
     assert 0 < s["flash_bytes"] <= b.flash_bytes and 0 < s["ram_bytes"] <= b.ram_bytes
     assert s["sections"][".rodata"] > sum(l.weight.size for l in m.layers if l.weight is not None)
-    run = mcu.run_unicorn(fw, x[:3], m.num_classes)
+    run = emulators.run_unicorn(fw, x[:3], m.num_classes)
     gold = golden.run(m, x[:3], keep_phases=False)
     assert np.array_equal(run.logits, gold.logits)
     assert all(i > 100_000 for i in run.instructions)
@@ -104,7 +108,7 @@ def test_model_that_does_not_fit_is_refused_before_compiling(capsys, tmp_path, m
     def no_compiler(*a, **k):
         raise AssertionError("must refuse before compiling")
 
-    monkeypatch.setattr(mcu.subprocess, "run", no_compiler)
+    monkeypatch.setattr(emulators.subprocess, "run", no_compiler)
     _one_line_error(capsys, ["emit", str(ROOT / "models" / "fmnist-cnn.pt"), "--target", "c", "--board", "nucleo-f446re",
                              "-o", str(tmp_path / "o")], "does not fit nucleo-f446re", "KiB flash (board has 512 KiB)",
                     "KiB RAM (board has 128 KiB)")
@@ -114,7 +118,7 @@ def test_model_that_does_not_fit_is_refused_before_compiling(capsys, tmp_path, m
 @pytest.mark.parametrize("tool, package", [("arm-none-eabi-gcc", "gcc-arm-none-eabi"), ("qemu-system-arm", "qemu-system-arm")])
 def test_missing_tools_name_the_package(capsys, tmp_path, monkeypatch, tool, package):
     real = shutil.which
-    monkeypatch.setattr(mcu.shutil, "which", lambda t, *a, **k: None if t == tool else real(t, *a, **k))
+    monkeypatch.setattr(firmware.shutil, "which", lambda t, *a, **k: None if t == tool else real(t, *a, **k))
     if tool == "qemu-system-arm":
         args = ["verify", str(ROOT / "models" / "mnist-mlp.pt"), "--target", "c", "--board", "mps2-an386", "-n", "5"]
     else:
@@ -131,8 +135,8 @@ def test_fuzz_repros_on_the_board_equal_golden(repro, tmp_path):
     """The reproducers build for the Cortex-M4 with -Werror and equal golden under QEMU."""
     m = modelfile.load(REPRO / repro / "model.pt")
     x = np.load(REPRO / repro / "inputs.npy") if (REPRO / repro / "inputs.npy").exists() else datasets.load("mnist", "test")[0][:20]
-    fw = mcu.build_firmware(m, repro, mcu.board("mps2-an386"), tmp_path, opt="-O2")
-    logits, classes = mcu.run_qemu(fw, x, m.num_classes)
+    fw = firmware.build_firmware(m, repro, registry.mcu("mps2-an386"), tmp_path, opt="-O2")
+    logits, classes = emulators.run_qemu(fw, x, m.num_classes)
     gold = golden.run(m, x, keep_phases=False)
     assert np.array_equal(logits, gold.logits) and np.array_equal(classes, gold.classes)
 
@@ -156,7 +160,7 @@ def test_emit_c_count_images_0_says_skipped_and_shows_progress(tmp_path, capsys,
 
 
 def test_a_cross_compile_failure_is_one_line_with_its_log(tmp_path, monkeypatch, capsys):
-    from codegen import emit_c
+    from codegen.c import emit as emit_c
 
     real = emit_c.generate
 

@@ -4,7 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codegen import ann, convert, datasets
+from codegen.frontend import ann
+from codegen.frontend import convert
+from codegen.frontend import datasets
 from runtime import golden, modelfile
 
 ROOT = Path(__file__).resolve().parent.parent

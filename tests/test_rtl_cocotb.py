@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from codegen import datasets, fpga_sim
+from codegen.frontend import datasets
+from codegen.fpga import sim as fpga_sim
 from randmodels import random_images, valid_model
 from runtime import modelfile
 from runtime.errors import UserError

@@ -62,7 +62,7 @@ def test_network_without_stalls_is_the_same():
 
 
 def mnist(first, count):
-    from codegen import datasets
+    from codegen.frontend import datasets
 
     model = modelfile.load(ROOT / "models" / "mnist-mlp.pt")
     images, _ = datasets.load("mnist", "test")

@@ -51,7 +51,7 @@ def test_conv_network_mutation_is_caught():
 @pytest.mark.parametrize("name,dataset", [("mnist-cnn", "mnist")])
 def test_shipped_cnn_in_amaranth_sim(name, dataset):
     """One image of a shipped CNN, every layer compared (slow in amaranth.sim: the cocotb bench runs more)."""
-    from codegen import datasets
+    from codegen.frontend import datasets
 
     model = modelfile.load(ROOT / "models" / f"{name}.pt")
     images, _ = datasets.load(dataset, "test")

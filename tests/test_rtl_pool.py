@@ -215,7 +215,7 @@ def test_engine_shipped_shapes(in_shape, T):
 @pytest.mark.parametrize("name,layer", [("mnist-cnn", 1), ("fmnist-cnn", 3)])
 def test_engine_on_shipped_model(name, layer):
     """A shipped model's max-pool on a real image's activation equals the golden model's output."""
-    from codegen import datasets
+    from codegen.frontend import datasets
 
     model = modelfile.load(ROOT / "models" / f"{name}.pt")
     images, _ = datasets.load(name.split("-")[0], "test")

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from randmodels import random_model, valid_model
 
-from codegen import emit_fpga, synth
+from codegen import fpga
+from codegen.fpga import synth
 from runtime import modelfile
 
 MLP = Path(__file__).resolve().parent.parent / "models" / "mnist-mlp.pt"
@@ -56,7 +57,7 @@ def test_mnist_mlp_ecp5_fits(mlp, tmp_path):
     assert rep["synthesis"]["ok"] and rep["place_and_route"]["ok"] and rep["fits"], synth.format_text(rep)
     r = rep["synthesis"]["resources"]
     assert 1000 < r["lut"] < 24288 and 500 < r["ff"] < 24288
-    est = emit_fpga.estimate(mlp, "ulx3s", 4, n_images=0)["boards"]["ulx3s"]
+    est = fpga.estimate(mlp, "ulx3s", 4, n_images=0)["boards"]["ulx3s"]
     assert r["bram"] == est["block_rams"] <= 56    # the estimate models Yosys's memory mapping
     assert r["dsp"] == est["dsp"] <= 28
     assert r["lutram"] == est["lutram_cells"]
@@ -75,7 +76,7 @@ def test_mnist_mlp_up5k_spram_fits(mlp, tmp_path):
     assert any(l.startswith("delete r:MEMID=*spram_store*") for l in rep["synthesis"]["script"])
     assert rep["synthesis"]["ok"] and rep["place_and_route"]["ok"] and rep["fits"], synth.format_text(rep)
     r = rep["synthesis"]["resources"]
-    est = emit_fpga.estimate(mlp, "icebreaker", 4, n_images=0)["boards"]["icebreaker"]
+    est = fpga.estimate(mlp, "icebreaker", 4, n_images=0)["boards"]["icebreaker"]
     assert (r["spram"], r["bram"], r["dsp"]) == (est["spram"], est["block_rams"], est["dsp"]) == (4, 18, 8)
     util = rep["place_and_route"]["utilisation"]
     assert util["ICESTORM_SPRAM"]["used"] == 4 and util["SB_IO"]["used"] == 34
@@ -89,7 +90,7 @@ def test_mnist_mlp_up5k_overflow_reported(mlp, tmp_path):
     check_files(tmp_path, rep)
     assert rep["synthesis"]["ok"]
     r = rep["synthesis"]["resources"]
-    est = emit_fpga.estimate(mlp, "icebreaker", 4, n_images=0, store="rom")["boards"]["icebreaker"]
+    est = fpga.estimate(mlp, "icebreaker", 4, n_images=0, store="rom")["boards"]["icebreaker"]
     assert r["bram"] == est["block_rams"] > 30 and r["spram"] == 0
     assert not rep["fits"] and not rep["place_and_route"]["ok"]
     pr = rep["place_and_route"]
@@ -109,7 +110,7 @@ def test_small_dense_model_fits_up5k(tmp_path):
     assert rep["fits"], synth.format_text(rep)
     r = rep["synthesis"]["resources"]
     assert 100 < r["lut"] <= 5280 and 50 < r["ff"] <= 5280 and r["bram"] <= 30 and r["dsp"] <= 8
-    est = emit_fpga.estimate(m, "icebreaker", 2)["boards"]["icebreaker"]
+    est = fpga.estimate(m, "icebreaker", 2)["boards"]["icebreaker"]
     assert r["bram"] == est["block_rams"] and r["dsp"] == est["dsp"]
     pr = rep["place_and_route"]
     assert pr["utilisation"]["ICESTORM_LC"]["used"] > 100
@@ -125,7 +126,7 @@ def test_small_conv_model_fits(board_name, tmp_path):
     check_files(tmp_path, rep)
     assert rep["fits"], synth.format_text(rep)
     r = rep["synthesis"]["resources"]
-    est = emit_fpga.estimate(m, board_name, 2)["boards"][board_name]
+    est = fpga.estimate(m, board_name, 2)["boards"][board_name]
     assert r["bram"] == est["block_rams"] and r["dsp"] == est["dsp"]
     assert 300 < r["lut"] and 100 < r["ff"]
     assert 5 < rep["place_and_route"]["fmax_mhz"] < 400

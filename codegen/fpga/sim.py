@@ -4,7 +4,7 @@
   Verilog with flat port names.
 * :func:`verify` builds that top under the chosen simulator (build folders under ``work``, one per
   design digest and simulator, so an unchanged design is not rebuilt), runs the cocotb bench
-  ``codegen/cocotb_bench/network_bench.py`` on the images, and returns how many frames matched the
+  ``codegen/fpga/cocotb_bench/network_bench.py`` on the images, and returns how many frames matched the
   golden model exactly (logits, class and every firing layer's spike events), the first mismatch,
   and the cycles per inference. See ``docs/fpga-verify.md``.
 """
@@ -40,10 +40,10 @@ DESC_FILE = "onespike_top.json"
 LOAD_FILE = "load.bin"     # the store image of a design with "ram" layers
 PROGRESS_FILE = "progress.txt"   # the bench appends a line per result (the parent shows a progress bar)
 RUN_NAME = re.compile(r"^(icarus|verilator)-[0-9a-f]{8}-")   # run folders verify made (the only ones it prunes)
-BENCH_MODULE = "codegen.cocotb_bench.network_bench"
+BENCH_MODULE = "codegen.fpga.cocotb_bench.network_bench"
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "--no-timing"]
 TIMESCALE = ("1ns", "1ps")
-_PKG_ROOT = Path(__file__).resolve().parent.parent      # holds codegen/, rtl/, runtime/
+_PKG_ROOT = Path(__file__).resolve().parents[2]     # holds codegen/, rtl/, runtime/
 _TOP_VERSION = 2       # bump when write_top's output changes for the same model and RTL
 
 
@@ -431,10 +431,10 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     design_dir = work / f"design-{key}"
     build_dir = design_dir / (sim + ("-waves" if waves else ""))
     if not (design_dir / TOP_FILE).is_file():     # a new design: refuse one too large to convert, first
-        from codegen import emit_fpga
+        from codegen import fpga
 
-        bits = emit_fpga.design_bits(model, lanes, fifo_depth, store)
-        emit_fpga.check_design_size(bits["total"], bits)
+        bits = fpga.design_bits(model, lanes, fifo_depth, store)
+        fpga.check_design_size(bits["total"], bits)
     # The build's lock: exclusive while it is built, then shared while the run uses it (a passing
     # run deletes the build only if it can make the lock exclusive again: no other run uses it).
     with _locked(work / f".lock-{key}-{build_dir.name}") as lock:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
+from runtime.errors import UserError
 from runtime.io import atomic_torch_save, load_plain
 from runtime.spec import (MAX_CHANNELS, MAX_KERNEL, MAX_LAYERS, MAX_NEURONS, MAX_STRIDE, MAX_WEIGHTS,
                           check_shape_limits)

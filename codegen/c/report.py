@@ -22,8 +22,12 @@ from runtime import golden
 from runtime.errors import UserError
 from runtime.spec import IntModel
 
-from . import datasets, emit_c, mcu
-from .emit_lut import layer_summary, tool_versions, write_with_manifest
+from boards import registry
+
+from ..frontend import datasets
+from ..lut import layer_summary, tool_versions, write_with_manifest
+from . import emit as emit_c
+from . import emulators, firmware, toolchain
 
 OPTS = ("-O2", "-Os")
 
@@ -53,12 +57,12 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
     ``progress``: a tqdm bar on stderr over the firmware builds and the instruction counts."""
     if isinstance(n_count, bool) or not isinstance(n_count, int) or n_count < 0:
         raise UserError(f"--count-images must be an integer 0 or more, not {n_count!r}")
-    b = mcu.board(board_name)
-    mem = mcu.check_fit(model, b)  # refuse before generating anything
-    mcu.need("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    b = registry.mcu(board_name)
+    mem = firmware.check_fit(model, b)  # refuse before generating anything
+    toolchain.need("arm-none-eabi-gcc", "gcc-arm-none-eabi")
     files = emit_c.generate(model, name)
     for fn in ("startup.c", "semihost.c", "semihost.h", "fw_main.c", "sections.ld"):
-        files[fn] = (mcu.COMMON / fn).read_bytes()
+        files[fn] = (firmware.COMMON / fn).read_bytes()
     files["memory.ld"] = (b.folder / "memory.ld").read_bytes()
     files["Makefile"] = makefile(model, name, b).encode()
 
@@ -84,12 +88,12 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
         gold = golden.run(model, images, keep_phases=False) if images is not None else None
         for opt in OPTS:
             bar.set_postfix_str(f"build {opt}")
-            fw = mcu.build_firmware(model, name, b, tmp, opt=opt)
+            fw = firmware.build_firmware(model, name, b, tmp, opt=opt)
             bar.update()
             entry = {"sizes": fw.sizes}
             if images is not None:
                 bar.set_postfix_str(f"count {opt}, {len(images)} images")
-                run = mcu.run_unicorn(fw, images, model.num_classes)
+                run = emulators.run_unicorn(fw, images, model.num_classes)
                 bar.update()
                 ok = bool(np.array_equal(run.logits, gold.logits) and np.array_equal(run.classes, gold.classes))
                 ins = run.instructions

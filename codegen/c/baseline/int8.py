@@ -19,7 +19,8 @@ import torch
 
 from runtime.errors import UserError
 
-from .. import convert, emit_c
+from ...frontend import convert
+from .. import emit as emit_c
 
 HERE = Path(__file__).resolve().parent
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from runtime.errors import UserError
 
 DATASETS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "fmnist": "fashion-mnist"}
 _FILES = {
@@ -27,7 +27,7 @@ def data_root() -> Path:
     env = os.environ.get("ONESPIKE_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _read_idx(path: Path) -> np.ndarray:

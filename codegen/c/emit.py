@@ -20,9 +20,9 @@ import numpy as np
 
 from runtime.spec import IntModel
 
-from .emit_lut import layer_summary, tool_versions, write_with_manifest
+from ..lut import layer_summary, tool_versions, write_with_manifest
 
-C_DIR = Path(__file__).resolve().parent.parent / "runtime" / "c"
+C_DIR = Path(__file__).resolve().parents[2] / "runtime" / "c"
 KERNEL_FILES = ("onespike.h", "onespike.c")
 KIND_ENUM = {"dense": "OS_DENSE", "conv2d": "OS_CONV2D", "maxpool": "OS_MAXPOOL", "avgpool": "OS_AVGPOOL"}
 

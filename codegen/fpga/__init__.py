@@ -1,0 +1,35 @@
+"""The FPGA backend: ``codegen emit --target fpga`` and its estimate, synthesis and simulation.
+
+The stage, in the order the data flows:
+
+* :mod:`.store` -- where the weights go (``--store``), the lane and FIFO options;
+* :mod:`.design` -- the design (``rtl.network.Network``) as Verilog and RTLIL;
+* the estimate, before any synthesis: :mod:`.memories` (the memory inventory and where Yosys maps
+  each memory), :mod:`.multipliers` (multipliers and DSP blocks), :mod:`.cycles` (cycles per
+  inference), :mod:`.fit` (the estimate on a board, the fit check), :mod:`.report` (its text);
+* :mod:`.emit` -- the files of the target;
+* :mod:`.synth` -- Yosys + nextpnr; :mod:`.sim` and :mod:`.cocotb_bench` -- the cocotb bench that
+  checks the design against the golden model under Icarus or Verilator.
+
+The names below are the package's API (``from codegen import fpga; fpga.emit(...)``).
+"""
+from .cycles import (FIRE_DRAIN_OVERHEAD, PIXEL_LATENCY, POOL_DRAIN_OVERHEAD, READOUT_DRAIN_OVERHEAD,
+                     cycle_estimate, golden_phases, layer_cycles, pixel_stream_end)
+from .design import LOAD_PINS, PINS, inspect_network, network, pins_verilog, result_bits, rtlil, strip_store_init, verilog
+from .emit import emit
+from .fit import (MAX_DESIGN_BITS, check_design_size, check_fit, design_bits, estimate, fits, largest_fitting_lanes,
+                  mapping)
+from .memories import Mem, elaborated_memories, map_memory, memories, payload_bits, varying_bits, weight_words
+from .multipliers import engine_multipliers, mul_dsps, multipliers
+from .report import format_text
+from .store import (FIFO_DEPTH, MAX_LANES, N_COUNT, STORES, check_fifo_depth, check_lanes, get_board, ram_refusal,
+                    resolve_store, symbol)
+
+__all__ = ["FIFO_DEPTH", "FIRE_DRAIN_OVERHEAD", "LOAD_PINS", "MAX_DESIGN_BITS", "MAX_LANES", "Mem", "N_COUNT", "PINS",
+           "PIXEL_LATENCY", "POOL_DRAIN_OVERHEAD", "READOUT_DRAIN_OVERHEAD", "STORES", "check_design_size",
+           "check_fifo_depth", "check_fit", "check_lanes", "cycle_estimate", "design_bits", "elaborated_memories",
+           "emit", "engine_multipliers", "estimate", "fits", "format_text", "get_board", "golden_phases",
+           "inspect_network", "largest_fitting_lanes", "layer_cycles", "map_memory", "mapping", "memories",
+           "mul_dsps", "multipliers", "network", "payload_bits", "pins_verilog", "pixel_stream_end", "ram_refusal",
+           "resolve_store", "result_bits", "rtlil", "strip_store_init", "symbol", "varying_bits", "verilog",
+           "weight_words"]

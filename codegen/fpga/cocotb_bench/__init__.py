@@ -1,0 +1,1 @@
+"""cocotb benches run inside a Verilog simulator by ``codegen.fpga.sim`` (see docs/fpga-verify.md)."""

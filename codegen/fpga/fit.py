@@ -1,0 +1,192 @@
+"""The estimate of a design on a board (memories and multipliers mapped, cycles), whether it fits,
+the largest lane count that does, and the size limit that refuses a design before any work."""
+from __future__ import annotations
+
+from boards.kinds import FpgaBoard
+from boards.registry import FPGA_BOARDS
+from runtime import spec
+from runtime.errors import UserError
+from runtime.spec import IntModel
+
+from .cycles import cycle_estimate, golden_phases
+from .design import inspect_network
+from .memories import Mem, is_conv_engine, map_memory, memories, payload_bits
+from .multipliers import multipliers
+from .store import FIFO_DEPTH, N_COUNT, check_fifo_depth, check_lanes, get_board, resolve_store
+
+WHAT_ORDER = ("weights", "store", "bias", "accumulators", "thresholds", "decode", "encode", "fifo", "pool")
+
+
+def board_mapping(mems: list[Mem], b: FpgaBoard, muls: dict) -> dict:
+    per = []
+    for m in mems:
+        per.append({"name": m.name, **map_memory(m, b)})
+    bram = sum(p["cells"] for p in per if p["style"] == "bram")
+    lutram = sum(p["cells"] for p in per if p["style"] == "lutram")
+    logic_bits = sum(m.depth * m.mapped_width for m, p in zip(mems, per) if p["style"] == "logic")
+    weights_bits = sum(m.bits for m in mems if m.what == "weights")
+    spram = sum(p["cells"] for p in per if p["style"] == "spram")
+    out = {
+        "board": b.name, "device": b.device, "part": b.part,
+        "block_rams": bram, "block_rams_available": b.bram_count, "block_ram_cell": b.bram_name,
+        "block_ram_bits_used": sum(m.bits for m, p in zip(mems, per) if p["style"] == "bram"),
+        "block_ram_bits_available": b.bram_total_bits,
+        "lutram_cells": lutram, "lutram_cell": b.lutram_name, "memory_bits_in_logic": logic_bits,
+        "dsp": muls["dsp"], "dsp_lane": muls["dsp_lane"], "dsp_constant": muls["dsp_constant"],
+        "dsp_available": b.dsp_count, "dsp_cell": b.dsp_name,
+        "memories": per,
+    }
+    if b.spram_count:
+        out["spram"] = spram
+        out["spram_available"] = b.spram_count
+        stores = [(m, p) for m, p in zip(mems, per) if p["style"] == "spram"]
+        if stores:
+            out["spram_note"] = (
+                "RAM weight store(s), loaded at run time from weights.bin: " + ", ".join(
+                    f"{m.name} {m.depth:,} x {m.width} bits -> {p['cells']} {b.spram_name}" for m, p in stores)
+                + (f"; other weights ({weights_bits:,} bits) in block RAM initialised by the bitstream"
+                   if weights_bits else ""))
+        else:
+            out["spram_note"] = (
+                f"not used: the weights ({weights_bits:,} bits) are in block RAM initialised by the bitstream "
+                f"(store rom); with a RAM store (--store ram, or auto when the rom design does not fit) a layer's "
+                f"weights and thresholds go to SPRAM ({b.spram_count} x {b.spram_bits // 1024} Kbit), loaded at run time")
+    out["fits"] = bram <= b.bram_count and muls["dsp"] <= b.dsp_count and spram <= b.spram_count
+    return out
+
+
+def estimate(model: IntModel, board: FpgaBoard | str | None = None, lanes: int = 8, fifo_depth: int = FIFO_DEPTH,
+             n_images: int = N_COUNT, phases: tuple[list | None, str] | None = None, store="auto") -> dict:
+    """The resource and cycle estimate (no file written). ``board=None``: every known board.
+    ``phases``: ``(phases, source)`` as :func:`golden_phases` returns them (default: computed here).
+    ``store``: as :func:`resolve_store` (the result is ``est["store"]``, one entry per layer)."""
+    lanes = check_lanes(lanes)
+    fifo_depth = check_fifo_depth(fifo_depth)
+    b = get_board(board) if isinstance(board, str) else board
+    store = resolve_store(model, b, lanes, store, fifo_depth)
+    net = inspect_network(model, lanes, fifo_depth, store)
+    mems = memories(model, lanes, fifo_depth, net)
+    bits = {w: sum(m.bits for m in mems if m.what == w) for w in WHAT_ORDER}
+    bits["total"] = sum(m.bits for m in mems)
+    ph, source = phases if phases is not None else golden_phases(model, n_images)
+    est = {
+        "lanes": lanes, "fifo_depth": fifo_depth, "store": store,
+        "load_image_bytes": len(net.load_image()) if any(st == "ram" for st in store) else 0,
+        "memories": [{"name": m.name, "what": m.what, "depth": m.depth, "width": m.width, "bits": m.bits,
+                      "rom": m.rom, "varying_bits": m.varying, "used": m.used} for m in mems],
+        "memory_bits": bits,
+        "multipliers": multipliers(model, lanes, None, net),
+        "cycles": cycle_estimate(model, lanes, ph, source, net, fifo_depth),
+        "logic_note": "LUTs and flip-flops are not estimated; codegen.synth measures them with Yosys and nextpnr",
+    }
+    boards = [b] if b is not None else list(FPGA_BOARDS.values())
+    est["boards"] = {x.name: board_mapping(mems, x, multipliers(model, lanes, x, net)) for x in boards}
+    est["board"] = b.name if b is not None else None
+    return est
+
+
+def mapping(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH, store="rom") -> dict:
+    """:func:`board_mapping` of ``Network(model, lanes, fifo_depth, store)`` (``store``: a resolved list)."""
+    net = inspect_network(model, lanes, fifo_depth, store)
+    return board_mapping(memories(model, lanes, fifo_depth, net), b, multipliers(model, lanes, b, net))
+
+
+def fits(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH, store="auto") -> bool:
+    """Whether the design fits ``b`` (``store`` as :func:`resolve_store`; a store that cannot be built
+    at these lanes does not fit)."""
+    try:
+        store = resolve_store(model, b, lanes, store, fifo_depth)
+    except UserError:
+        return False
+    return mapping(model, b, lanes, fifo_depth, store)["fits"]
+
+
+def largest_fitting_lanes(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH,
+                          store="auto") -> int | None:
+    """The largest lane count below ``lanes`` that fits ``b`` with ``store`` (re-resolved per lane
+    count for ``"auto"``), or None."""
+    for ln in range(lanes - 1, 0, -1):
+        if fits(model, b, ln, fifo_depth, store):
+            return ln
+    return None
+
+
+def _store_words(store) -> str:
+    if isinstance(store, str):
+        return {"auto": "weights in block RAM or SPRAM", "rom": "weights in block RAM",
+                "ram": "weights in SPRAM"}[store]
+    return "store " + ",".join(store)
+
+
+# Memory bits of a design beyond which no Verilog is generated (emit, and verify's simulation top):
+# 16 Mbit is 16x the block RAM of the largest board here (ULX3S: 56 x 18 Kbit) and 4x that of the
+# largest ECP5 (85k); Amaranth's conversion of such a design takes minutes and GBs (measured: 10 Mbit,
+# 134 s and 1.4 GB), and one at the spec's size limits can need 140 Mbit.
+MAX_DESIGN_BITS = 1 << 24
+
+
+def check_design_size(total_bits: int, bits_by_kind: dict | None = None) -> None:
+    """Refuse (one line) a design whose memories hold more than :data:`MAX_DESIGN_BITS` bits."""
+    if total_bits <= MAX_DESIGN_BITS:
+        return
+    parts = ""
+    if bits_by_kind:
+        big = sorted(((v, k) for k, v in bits_by_kind.items() if k != "total" and v), reverse=True)[:2]
+        parts = " (" + ", ".join(f"{k} {v:,}" for v, k in big) + ")"
+    raise UserError(f"the FPGA design needs {total_bits:,} memory bits{parts}, more than the "
+                    f"{MAX_DESIGN_BITS:,} codegen generates Verilog for (emit_fpga.MAX_DESIGN_BITS, 16x the "
+                    f"largest board's block RAM): use smaller layers")
+
+
+def design_bits(model: IntModel, lanes, fifo_depth: int = FIFO_DEPTH, store="rom") -> dict:
+    """Memory bits of ``Network(model, lanes, fifo_depth, store)`` by kind (``total`` too), as
+    ``estimate()["memory_bits"]``: from the engines' parameters only, nothing per word."""
+    spec.validate(model)
+    net = inspect_network(model, lanes, fifo_depth, store)
+    bits = dict.fromkeys(WHAT_ORDER, 0)
+    bits["encode"] = 256 * 8
+    prev = None
+    for k, e in enumerate(net.engines):
+        if net.fifo_depth >= 2:
+            bits["fifo"] += (net.fifo_depth - 1) * payload_bits(net.encoder if prev is None else prev)
+        if is_conv_engine(e):
+            G, L, acc = e.groups, e.lanes, e.acc_bits
+            ram, fold = getattr(e, "store", "rom") == "ram", getattr(e, "fold_bias", False)
+            if ram:
+                bits["store"] += e.store_depth * 8 * L
+            else:
+                bits["weights"] += e.weight_depth * 8 * L
+            bits["accumulators"] += e.words * L * acc
+            if not fold:
+                bits["bias"] += G * L * acc
+                bits["thresholds"] += sum(fu.rows * (1 << (fu.T - 1).bit_length()) * fu.acc_bits
+                                          for fu in e.fire_units)
+            bits["decode"] += len(e.decode) * max(1, int(e.decode.max()).bit_length())
+        else:
+            bits["pool"] += e.n_out * int(e.T).bit_length()
+        prev = e
+    bits["total"] = sum(bits[w] for w in WHAT_ORDER)
+    return bits
+
+
+def check_fit(model: IntModel, est: dict, b: FpgaBoard, store="auto") -> None:
+    """Refuse (one line, naming what is needed and what the board has) a design that does not fit ``b``.
+    ``store``: what was asked for (the hint searches lower lane counts with it)."""
+    m = est["boards"][b.name]
+    if m["fits"]:
+        return
+    parts = []
+    if m["block_rams"] > m["block_rams_available"]:
+        parts.append(f"needs {m['block_rams']} block RAMs (board has {m['block_rams_available']} {b.bram_name})")
+    if m["dsp"] > m["dsp_available"]:
+        parts.append(f"needs {m['dsp']} DSPs (board has {m['dsp_available']} {b.dsp_name})")
+    if m.get("spram", 0) > m.get("spram_available", 0):
+        parts.append(f"needs {m['spram']} SPRAMs (board has {m['spram_available']} {b.spram_name})")
+    lanes = est["lanes"]
+    hint = largest_fitting_lanes(model, b, lanes, est["fifo_depth"], store)
+    tail = f"; lanes={hint} fits" if hint else "; no lane count fits this board"
+    if b.spram_count:
+        tail += f" ({_store_words(store)})"
+    used = ",".join(est["store"])
+    raise UserError(f"model does not fit {b.name} ({b.part}) at lanes={lanes} (store {used}): "
+                    + " and ".join(parts) + tail)

@@ -1,0 +1,226 @@
+"""The multipliers of a design (lane multipliers, constant multiplies of the index and address
+arithmetic) and the DSP blocks Yosys's ``mul2dsp`` maps them to on a board."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from boards.kinds import FpgaBoard
+from runtime.spec import IntModel
+
+from .design import inspect_network
+from .memories import is_conv_engine, varying_bits, weight_words
+
+
+@dataclass(frozen=True)
+class Mul:
+    """One multiplier of the design as Yosys sees it before DSP mapping (after ``wreduce``): a lane
+    multiplier ``int8 x D[f]`` or a multiply by a constant (``const``: its odd part; the constant's
+    trailing zero bits are a shift)."""
+
+    site: str       # layer<k>.<where>
+    a_bits: int     # the variable operand
+    b_bits: int     # the other operand (the constant's odd part)
+    y_bits: int     # product bits that are used
+    const: int | None = None
+
+
+def _tz(c: int) -> int:
+    return (c & -c).bit_length() - 1
+
+
+def _ubits(n: int) -> int:
+    """Bits of ``Signal(range(n))`` (0 for ``range(1)``)."""
+    return max(0, int(n) - 1).bit_length()
+
+
+def _mul_width(a: int, c: int) -> int:
+    """Width of ``x * c`` (``x`` ``a`` bits wide, ``c`` a Python int) as Amaranth builds it; 0 when
+    ``x`` has no bits (the product is the constant 0, which Yosys folds away); ``a`` for ``c == 1``
+    (Yosys drops the multiply and the zero-extension)."""
+    if a <= 0:
+        return 0
+    return a if c == 1 else a + max(1, int(c).bit_length())
+
+
+def _add_width(a: int, b: int) -> int:
+    """Width of ``x + y``; adding a constant 0 (a folded product or a constant table) adds no bit."""
+    return max(a, b) + 1 if a > 0 and b > 0 else max(a, b)
+
+
+def _const_mul(out: list, site: str, a: int, const: int, need: int, copies: int = 1) -> None:
+    """Record ``x * const`` (``x``: ``a`` bits; ``need``: bits of the product used downstream) unless Yosys
+    turns it into a shift (``const`` a power of two, or 0), or it has no variable input or no used bits.
+    ``copies``: how many identical multipliers Yosys keeps (see :func:`_table`)."""
+    const = int(const)
+    if const <= 0 or a <= 0:
+        return
+    tz = _tz(const)
+    odd = const >> tz
+    y = min(a + odd.bit_length(), need - tz)
+    if odd == 1 or y <= 0:
+        return
+    for i in range(copies):
+        out.append(Mul(site if copies == 1 else f"{site}#{i}", a, odd.bit_length(), y, odd))
+
+
+def _table(values) -> tuple[int, bool]:
+    """``(bits, rom)`` of a constant table ``Array(Const(v, _uint(max)))`` indexed by a signal.
+
+    ``rom``: Yosys's ``proc_rom`` turns the lookup into a ROM (at least 8 entries that cover every
+    index value, i.e. a power of two); otherwise it is a multiplexer of constants, which Yosys folds
+    to a constant (bits 0) when every entry is the same. Amaranth writes an expression once per
+    assignment that uses it; Yosys merges the identical copies, except those that read such ROMs
+    (each copy reads its own ROM), so their multipliers stay duplicated."""
+    values = np.asarray(values)
+    n = len(values)
+    rom = n >= 8 and n & (n - 1) == 0
+    if not rom and len(np.unique(values)) < 2:
+        return 0, False
+    return max(1, int(values.max()).bit_length()), rom
+
+
+def _unflatten_muls(out: list, site: str, n_index_bits: int, shape) -> None:
+    """The constant multiplies of :func:`rtl.coords.unflatten` (``c = index // (H*W)`` and
+    ``y = r // W`` by a reciprocal multiply and shift, then ``index - c*(H*W)``, ``r - y*W``)."""
+    from rtl.coords import magic_divisor
+
+    C, H, W = (int(v) for v in shape)
+    HW = H * W
+    if HW == 1:
+        return
+    ib = n_index_bits
+    m1, s1 = magic_divisor(HW, C * HW - 1)
+    _const_mul(out, f"{site}.c", ib, m1, ib + m1.bit_length())
+    c_bits = max(0, ib + m1.bit_length() - s1)           # the shift drops the low product bits
+    r_bits = max(1, (HW - 1).bit_length())
+    _const_mul(out, f"{site}.c*HW", c_bits, HW, r_bits)
+    if W == 1:
+        return
+    m2, s2 = magic_divisor(W, HW - 1)
+    _const_mul(out, f"{site}.y", r_bits, m2, r_bits + m2.bit_length())
+    y_bits = max(0, r_bits + m2.bit_length() - s2)
+    _const_mul(out, f"{site}.y*W", y_bits, W, max(1, (W - 1).bit_length()))
+
+
+def engine_multipliers(k: int, e) -> list[Mul]:
+    """Every multiplier engine ``k`` (of :func:`network`) builds, with the widths Yosys sees.
+
+    ConvEngine (dense, conv2d, avg-pool): ``lanes`` lane multipliers ``W x D[f]`` (signed int8 times
+    the unsigned decode value: ``8 x (d+1)`` bits; an avg-pool's 0/1 weights are still read as int8,
+    and DSP mapping happens before Yosys looks at ROM contents), :func:`rtl.coords.unflatten` of the
+    input index, the first accumulator and weight addresses of an event
+    (``(oy_lo*OW + ox_lo)*G``, ``((c*k + ky0)*k + kx0)*G``) and the output index
+    ``(g*lanes + lane)*OH*OW + pos``. MaxPoolEngine: ``unflatten`` and ``c * OH*OW``.
+    Products by powers of two are shifts and not listed."""
+    out: list[Mul] = []
+    site = f"layer{k}"
+    if is_conv_engine(e):
+        C_in, H, W = e.in_shape
+        C_out, OH, OW = e.out_shape
+        G, L, kk = e.groups, e.lanes, e.kernel
+        d_bits = max(1, int(e.decode.max()).bit_length())
+        for lane in range(L):
+            # signed 8 x signed (d_bits + 1) (the decode value zero-extended); the product of an int8
+            # and a non-negative value needs 8 + d_bits bits.
+            out.append(Mul(f"{site}.lane{lane}", 8, d_bits + 1, 8 + d_bits))
+        _unflatten_muls(out, f"{site}.unflatten", max(1, (e.n_in - 1).bit_length()), e.in_shape)
+        # first_acc = (oy_lo * OW + ox_lo) * G into Signal(range(words)), assigned to acc_addr and
+        # acc_row (2 copies)
+        acc_bits = _ubits(e.words)
+        (oy, oy_rom), (ox, ox_rom) = _table(e.runs_y[:, 0]), _table(e.runs_x[:, 0])
+        _const_mul(out, f"{site}.first_acc.oy*OW", oy, OW, acc_bits - _tz(G), 2 if oy_rom else 1)
+        _const_mul(out, f"{site}.first_acc*G", _add_width(_mul_width(oy, OW), ox), G, acc_bits,
+                   2 if oy_rom or ox_rom else 1)
+        # first_w = ((c * k + ky0) * k + kx0) * G into Signal(range(C_in * k * k * G)), assigned to
+        # w_addr, w_base and w_row (3 copies)
+        # (none if every weight word is the same, e.g. a one-channel avg-pool: Yosys replaces the
+        # weight ROM by a constant and drops its address logic)
+        if getattr(e, "store", "rom") == "ram" or varying_bits(weight_words(e), 8):
+            w_bits = _ubits(C_in * kk * kk * G)
+            c_bits = _ubits(C_in)
+            (ky, ky_rom), (kx, kx_rom) = _table(e.runs_y[:, 2]), _table(e.runs_x[:, 2])
+            _const_mul(out, f"{site}.first_w.c*k", c_bits, kk, w_bits - _tz(G) - _tz(kk))
+            x1 = _add_width(_mul_width(c_bits, kk), ky)
+            _const_mul(out, f"{site}.first_w*k", x1, kk, w_bits - _tz(G), 3 if ky_rom else 1)
+            _const_mul(out, f"{site}.first_w*G", _add_width(_mul_width(x1, kk), kx), G, w_bits,
+                       3 if ky_rom or kx_rom else 1)
+        # output index (g * L + lane) * P + pos (collector of a firing layer, dispatch of a readout)
+        o_bits = max(1, (e.n_out - 1).bit_length())
+        P = e.n_pos
+        g_bits, l_bits = _ubits(G), _ubits(L)
+        if getattr(e, "fold_bias", False):
+            # One FireUnit: row d_g * L + lane (into its row index), event index row * P + pos.
+            r_bits = max(1, (C_out - 1).bit_length())
+            _const_mul(out, f"{site}.row.g*L", g_bits, L, r_bits)
+            _const_mul(out, f"{site}.index*P", r_bits, P, o_bits)
+        else:
+            _const_mul(out, f"{site}.index.g*L", g_bits, L, o_bits - _tz(P))
+            _const_mul(out, f"{site}.index*P", _add_width(_mul_width(g_bits, L), l_bits), P, o_bits)
+        if e.readout and e.acc_bits % 2 == 0:
+            # word[lane]: a part select at lane * acc_bits. Yosys's peepopt (shiftmul) turns it into a
+            # multiplexer when acc_bits is odd; an even one is split into a shift first, and the
+            # multiply by its odd part stays.
+            _const_mul(out, f"{site}.lane_select", l_bits, e.acc_bits,
+                       l_bits + e.acc_bits.bit_length())
+    else:
+        C, _, _ = e.in_shape
+        _, OH, OW = e.out_shape
+        _unflatten_muls(out, f"{site}.unflatten", max(1, (e.n_in - 1).bit_length()), e.in_shape)
+        _const_mul(out, f"{site}.c*OH*OW", _ubits(C), OH * OW, (e.n_out + OW).bit_length())
+    return out
+
+
+DSP_MIN_WIDTH = 2   # synth_ecp5 / synth_ice40 -dsp: mul2dsp DSP_A_MINWIDTH = DSP_B_MINWIDTH = 2
+
+
+def mul_dsps(a: int, b: int, y: int, b_: FpgaBoard, top: bool = True) -> int:
+    """DSP blocks for one ``a x b`` multiplier (``y`` product bits) after Yosys's ``mul2dsp``: operands
+    or a product narrower than the board's minimums stay in soft logic; wider ones are split into
+    pieces of at most ``dsp_a_max x dsp_b_max`` (each piece checked again)."""
+    if a < DSP_MIN_WIDTH or b < DSP_MIN_WIDTH or y < b_.dsp_y_min:
+        return 0
+    if top and a < b:
+        a, b = b, a
+    if a > b_.dsp_a_max:
+        n = (a - 1) // b_.dsp_a_max
+        last = a - n * b_.dsp_a_max
+        return (n * mul_dsps(b_.dsp_a_max, b, min(y, b + b_.dsp_a_max), b_, False)
+                + mul_dsps(last, b, b + last, b_, False))
+    if b > b_.dsp_b_max:
+        n = (b - 1) // b_.dsp_b_max
+        last = b - n * b_.dsp_b_max
+        return (n * mul_dsps(a, b_.dsp_b_max, min(y, a + b_.dsp_b_max), b_, False)
+                + mul_dsps(a, last, a + last, b_, False))
+    return 1
+
+
+def all_multipliers(model: IntModel, lanes: int, net=None, store="rom") -> list[Mul]:
+    net = net if net is not None else inspect_network(model, lanes, 0, store)
+    return [mu for k, e in enumerate(net.engines) for mu in engine_multipliers(k, e)]
+
+
+def multipliers(model: IntModel, lanes: int, b: FpgaBoard | None, net=None, store="rom") -> dict:
+    """The multipliers of the design (:func:`engine_multipliers`) and, for a board, the DSP blocks
+    Yosys maps them to (``dsp``; per multiplier in ``dsp_by_site``)."""
+    net = net if net is not None else inspect_network(model, lanes, 0, store)
+    muls = all_multipliers(model, lanes, net)
+    lane = [mu for mu in muls if mu.const is None]
+    const = [mu for mu in muls if mu.const is not None]
+    operands = []
+    for k, e in enumerate(net.engines):
+        if is_conv_engine(e):
+            operands.append(f"int8 x uint{max(1, int(e.decode.max()).bit_length())}")
+        else:
+            operands.append("none (max-pool)")
+    out = {"lane_multipliers": len(lane), "constant_multipliers": len(const), "operands": operands,
+           "constant": [{"site": mu.site, "a_bits": mu.a_bits, "const": mu.const, "y_bits": mu.y_bits}
+                        for mu in const]}
+    if b is not None:
+        per = {mu.site: mul_dsps(mu.a_bits, mu.b_bits, mu.y_bits, b) for mu in muls}
+        out["dsp"] = sum(per.values())
+        out["dsp_lane"] = sum(per[mu.site] for mu in lane)
+        out["dsp_constant"] = sum(per[mu.site] for mu in const)
+        out["dsp_available"] = b.dsp_count
+    return out

@@ -1,0 +1,283 @@
+"""ANN -> one-spike SNN conversion (seed 004, One-Spike SNN) and lowering to the integer specification.
+
+Pipeline (``convert``):
+
+1. **Lower** the PyTorch ``nn.Sequential`` into float stages: fold BatchNorm into the preceding
+   Conv2d/Linear, drop Dropout/Identity, attach each ReLU to its affine layer (a ReLU after a MaxPool
+   commutes with it), check every shape.
+2. **Calibrate**: run the float ANN on calibration images and take, per channel of every firing stage,
+   the activation scale ``lambda`` (``max`` or a ``percentile`` of the positive activations).
+3. **Normalise**: ``W' = W * lambda_in / lambda_out``, ``b' = b / lambda_out``, so activations live in
+   [0, 1] where single-spike phase coding represents ``Q**-f``.
+4. **Quantise** for a base Q and T phases: int8 weights per output channel (scale ``s_o``), the decode
+   table ``D``, bias ``B = round(b' / s_o * 2**F)``, thresholds ``Theta[o, f] = ceil(theta_f * 2**F / s_o)``
+   with the seed's threshold shift ``theta_f = Q**-f (1 + 1/Q) / 2``. The readout layer uses one scale
+   for the whole layer so that argmax over its integer logits equals argmax over the real values.
+   ``F`` is the largest number of fraction bits (<= ``max_F``) for which the range analysis fits every
+   accumulator in ``MAX_ACC_BITS``.
+5. **Choose (Q, T)** (base manipulation) unless given. The error target is the share of held-out
+   calibration images (``eval_fraction`` of them, not used for the statistics) whose integer-model class
+   differs from the ANN's class: at most ``max_disagree`` percent. The cheapest pair that meets it
+   wins: the smallest T (fewest phases: lowest latency), then the lowest disagreement, then the larger
+   Q. Each Q is searched over the T it can represent (see :func:`_search`); if nothing meets the
+   target, the most faithful pair evaluated is used. Every decision is logged in ``Conversion.search``.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from runtime import golden
+from runtime.errors import UserError
+from runtime.spec import MAX_T, IntModel
+
+from .calibrate import (INPUT_Q, INPUT_T, Normalised, _t, calibrate, float_forward, normalise,  # noqa: F401
+                        onespike_float_forward)
+from .lower import Lowered, Stage, lower  # noqa: F401
+from .quantise import _code_bound, fraction_bits_needed, quantise  # noqa: F401
+
+Q_CANDIDATES = (2.0, 1.75, 1.5, 1.4, 1.3, 1.25, 1.2, 1.15)
+T_CANDIDATES = tuple(range(4, 65, 2))
+
+
+def ann_predict(low: Lowered, images_u8: np.ndarray, batch: int = 1000, progress: bool = False,
+                desc: str = "ANN float") -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(images_u8), batch), desc=desc, unit="batch", disable=not progress, leave=False):
+            out.append(float_forward(low, _t(images_u8[i:i + batch].astype(np.float64) / 255.0)).reshape(
+                min(batch, len(images_u8) - i), -1).argmax(1).numpy())
+    return np.concatenate(out)
+
+
+def onespike_predict(norm: Normalised, images_u8: np.ndarray, Q: float, T: int, batch: int = 1000,
+                     input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = False,
+                     desc: str = "one-spike float") -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(images_u8), batch), desc=desc, unit="batch", disable=not progress, leave=False):
+            out.append(onespike_float_forward(norm, images_u8[i:i + batch], Q, T, input_Q=input_Q,
+                                              input_T=input_T).argmax(1).numpy())
+    return np.concatenate(out)
+
+
+@dataclass
+class Conversion:
+    model: IntModel
+    lowered: Lowered
+    normalised: Normalised
+    search: list  # the search log, in order: one record per (Q, T) decided on (see SEARCH_RESULTS)
+
+
+# ``result`` of a search record: "meets" / "misses" the error target (evaluated on the held-out images),
+# or "not representable" (no valid integer model: no (Q, T) from its T on is evaluated at that Q).
+SEARCH_RESULTS = ("meets", "misses", "not representable")
+EVAL_CHUNK = 500  # held-out images per golden run; a miss is decided as soon as too many disagree
+
+
+def _record(q, t, f=None, disagreement=None, result="meets", reason=None) -> dict:
+    return {"Q": float(q), "T": int(t), "F": None if f is None else int(f), "disagreement_percent": disagreement,
+            "result": result, "reason": reason}
+
+
+def check_options(Q=None, T=None, F=None, norm="percentile", percentile=99.99, max_disagree=0.2,
+                  eval_fraction=0.5, input_Q=INPUT_Q, input_T=INPUT_T, max_F: int = 16) -> None:
+    """Refuse bad options of :func:`convert` before any work: ranges, types, and the decode tables.
+
+    Only the weight-independent part of "representable" is checked here: with Q and T both given,
+    both decode tables must be positive at F (or at some F <= ``max_F``); with a search, at least
+    one candidate (Q, T) must be.
+    """
+    def real(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def integer(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if Q is not None and not (real(Q) and 1.0 < Q <= 2.0):
+        raise UserError(f"base Q must be a number in (1, 2], not {Q}")
+    if T is not None and not (integer(T) and 1 <= T <= MAX_T):
+        raise UserError(f"T must be an integer in 1..{MAX_T}, not {T}")
+    if F is not None and not (integer(F) and 0 <= F <= 30):
+        raise UserError(f"F must be an integer in 0..30, not {F}")
+    if not (real(input_Q) and 1.0 < input_Q <= 2.0):
+        raise UserError(f"input Q must be a number in (1, 2], not {input_Q}")
+    if not (integer(input_T) and 1 <= input_T <= MAX_T):
+        raise UserError(f"input T must be an integer in 1..{MAX_T}, not {input_T}")
+    if norm not in ("max", "percentile"):
+        raise UserError(f"normalisation must be 'max' or 'percentile', not {norm!r}")
+    if not (real(percentile) and 0 < percentile <= 100):
+        raise UserError(f"percentile must be a number in (0, 100], not {percentile}")
+    if not (real(max_disagree) and 0 <= max_disagree <= 100):
+        raise UserError(f"error target must be a percentage in 0..100, not {max_disagree}")
+    if not (real(eval_fraction) and 0 < eval_fraction < 1):
+        raise UserError(f"eval_fraction must be a number in (0, 1), not {eval_fraction}")
+    qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
+    ts = [int(T)] if T is not None else list(range(1, max(T_CANDIDATES) + 1))
+    errs = []
+    for q in qs:
+        for t in ts:
+            try:
+                _code_bound(q, t, float(input_Q), int(input_T), F, max_F)
+                return
+            except UserError as e:
+                errs.append(e)
+    if Q is not None and T is not None:
+        raise errs[0]
+    # the nearest miss: T = 1 at the given Q, or the given T at the smallest candidate Q
+    raise UserError(f"no candidate (Q, T) is representable: {errs[0] if T is None else errs[-1]}; "
+                    f"give another --Q, --T or --F")
+
+
+def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
+            Q: float | None = None, T: int | None = None, F: int | None = None, norm: str = "percentile",
+            percentile: float = 99.99, max_disagree: float = 0.2, eval_fraction: float = 0.5,
+            input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = True) -> Conversion:
+    """Convert a trained ANN into an integer one-spike model (see the module docstring)."""
+    check_options(Q, T, F, norm, percentile, max_disagree, eval_fraction, input_Q, input_T)
+    qkw = {"F": F, "input_Q": float(input_Q), "input_T": int(input_T)}
+    ann = ann.eval()
+    calib_images = golden.check_images(
+        IntModel(1.5, 1, 0, tuple(input_shape), np.zeros(2, np.int64), np.zeros(256, np.uint8), []), calib_images)
+    if len(calib_images) < 2:
+        raise UserError("calibration needs at least 2 images")
+    low = lower(ann, tuple(input_shape))
+    searching = Q is None or T is None
+    n_eval = max(1, int(len(calib_images) * eval_fraction)) if searching else 0
+    stats_imgs = calib_images[:len(calib_images) - n_eval] if n_eval else calib_images
+    calibrate(low, stats_imgs, norm, percentile, progress=progress)
+    normd = normalise(low)
+    search: list[dict] = []
+    if not searching:
+        model = quantise(normd, float(Q), int(T), **qkw)
+        met = None
+    else:
+        model, met = _search(normd, low, calib_images[len(calib_images) - n_eval:], Q, T, qkw, max_disagree,
+                             search, progress)
+    model.meta.update({
+        "converter": "onespike-codegen 0.1.0", "normalisation": norm,
+        "percentile": percentile if norm == "percentile" else None, "calibration_images": int(len(stats_imgs)),
+        "threshold_shift": True, "error_target_disagreement_percent": max_disagree, "error_target_met": met,
+    })
+    return Conversion(model, low, normd, search)
+
+
+def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, max_disagree: float,
+            search: list, progress: bool) -> tuple[IntModel, bool]:
+    """The (Q, T) search of step 5 (docs/conversion.md); appends every decision to ``search``.
+
+    1. For each Q, the T it can represent: the largest integer T <= max(T_CANDIDATES) with a valid
+       integer model (representability falls with T: the last decode entry shrinks, the accumulator
+       widths do not depend on T), found by bisection; its candidates are the T_CANDIDATES below it
+       plus that largest T itself.
+    2. Each Q is evaluated at its largest T. If none meets the target there, the target is taken as
+       out of reach (more phases are assumed not to hurt) and the most faithful of these is used.
+    3. Otherwise every Q is evaluated at T ascending (each over its own candidates); the first T at
+       which any Q meets the target wins (the lowest disagreement among those, then the larger Q).
+       No monotonicity is assumed here: no pair with a smaller T meets the target. Step 2
+       guarantees a winner by the smallest largest-T of a Q that met it.
+    A miss is decided as soon as more held-out images disagree than the target allows.
+    """
+    ev_y = ann_predict(low, ev_x)  # the target is agreement with the ANN's own classes
+    n = len(ev_x)
+    qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
+    ts = [int(T)] if T is not None else list(T_CANDIDATES)
+    errors: dict = {}  # (q, t) -> None (representable) or the UserError; models are rebuilt when needed,
+    results: dict = {}  # (q, t) -> record                    so that at most one is held at a time
+    bar = tqdm(desc="search Q, T", unit="pair", disable=not progress, leave=False)
+
+    def ok(q, t):
+        if (q, t) not in errors:
+            try:
+                quantise(normd, q, t, **qkw)
+                errors[(q, t)] = None
+            except UserError as e:
+                errors[(q, t)] = e
+        return errors[(q, t)] is None
+
+    def evaluate(q, t, early: bool) -> dict:
+        if (q, t) in results:
+            return results[(q, t)]
+        m = quantise(normd, q, t, **qkw)
+        bar.set_postfix_str(f"Q={q:g} T={t}")
+        d = done = 0
+        for i in range(0, n, EVAL_CHUNK):
+            cls = golden.run(m, ev_x[i:i + EVAL_CHUNK], keep_phases=False).classes
+            d += int((cls != ev_y[i:i + EVAL_CHUNK]).sum())
+            done = min(n, i + EVAL_CHUNK)
+            if early and 100 * d > max_disagree * n:
+                break
+        meets = 100 * d <= max_disagree * n
+        if done == n:
+            rec = _record(q, t, m.F, round(100 * d / n, 4), "meets" if meets else "misses")
+        else:
+            rec = _record(q, t, m.F, None, "misses",
+                          f"stopped after {done} of {n} held-out images: {d} disagree with the ANN, more than the "
+                          f"{math.floor(max_disagree * n / 100 + 1e-9)} the target allows")
+        results[(q, t)] = rec
+        search.append(rec)
+        bar.update(1)
+        return rec
+
+    # 1. what each Q can represent
+    cands: dict = {}
+    for q in qs:
+        if T is not None:
+            good, bad = ([T], None) if ok(q, T) else ([], T)
+        else:
+            top = max(ts)
+            if ok(q, top):
+                t_rep, bad = top, None
+            elif not ok(q, 1):
+                t_rep, bad = 0, 1
+            else:
+                lo, hi = 1, top  # ok(lo), not ok(hi)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if ok(q, mid) else (lo, mid)
+                t_rep, bad = lo, hi
+            good = sorted({t for t in ts if t <= t_rep} | ({t_rep} if t_rep else set()))
+        if bad is not None:
+            err = errors[(q, bad)]
+            if T is not None:
+                why = str(err)
+            elif bad > 1:
+                why = f"{err}; nor is any larger T (the largest representable is T = {bad - 1})"
+            else:
+                why = f"{err}; nor is any larger T"
+            search.append(_record(q, bad, result="not representable", reason=why))
+        if good:
+            cands[q] = good
+    if not cands:
+        bar.close()
+        first = next(r["reason"] for r in search if r["result"] == "not representable")
+        raise UserError(f"no (Q, T) candidate gives a valid integer model ({first}); give another --Q, --T or --F")
+    # 2. each Q at its largest T
+    tops = [evaluate(q, good[-1], early=False) for q, good in cands.items()]
+    if not any(r["result"] == "meets" for r in tops):
+        bar.close()
+        for r, good in zip(tops, cands.values()):
+            if len(good) > 1:
+                r["reason"] = "no Q meets the target at its largest representable T, so no smaller T is tried"
+        # the most faithful pair evaluated (every Q at its largest T, in full)
+        top = min(tops, key=lambda r: (r["disagreement_percent"], r["T"], -r["Q"]))
+        return quantise(normd, top["Q"], top["T"], **qkw), False
+    # 3. T ascending, every Q
+    for t in sorted({t for good in cands.values() for t in good}):
+        met = [evaluate(q, t, early=True) for q, good in cands.items() if t in good]
+        met = [r for r in met if r["result"] == "meets"]
+        if met:
+            best = min(met, key=lambda r: (r["disagreement_percent"], -r["Q"]))
+            break
+    bar.close()
+    return quantise(normd, best["Q"], best["T"], **qkw), True
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
