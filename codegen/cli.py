@@ -196,6 +196,23 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_boards(args) -> int:
+    from boards import registry
+
+    print(f"{'board':<15}{'kind':<6}description")
+    for b in registry.boards():
+        if b.kind == "mcu":
+            res = (f"{b.flash_bytes / 1024:g} KiB flash, {b.ram_bytes / 1024:g} KiB RAM"
+                   + (f"; emulated (QEMU -M {b.qemu_machine})" if b.qemu_machine else ""))
+        else:
+            res = (f"{b.device}: {b.luts} LUT4, {b.bram_count} {b.bram_name}, {b.dsp_count} {b.dsp_name}"
+                   + (f", {b.spram_count} {b.spram_name}" if b.spram_count else "") + f", {b.io} I/O, "
+                   f"{b.clock_mhz:g} MHz")
+        print(f"{b.name:<15}{registry.KINDS[b.kind]:<6}{b.description}\n{'':<21}{res}")
+    print("c target: an MCU board (default mps2-an386); fpga target: an FPGA board (or its device name)")
+    return 0
+
+
 def cmd_run(args) -> int:
     from codegen import report
     from runtime import golden, modelfile
@@ -481,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace an earlier report folder even if it was modified")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    bo = sub.add_parser("boards", help="list the boards --board can name (MCU and FPGA), with their resources")
+    bo.set_defaults(func=cmd_boards)
 
     e = sub.add_parser("emit", help="generate code/tables for a target")
     e.add_argument("model")

@@ -73,8 +73,37 @@ def test_boards():
     assert board("up5k") is ice and board("ecp5-25k") is ecp
     assert "--up5k" in ice.nextpnr_command("a.json", "r.json", "l.log")
     assert "--25k" in ecp.nextpnr_command("a.json", "r.json", "l.log")
-    with pytest.raises(UserError, match="unknown FPGA board 'de10'.*icebreaker.*ulx3s"):
+    with pytest.raises(UserError, match="unknown board 'de10'; FPGA boards: icebreaker .*ulx3s"):
         board("de10")
+
+
+def test_board_registry():
+    """One registry: every board with its kind; a board of the other kind is named as such."""
+    from boards import registry
+
+    assert [(b.name, b.kind) for b in registry.boards()] == [
+        ("mps2-an386", "mcu"), ("nucleo-f446re", "mcu"), ("rp2040-pico", "mcu"), ("icebreaker", "fpga"),
+        ("ulx3s", "fpga")]
+    assert registry.mcu() is registry.board("mps2-an386") and registry.mcu().qemu_machine == "mps2-an386"
+    assert [b.name for b in registry.emulated()] == ["mps2-an386"]
+    with pytest.raises(UserError, match=r"^unknown board 'x'; boards: mps2-an386 \(MCU, QEMU\), nucleo-f446re "
+                                        r"\(MCU\), rp2040-pico \(MCU\), icebreaker \(FPGA, up5k\), ulx3s \(FPGA, ecp5-25k\)$"):
+        registry.board("x")
+    with pytest.raises(UserError, match="'ulx3s' is an FPGA board, but the c target needs an MCU board: mps2-an386"):
+        registry.mcu("ulx3s")
+    with pytest.raises(UserError, match="'rp2040-pico' is an MCU board, but the fpga target needs an FPGA "
+                                        "board: icebreaker"):
+        registry.fpga("rp2040-pico")
+
+
+def test_boards_command(capsys):
+    from codegen import cli
+
+    assert cli.main(["boards"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mps2-an386", "nucleo-f446re", "rp2040-pico", "icebreaker", "ulx3s"):
+        assert f"\n{name} " in out
+    assert "5280 LUT4, 30 SB_RAM40_4K, 8 SB_MAC16, 4 SB_SPRAM256KA" in out and "emulated (QEMU -M mps2-an386)" in out
 
 
 def test_emit_small_files_deterministic(small, tmp_path):
@@ -599,8 +628,9 @@ _one_line_error = one_line_error
     (["--target", "fpga", "--lanes", "0"], "--lanes must be a positive integer, not 0"),
     (["--target", "fpga", "--lanes", "65"], "--lanes must be at most 64"),
     (["--target", "fpga", "--sim", "modelsim"], "unknown simulator 'modelsim'; supported: icarus, verilator"),
-    (["--target", "fpga", "--board", "mps2-an386"], "unknown FPGA board 'mps2-an386'"),
-    (["--target", "c", "--board", "ulx3s"], "unknown board 'ulx3s'; known MCU boards"),
+    (["--target", "fpga", "--board", "mps2-an386"], "'mps2-an386' is an MCU board, but verify --target fpga needs an FPGA board"),
+    (["--target", "fpga", "--board", "de10"], "unknown board 'de10'; FPGA boards: icebreaker (FPGA, up5k), ulx3s"),
+    (["--target", "c", "--board", "ulx3s"], "'ulx3s' is an FPGA board, but verify --target c needs an MCU board: mps2-an386"),
     (["--target", "c", "--store", "rom"], "--store applies to the fpga target, not c"),
     (["--target", "c", "--lanes", "4"], "--lanes applies to the fpga target, not c"),
     (["--target", "c", "--sim", "icarus"], "--sim applies to the fpga target, not c"),
