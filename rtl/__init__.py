@@ -7,6 +7,7 @@ from .dense import DenseEngine
 from .encoder import PixelEncoder
 from .fire import FireUnit
 from .network import Network
+from .pins import PinWrapper, ResultSerialiser
 from .readout import Argmax
 
-__all__ = ["Argmax", "ConvEngine", "DenseEngine", "Network", "FireUnit", "PixelEncoder"]
+__all__ = ["Argmax", "ConvEngine", "DenseEngine", "Network", "FireUnit", "PinWrapper", "PixelEncoder", "ResultSerialiser"]

@@ -120,7 +120,7 @@ def test_emit_small_files_deterministic(small, tmp_path):
     v = a["tiny_net.v"].decode()
     assert re.search(r"^module tiny_net\(", v, re.M)
     assert "i__payload" in v and "o__payload" in v and "src =" not in v  # no source paths in the output
-    assert re.search(r"^module tiny_net_pins \(", a["tiny_net_pins.v"].decode(), re.M)
+    assert re.search(r"^module tiny_net_pins ?\(", a["tiny_net_pins.v"].decode(), re.M)
     # Same tables as --target lut.
     w = small.layers[0].weight.astype(np.int64).ravel()
     lines = a["L0_dense_weight.mem"].decode().split()
@@ -250,7 +250,7 @@ def test_mnist_mlp_icebreaker_spram(mlp, tmp_path):
     assert "load__payload" in v and "reg [31:0] spram_store [27135:0];" in v
     assert "spram_store[0] =" not in v           # no initialiser: SPRAM is loaded at run time
     pins = a["mnist_mlp_pins.v"].decode()
-    assert ".load__payload(ld)" in pins and "output wire       loaded" in pins
+    assert ".load__payload(ld)" in pins and re.search(r"^\s*output loaded;", pins, re.M)
     assert "4/4 SPRAM" in a["estimate.txt"].decode() and "weights.bin" in a["estimate.txt"].decode()
     # Deterministic (byte-identical) on the real model.
     man2 = fpga.emit(mlp, sha, "mnist-mlp", tmp_path / "b", board="icebreaker", lanes=4, n_images=0)

@@ -15,7 +15,9 @@ The names below are the package's API (``from codegen import fpga; fpga.emit(...
 """
 from .cycles import (FIRE_DRAIN_OVERHEAD, PIXEL_LATENCY, POOL_DRAIN_OVERHEAD, READOUT_DRAIN_OVERHEAD,
                      cycle_estimate, golden_phases, layer_cycles, pixel_stream_end)
-from .design import LOAD_PINS, PINS, inspect_network, network, pins_verilog, result_bits, rtlil, strip_store_init, verilog
+from rtl.pins import LOAD_PINS, PINS, pins_verilog
+
+from .design import inspect_network, network, result_bits, rtlil, strip_store_init, verilog
 from .emit import emit
 from .fit import (MAX_DESIGN_BITS, check_design_size, check_fit, design_bits, estimate, fits, largest_fitting_lanes,
                   mapping)

@@ -53,7 +53,9 @@ import numpy as np
 from runtime.spec import SCHEMA_VERSION, IntModel
 
 from ..lut import layer_summary, mem_lines, tables, tool_versions, write_with_manifest
-from .design import LOAD_PINS, PINS, hdl_versions, inspect_network, pins_verilog, result_bits, verilog
+from rtl.pins import LOAD_PINS, PINS, pins_verilog
+
+from .design import hdl_versions, inspect_network, result_bits, verilog
 from .fit import check_design_size, check_fit, design_bits, estimate
 from .report import format_text
 from .store import FIFO_DEPTH, N_COUNT, check_fifo_depth, check_lanes, get_board, symbol

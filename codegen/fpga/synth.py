@@ -42,7 +42,9 @@ from runtime.errors import UserError
 from runtime.spec import IntModel
 
 from . import fit, store
-from .design import LOAD_PINS, PINS, pins_verilog, result_bits, rtlil
+from rtl.pins import LOAD_PINS, PINS, pins_verilog
+
+from .design import result_bits, rtlil
 from .store import get_board
 
 TOOL_CANDIDATES = {

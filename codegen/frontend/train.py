@@ -86,7 +86,11 @@ def accuracy(model: nn.Module, images_u8: np.ndarray, labels: np.ndarray, batch:
 
 
 def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int = 128, lr: float = 2e-3,
-          threads: int = 2, progress: bool = True) -> tuple[nn.Sequential, dict]:
+          threads: int = 2, progress: bool = True, max_steps: int | None = None) -> tuple[nn.Sequential, dict]:
+    """Train ``arch`` from ``seed``; the model and its meta (test accuracy, the settings).
+
+    ``max_steps``: stop after that many batches (the learning-rate schedule stays that of the full run):
+    a short run, for tests of reproducibility."""
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))}")
     builder, dataset, default_epochs, max_shift = ARCHS[arch]
@@ -109,12 +113,18 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     lossf = nn.CrossEntropyLoss(label_smoothing=0.05)
 
+    done = 0
     for ep in range(epochs):
+        if max_steps is not None and done >= max_steps:
+            break
         model.train()
         perm = torch.randperm(len(ytr), generator=gen)
         bar = tqdm(range(0, len(ytr), batch_size), desc=f"{arch} epoch {ep + 1}/{epochs}", disable=not progress, leave=False)
         tot = 0.0
         for i in bar:
+            if max_steps is not None and done >= max_steps:
+                break
+            done += 1
             idx = perm[i:i + batch_size]
             xb = _shift_batch(xtr[idx], max_shift, gen)
             loss = lossf(model(xb), ytr_t[idx])
