@@ -7,7 +7,7 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$HERE/.venv}
 PY=${PYTHON:-python3}
 export DEBIAN_FRONTEND=noninteractive
-APT_PKGS="iverilog yosys nextpnr-ice40 fpga-icestorm gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+APT_PKGS="iverilog yosys nextpnr-ice40 fpga-icestorm gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm ccache"
 missing=$(for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
     echo "setup: installing Debian packages:" $missing

@@ -163,24 +163,47 @@ def test_random_model_ram_store(sim):
 
 
 def test_corrupted_store_image_is_caught(tmp_path):
-    """The bench sends the image it is given: one flipped weight byte in load.bin makes a mismatch."""
+    """The bench sends the image it is given: one flipped weight byte in load.bin makes a mismatch.
+
+    The byte is found through the model: flip one layer-0 weight (sign bit), keep it if the golden
+    model's logits change, and locate it in the image as the one byte ``load_image`` changes."""
     need("verilator")
+    import copy
+    import warnings
+
+    import numpy as np
+
+    from rtl.network import Network
+    from runtime import golden
+
     model, rng = valid_model(*RANDOM[0][:2], RANDOM[0][2], RANDOM[0][3])
     x = random_images(rng, model, 6)
     lanes, store = [4, 4], ["ram", "ram"]
     r = fpga_sim.verify(model, x, "verilator", lanes=lanes, store=store, work=tmp_path)
     assert_all_matched(r)
     load = r.design_dir / fpga_sim.LOAD_FILE
-    image = bytearray(load.read_bytes())
-    for pos in range(0, len(image), 7):         # a weight byte that some spike multiplies
-        bad = bytearray(image)
-        bad[pos] ^= 0x80
-        load.write_bytes(bytes(bad))
+    image = load.read_bytes()
+    want = golden.run(model, x).logits
+
+    def load_image(m):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # the network is built only for its load image
+            return Network(m, lanes, store=store).load_image()
+
+    assert load_image(model) == image
+    w = model.layers[0].weight
+    for o, i in zip(*np.nonzero(w)):
+        bad = copy.deepcopy(model)
+        bad.layers[0].weight[o, i] = np.int8(np.uint8(w[o, i]) ^ 0x80)
+        if (golden.run(bad, x).logits == want).all():
+            continue                             # a weight no spike of these images multiplies
+        diff = [k for k, (p, q) in enumerate(zip(image, load_image(bad))) if p != q]
+        assert len(diff) == 1 and image[diff[0]] ^ load_image(bad)[diff[0]] == 0x80
+        load.write_bytes(load_image(bad))
         r2 = fpga_sim.verify(model, x, "verilator", lanes=lanes, store=store, work=tmp_path, reset=False)
-        if not r2.passed:
-            assert r2.first_mismatch is not None
-            return
-    raise AssertionError("no corrupted byte of the store image changed a result")
+        assert not r2.passed and r2.first_mismatch is not None, r2.summary()
+        return
+    raise AssertionError("no layer-0 weight changes the golden logits of these images")
 
 
 @pytest.mark.parametrize("sim", SIMS)

@@ -5,8 +5,9 @@
 * MNIST MLP on the iCEBreaker (iCE40UP5K) at 4 lanes, ``store="auto"``: fits with its first layer's
   weights and thresholds in the 4 SPRAMs (a RAM store, loaded at run time); block RAM, DSP and SPRAM
   counts equal the estimate.
-* The same with ``store="rom"``: does NOT fit (its ~800 Kbit of weights need ~230 EBR of 4 Kbit; the
-  UP5K has 30); the report says so with the tools' own numbers and nextpnr's failure message.
+* Weights in block RAM beyond the UP5K's 30 EBR (a 784-16-10 cut of the MLP, 32 EBR; the whole MLP
+  with ``store="rom"`` needs 234): does NOT fit; the report says so with the tools' own numbers and
+  nextpnr's failure message.
 * A small random dense model on the UP5K: fits; LUT/FF/Fmax numbers.
 * A small random conv -> max-pool -> dense model on both boards (about 20 s): fits; block RAM and DSP
   counts equal the estimate. (The MNIST CNN is not synthesised here: it fits neither board, see
@@ -84,14 +85,33 @@ def test_mnist_mlp_up5k_spram_fits(mlp, tmp_path):
     assert 12 < rep["place_and_route"]["fmax_mhz"] < 200     # above the board's 12 MHz oscillator
 
 
-def test_mnist_mlp_up5k_overflow_reported(mlp, tmp_path):
+def _mlp_cut(m, hidden: int):
+    """The shipped MLP with only its first ``hidden`` hidden neurons (784-hidden-10)."""
+    import copy
+
+    from runtime import spec
+
+    c = copy.deepcopy(m)
+    l0, l1 = c.layers
+    l0.weight, l0.bias, l0.theta = l0.weight[:hidden].copy(), l0.bias[:hidden].copy(), l0.theta[:hidden].copy()
+    l0.out_shape = (hidden,)
+    l1.weight, l1.in_shape = l1.weight[:, :hidden].copy(), (hidden,)
+    spec.validate(c)
+    return c
+
+
+def test_up5k_block_ram_overflow_reported(mlp, tmp_path):
+    """Weights in block RAM (``store="rom"``) beyond the UP5K's 30 EBR: a 784-16-10 cut of the MNIST MLP
+    (its 12.5k weights need 32 EBR; the whole MLP needs 234 and takes 3x as long to synthesise):
+    synthesis runs, place-and-route fails, and the report says so with the tools' own numbers."""
     need("yosys", "nextpnr-ice40")
-    rep = synth.synthesize(mlp, "icebreaker", 4, tmp_path, name="mnist-mlp", store="rom")
+    m = _mlp_cut(mlp, 16)
+    rep = synth.synthesize(m, "icebreaker", 4, tmp_path, name="mnist-mlp-16", store="rom")
     check_files(tmp_path, rep)
     assert rep["synthesis"]["ok"]
     r = rep["synthesis"]["resources"]
-    est = fpga.estimate(mlp, "icebreaker", 4, n_images=0, store="rom")["boards"]["icebreaker"]
-    assert r["bram"] == est["block_rams"] > 30 and r["spram"] == 0
+    est = fpga.estimate(m, "icebreaker", 4, n_images=0, store="rom")["boards"]["icebreaker"]
+    assert r["bram"] == est["block_rams"] > 30 and r["spram"] == 0 and r["dsp"] == est["dsp"] <= 8
     assert not rep["fits"] and not rep["place_and_route"]["ok"]
     pr = rep["place_and_route"]
     assert "ICESTORM_RAM" in pr["error"]                                # nextpnr's own message

