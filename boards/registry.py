@@ -115,10 +115,26 @@ def fpga(name: str, use: str = "the fpga target") -> FpgaBoard:
     return board(name, "fpga", use)
 
 
+def describe() -> str:
+    """Every board with its kind and resources, as ``codegen boards`` prints it."""
+    lines = [f"{'board':<15}{'kind':<6}description"]
+    for b in boards():
+        if b.kind == "mcu":
+            res = (f"{b.flash_bytes / 1024:g} KiB flash, {b.ram_bytes / 1024:g} KiB RAM"
+                   + (f"; emulated (QEMU -M {b.qemu_machine})" if b.qemu_machine else ""))
+        else:
+            res = (f"{b.device}: {b.luts} LUT4, {b.bram_count} {b.bram_name}, {b.dsp_count} {b.dsp_name}"
+                   + (f", {b.spram_count} {b.spram_name}" if b.spram_count else "") + f", {b.io} I/O, "
+                   f"{b.clock_mhz:g} MHz")
+        lines += [f"{b.name:<15}{KINDS[b.kind]:<6}{b.description}", f"{'':<21}{res}"]
+    lines.append("c target: an MCU board (default mps2-an386); fpga target: an FPGA board (or its device name)")
+    return "\n".join(lines)
+
+
 def emulated() -> list[McuBoard]:
     """The MCU boards QEMU emulates."""
     return [b for b in boards("mcu") if b.qemu_machine]
 
 
 __all__ = ["BOARDS", "DEFAULT_MCU", "FPGA_BOARDS", "MCU_BOARDS", "FpgaBoard", "McuBoard", "board", "boards",
-           "emulated", "fpga", "mcu"]
+           "describe", "emulated", "fpga", "mcu"]

@@ -174,42 +174,17 @@ def cmd_convert(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    from codegen import report
     from runtime import modelfile
 
-    m = modelfile.load(args.model)
-    print(f"{args.model}: one-spike model ({m.meta.get('converter', 'unknown converter')})")
-    print(f"Q={m.Q:g}  T={m.T} phases (code {m.T} = no spike)  F={m.F} fraction bits")
-    print(f"input {tuple(m.input_shape)} uint8 pixels, phase code Q_in={m.input_Q:g} T_in={m.input_T} (code {m.input_T} = no spike)")
-    print(f"decode D = {list(map(int, m.decode[:min(6, m.T)]))}{' ...' if m.T > 6 else ''} 0")
-    print(f"{'#':>2}  {'layer':<9}{'input':>14}{'output':>14}  {'k/s/p':<8}{'params':>8}{'acc bits':>9}  fire")
-    for i, l in enumerate(m.layers):
-        kp = f"{l.kernel}/{l.stride}/{l.padding}" if l.kind != "dense" else "-"
-        params = 0 if l.weight is None else int(l.weight.size + l.bias.size)
-        fire = "readout (logits)" if l.readout else ("earliest spike" if l.kind == "maxpool" else f"theta[{l.theta.shape[0]}x{m.T}]")
-        print(f"{i:>2}  {l.kind:<9}{str(tuple(l.in_shape)):>14}{str(tuple(l.out_shape)):>14}  {kp:<8}{params:>8}"
-              f"{(l.acc_bits or '-'):>9}  {fire}")
-    n_w = sum(int(l.weight.size) for l in m.layers if l.weight is not None)
-    print(f"weights: {n_w} int8 ({n_w / 1024:.1f} KiB); neurons that can spike: {sum(m.neuron_counts())}")
-    acc = m.meta.get("test_accuracy")
-    if isinstance(acc, dict):
-        print("recorded test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
+    print(report.describe_model(modelfile.load(args.model), args.model))
     return 0
 
 
 def cmd_boards(args) -> int:
     from boards import registry
 
-    print(f"{'board':<15}{'kind':<6}description")
-    for b in registry.boards():
-        if b.kind == "mcu":
-            res = (f"{b.flash_bytes / 1024:g} KiB flash, {b.ram_bytes / 1024:g} KiB RAM"
-                   + (f"; emulated (QEMU -M {b.qemu_machine})" if b.qemu_machine else ""))
-        else:
-            res = (f"{b.device}: {b.luts} LUT4, {b.bram_count} {b.bram_name}, {b.dsp_count} {b.dsp_name}"
-                   + (f", {b.spram_count} {b.spram_name}" if b.spram_count else "") + f", {b.io} I/O, "
-                   f"{b.clock_mhz:g} MHz")
-        print(f"{b.name:<15}{registry.KINDS[b.kind]:<6}{b.description}\n{'':<21}{res}")
-    print("c target: an MCU board (default mps2-an386); fpga target: an FPGA board (or its device name)")
+    print(registry.describe())
     return 0
 
 
@@ -304,10 +279,8 @@ def cmd_emit(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    import os
-    import tempfile
-
     from boards import registry
+    from codegen import outputs
     from codegen.frontend import datasets, images
     from runtime import modelfile
     from runtime.errors import UserError
@@ -345,17 +318,7 @@ def cmd_verify(args) -> int:
     m = modelfile.load(args.model)
     name = _model_name(Path(args.model))
     work = Path(args.work) if args.work else Path("build") / name / ("verify-fpga" if on_fpga else "verify-c")
-    # probed where it is, or would be, created: nothing is left behind if a later check fails
-    where = work.absolute()
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    if not where.is_dir():
-        raise UserError(f"cannot write the work folder {work.absolute()}: {where} is a file, not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=where, prefix=".write-probe-"))
-    except OSError as e:
-        raise UserError(f"cannot write the work folder {work.absolute()} ({where}: {e.strerror or e}); "
-                        f"give --work DIR in a writable place") from None
+    outputs.check_work_folder(work)
     # 3. the images: a .npy of the model's input shape, or a dataset (the model's own by default)
     if args.input:
         x = images.load_npy(args.input, m)

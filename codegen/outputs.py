@@ -212,3 +212,18 @@ def check_file(out: str | Path, inputs=(), judge=None, force: bool = False, opti
 
 
 __all__ = ["MANIFEST", "changes", "check_dir", "check_file", "check_writable_parent", "replace_dir"]
+
+
+def check_work_folder(work: Path) -> None:
+    """A work folder (``verify --work``) can be created and written: probed where it is, or would be,
+    created, so that nothing is left behind if a later check fails; else a one-line UserError."""
+    where = Path(work).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise UserError(f"cannot write the work folder {Path(work).absolute()}: {where} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=where, prefix=".write-probe-"))
+    except OSError as e:
+        raise UserError(f"cannot write the work folder {Path(work).absolute()} ({where}: {e.strerror or e}); "
+                        f"give --work DIR in a writable place") from None

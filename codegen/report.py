@@ -119,3 +119,26 @@ def write(out_dir: Path, name: str, st: dict, figs: dict[str, bytes], model_sha2
     write_with_manifest(out_dir, files, {"target": "run", "model": {"name": name, "sha256": model_sha256},
                                          "tools": tool_versions()})
     return [out_dir / fn for fn in ["report.json", "report.txt"] + sorted(figs)]
+
+
+def describe_model(m, path) -> str:
+    """What ``codegen inspect`` prints: layers, shapes, Q, T, F, the input code, accumulator widths and
+    the recorded accuracies of the model loaded from ``path``."""
+    lines = []
+    lines.append(f"{path}: one-spike model ({m.meta.get('converter', 'unknown converter')})")
+    lines.append(f"Q={m.Q:g}  T={m.T} phases (code {m.T} = no spike)  F={m.F} fraction bits")
+    lines.append(f"input {tuple(m.input_shape)} uint8 pixels, phase code Q_in={m.input_Q:g} T_in={m.input_T} (code {m.input_T} = no spike)")
+    lines.append(f"decode D = {list(map(int, m.decode[:min(6, m.T)]))}{' ...' if m.T > 6 else ''} 0")
+    lines.append(f"{'#':>2}  {'layer':<9}{'input':>14}{'output':>14}  {'k/s/p':<8}{'params':>8}{'acc bits':>9}  fire")
+    for i, l in enumerate(m.layers):
+        kp = f"{l.kernel}/{l.stride}/{l.padding}" if l.kind != "dense" else "-"
+        params = 0 if l.weight is None else int(l.weight.size + l.bias.size)
+        fire = "readout (logits)" if l.readout else ("earliest spike" if l.kind == "maxpool" else f"theta[{l.theta.shape[0]}x{m.T}]")
+        lines.append(f"{i:>2}  {l.kind:<9}{str(tuple(l.in_shape)):>14}{str(tuple(l.out_shape)):>14}  {kp:<8}{params:>8}"
+                     f"{(l.acc_bits or '-'):>9}  {fire}")
+    n_w = sum(int(l.weight.size) for l in m.layers if l.weight is not None)
+    lines.append(f"weights: {n_w} int8 ({n_w / 1024:.1f} KiB); neurons that can spike: {sum(m.neuron_counts())}")
+    acc = m.meta.get("test_accuracy")
+    if isinstance(acc, dict):
+        lines.append("recorded test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
+    return "\n".join(lines)
