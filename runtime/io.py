@@ -8,7 +8,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import torch
 
 from .errors import UserError
 
@@ -64,6 +63,8 @@ def load_plain(path: str | Path) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            import torch
+
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -99,6 +100,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_torch_save(obj, path: str | Path) -> None:
     """Save ``obj`` with ``torch.save`` through a temp file; byte-identical for identical ``obj``."""
     import io
+
+    import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)

@@ -17,3 +17,34 @@ def one_line_error(code, err, *needles):
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+# Seconds each of the longest tests took on 2 cores (pytest --durations, see README.md "Tests"). The
+# suite runs them first, one test at a time per worker (``--maxschedchunk 1`` in pyproject.toml), so
+# that the long ones overlap instead of ending the run on one worker; the figures only order the tests.
+LONG_TESTS = {
+    "test_rtl_cocotb.py::test_shipped_cnn[verilator-fmnist-cnn]": 90,
+    "test_rtl_cocotb.py::test_shipped_cnn[verilator-mnist-cnn]": 70,
+    "test_c_host.py::test_shipped_models_full_test_set_parity[fmnist-cnn]": 64,
+    "test_synth.py::test_mnist_mlp_up5k_spram_fits": 57,
+    "test_synth.py::test_up5k_block_ram_overflow_reported": 51,
+    "test_models.py::test_shipped_model_meets_target[fmnist-cnn]": 35,
+    "test_rtl_cocotb.py::test_mnist_mlp[verilator]": 34,
+    "test_rtl_cocotb.py::test_shipped_cnn[icarus-mnist-cnn]": 30,
+    "test_synth.py::test_small_conv_model_fits[ulx3s]": 31,
+    "test_rtl_cocotb.py::test_mnist_mlp_spram_store[icarus]": 29,
+    "test_fpga_emit.py::test_mnist_cnn_emit": 25,
+    "test_rtl_cocotb.py::test_mnist_mlp_spram_store[verilator]": 21,
+    "test_synth.py::test_small_conv_model_fits[icebreaker]": 20,
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def cost(item):
+        return next((s for name, s in LONG_TESTS.items() if item.nodeid.endswith(name)), 0)
+
+    items.sort(key=cost, reverse=True)   # stable: the others keep their order
+    # xdist hands each of the 2 workers two tests to start with (items 0-1 and 2-3): pair the longest
+    # with the fourth and the second with the third
+    if len(items) >= 4 and cost(items[3]):
+        items[:4] = [items[0], items[3], items[1], items[2]]

@@ -84,7 +84,7 @@ def test_mnist_mlp(lanes, fifo_depth, first):
 
 @pytest.mark.slow
 def test_mnist_mlp_more_images_with_stalls():
-    model, images = mnist(6, 20)
+    model, images = mnist(6, 8)
     res = simulate_network(model, images, 16, gap=0.2, stall=0.3, seed=6)
     assert mismatches(model, res, golden.run(model, images)) == []
 

@@ -1,13 +1,11 @@
 """Whole conv/pool networks (rtl.network.Network) in amaranth.sim, compared exactly with the golden model."""
-import numpy as np
 import pytest
 
 from enginebench import frames_for, mismatches
 from randmodels import valid_model
 from rtl.sim import simulate_network
-from runtime import golden, modelfile
+from runtime import golden
 
-from conftest import ROOT
 
 CMD = ["conv2d", "maxpool", "dense"]
 CACD = ["conv2d", "avgpool", "conv2d", "dense"]
@@ -47,13 +45,5 @@ def test_conv_network_mutation_is_caught():
     raise AssertionError("no weight change altered the golden result: the comparison may be vacuous")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,dataset", [("mnist-cnn", "mnist")])
-def test_shipped_cnn_in_amaranth_sim(name, dataset):
-    """One image of a shipped CNN, every layer compared (slow in amaranth.sim: the cocotb bench runs more)."""
-    from codegen.frontend import datasets
-
-    model = modelfile.load(ROOT / "models" / f"{name}.pt")
-    images, _ = datasets.load(dataset, "test")
-    res = simulate_network(model, images[:1], 16)
-    assert mismatches(model, res, golden.run(model, images[:1])) == []
+# The shipped CNNs run in the cocotb benches (tests/test_rtl_cocotb.py: the MNIST CNN under Icarus and
+# Verilator, the Fashion-MNIST CNN under Verilator); one MNIST CNN image in amaranth.sim took 32 s.

