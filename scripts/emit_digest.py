@@ -27,13 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def targets() -> list[str]:
-    try:
-        from boards import registry
-        mcu, fpga = [b.name for b in registry.boards("mcu")], [b.name for b in registry.boards("fpga")]
-    except ImportError:     # the tree before the board registry (the reference side of a comparison)
-        from boards import MCU_BOARDS
-        from boards.fpga import FPGA_BOARDS
-        mcu, fpga = list(MCU_BOARDS), list(FPGA_BOARDS)
+    from boards import registry
+
+    mcu, fpga = [b.name for b in registry.boards("mcu")], [b.name for b in registry.boards("fpga")]
     return ["lut"] + [f"c:{b}" for b in mcu] + ["fpga"] + [f"fpga:{b}" for b in fpga]
 
 

@@ -24,7 +24,7 @@ def one_line_error(code, err, *needles):
 # that the long ones overlap instead of ending the run on one worker; the figures only order the tests.
 LONG_TESTS = {
     "test_rtl_cocotb.py::test_shipped_cnn[verilator-fmnist-cnn]": 90,
-    "test_rtl_cocotb.py::test_shipped_cnn[verilator-mnist-cnn]": 70,
+    "test_rtl_cocotb.py::test_shipped_cnn[verilator-mnist-cnn]": 40,
     "test_c_host.py::test_shipped_models_full_test_set_parity[fmnist-cnn]": 64,
     "test_synth.py::test_mnist_mlp_up5k_spram_fits": 57,
     "test_synth.py::test_up5k_block_ram_overflow_reported": 51,
@@ -32,7 +32,6 @@ LONG_TESTS = {
     "test_rtl_cocotb.py::test_mnist_mlp[verilator]": 34,
     "test_rtl_cocotb.py::test_shipped_cnn[icarus-mnist-cnn]": 30,
     "test_synth.py::test_small_conv_model_fits[ulx3s]": 31,
-    "test_rtl_cocotb.py::test_mnist_mlp_spram_store[icarus]": 29,
     "test_fpga_emit.py::test_mnist_cnn_emit": 25,
     "test_rtl_cocotb.py::test_mnist_mlp_spram_store[verilator]": 21,
     "test_synth.py::test_small_conv_model_fits[icebreaker]": 20,

@@ -77,7 +77,7 @@ def estimate(model: IntModel, board: FpgaBoard | str | None = None, lanes: int =
         "memory_bits": bits,
         "multipliers": multipliers(model, lanes, None, net),
         "cycles": cycle_estimate(model, lanes, ph, source, net, fifo_depth),
-        "logic_note": "LUTs and flip-flops are not estimated; codegen.synth measures them with Yosys and nextpnr",
+        "logic_note": "LUTs and flip-flops are not estimated; codegen emit --synth measures them with Yosys and nextpnr",
     }
     boards = [b] if b is not None else list(FPGA_BOARDS.values())
     est["boards"] = {x.name: board_mapping(mems, x, multipliers(model, lanes, x, net)) for x in boards}

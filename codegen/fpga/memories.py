@@ -186,7 +186,7 @@ def map_memory(mem: Mem, b: FpgaBoard) -> dict:
     if mem.what == "store" and b.spram_count:
         # The RAM store of a "ram" layer: Yosys's $__ICE40_SPRAM_ (16K x 16, cost 2048, far below
         # the soft-logic or block-RAM cost of such a memory) once its all-zero initialiser is
-        # deleted (boards.fpga yosys_prepare); words wider than 16 bits and depths over 16K tile.
+        # deleted (the board's yosys_prepare, boards.registry); words wider than 16 bits and depths over 16K tile.
         d, w = b.spram_shape
         return {"style": "spram", "shape": f"{d}x{w}", "cells": -(-mem.width // w) * -(-mem.depth // d)}
     if mem.mapped_width == 0:  # every word equal: Yosys replaces the ROM by constants
