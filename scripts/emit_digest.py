@@ -8,7 +8,8 @@ one-line refusal when the command refuses (a model that does not fit a board).
     python scripts/emit_digest.py -o before.json             # on the old tree
     python scripts/emit_digest.py --compare before.json      # on the new tree: exit 1 on any difference
 
-``--models`` and ``--targets`` narrow the set (e.g. ``--targets lut,c:mps2-an386``).
+``--models`` and ``--targets`` narrow the set (e.g. ``--targets lut,c:mps2-an386,fpga:icebreaker@4``:
+``@N`` sets ``--lanes N``).
 """
 from __future__ import annotations
 
@@ -30,15 +31,19 @@ def targets() -> list[str]:
     from boards import registry
 
     mcu, fpga = [b.name for b in registry.boards("mcu")], [b.name for b in registry.boards("fpga")]
-    return ["lut"] + [f"c:{b}" for b in mcu] + ["fpga"] + [f"fpga:{b}" for b in fpga]
+    # with the default lanes (8) no shipped model fits a board: lanes 4 is where the MLP fits both
+    return ["lut"] + [f"c:{b}" for b in mcu] + ["fpga"] + [f"fpga:{b}" for b in fpga] + [f"fpga:{b}@4" for b in fpga]
 
 
 def digest_one(model: Path, target: str, work: Path) -> dict:
     kind, _, board = target.partition(":")
-    out = work / f"{model.stem}-{kind}-{board or 'none'}"
+    board, _, lanes = board.partition("@")
+    out = work / f"{model.stem}-{kind}-{board or 'none'}-{lanes or 'default'}"
     cmd = [sys.executable, "-m", "codegen.cli", "emit", str(model), "--target", kind, "-o", str(out), "-q"]
     if board:
         cmd += ["--board", board]
+    if lanes:
+        cmd += ["--lanes", lanes]
     env = dict(os.environ, ONESPIKE_PROGRESS="0")
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if p.returncode != 0:
