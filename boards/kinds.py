@@ -18,6 +18,9 @@ MCU_DIR = Path(__file__).resolve().parent / "mcu"
 
 @dataclass(frozen=True)
 class McuBoard:
+    """A microcontroller board: its CPU flags, flash and RAM, memory map and the QEMU machine, if any."""
+
+    kind = "mcu"   # (a class attribute, not a field)
     name: str
     description: str
     cpu_flags: tuple[str, ...]
@@ -31,11 +34,12 @@ class McuBoard:
     def folder(self) -> Path:
         return MCU_DIR / self.name
 
-    kind = "mcu"
-
 
 @dataclass(frozen=True)
 class FpgaBoard:
+    """An FPGA board: its device's resources and how Yosys and nextpnr are run for it."""
+
+    kind = "fpga"  # (a class attribute, not a field)
     name: str
     description: str
     family: str                     # "ice40" | "ecp5"
@@ -101,5 +105,3 @@ class FpgaBoard:
             "lutram": None if self.lutram is None else {"cell": self.lutram_name, "depth": self.lutram[0],
                                                         "width": self.lutram[1]},
         }
-
-    kind = "fpga"

@@ -222,6 +222,22 @@ def test_corrupted_store_image_is_caught(tmp_path):
     raise AssertionError("no layer-0 weight changes the golden logits of these images")
 
 
+def test_memory_files_are_the_tables(tmp_path, mnist):
+    """The simulators read long memory initialisers from memN.hex files written beside the top: they
+    hold the tables (all 2 images match), and a changed file changes the results."""
+    need("icarus")
+    model, x = mnist
+    r = fpga_sim.verify(model, x[:2], "icarus", lanes=8, work=tmp_path, reset=False)
+    assert_all_matched(r)
+    text = (r.design_dir / fpga_sim.TOP_FILE).read_text()
+    hexes = sorted(r.design_dir.glob("mem*.hex"), key=lambda f: f.stat().st_size)
+    assert hexes and text.count("$readmemh(") == len(hexes)
+    words = hexes[-1].read_text().split()                 # the largest table: layer 0's weights
+    hexes[-1].write_text("\n".join("0" * len(w) for w in words) + "\n")
+    r2 = fpga_sim.verify(model, x[:2], "icarus", lanes=8, work=tmp_path, reset=False)
+    assert not r2.passed and r2.first_mismatch is not None
+
+
 @pytest.mark.parametrize("sim", SIMS)
 def test_mutation_is_caught(sim, small):
     """One corrupted expected value must show up as the first mismatch, at its place."""

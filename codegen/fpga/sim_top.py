@@ -17,7 +17,7 @@ TOP_FILE = "onespike_top.v"
 DESC_FILE = "onespike_top.json"
 LOAD_FILE = "load.bin"     # the store image of a design with "ram" layers
 _PKG_ROOT = Path(__file__).resolve().parents[2]     # holds codegen/, rtl/, runtime/
-_TOP_VERSION = 2       # bump when write_top's output changes for the same model and RTL
+_TOP_VERSION = 3       # bump when write_top's output changes for the same model and RTL
 
 
 def _hash_array(h, a) -> None:
@@ -92,6 +92,33 @@ def _time_zero_fix(text: str) -> str:
     return _TRIGGER.sub(lambda m: f"{m.group(0)}\n{m.group(1)}initial #0 {m.group(2)} = 1'h1;", text)
 
 
+# Amaranth writes a memory's initial contents as one assignment per word inside an ``initial`` block;
+# Verilator turns each into a C++ statement (the Fashion-MNIST CNN's build: 55 s, of which 20 s are
+# the tables). For the simulators only, a long block becomes ``$readmemh`` of a file beside the Verilog
+# (the same values, word for word; ``<sym>.v`` from ``codegen emit`` keeps its initialisers).
+_MEM_INIT = re.compile(r"^(?P<ind>[ \t]*)initial begin\n(?P<body>(?:[ \t]*[A-Za-z_][\w$]*\[\d+\] = \d+'h[0-9a-fA-F]+;\n)+)"
+                       r"[ \t]*end\n", re.M)
+_MEM_WORD = re.compile(r"^[ \t]*([A-Za-z_][\w$]*)\[(\d+)\] = \d+'h([0-9a-fA-F]+);$")
+MEM_FILE_MIN_WORDS = 64
+
+
+def _mem_files(text: str, out: Path) -> tuple[str, dict[str, str]]:
+    """``text`` with every long memory initialiser read from a ``memN.hex`` file in ``out`` (absolute
+    path), and those files' contents. Blocks that are not one memory's words 0..n-1 stay as they are."""
+    files: dict[str, str] = {}
+
+    def swap(m):
+        words = [_MEM_WORD.match(l) for l in m.group("body").splitlines()]
+        name = words[0].group(1)
+        if len(words) < MEM_FILE_MIN_WORDS or any(w.group(1) != name or int(w.group(2)) != i for i, w in enumerate(words)):
+            return m.group(0)
+        fn = f"mem{len(files)}.hex"
+        files[fn] = "\n".join(w.group(3) for w in words) + "\n"
+        return f'{m.group("ind")}initial $readmemh("{(out / fn).absolute()}", {name});\n'
+
+    return _MEM_INIT.sub(swap, text), files
+
+
 def _flat_top(model: IntModel, lanes, fifo_depth: int, store="rom"):
     from rtl.top import FlatTop
 
@@ -115,9 +142,11 @@ def write_top(model: IntModel, lanes=8, out_dir: str | Path = "build/fpga_sim/to
     from rtl.top import TOP_NAME
 
     top = _flat_top(model, lanes, fifo_depth, store)
-    text = _time_zero_fix(verilog.convert(top, name=TOP_NAME, ports=top.ports))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    text, mem_files = _mem_files(_time_zero_fix(verilog.convert(top, name=TOP_NAME, ports=top.ports)), out)
+    for fn, contents in mem_files.items():
+        _write_if_changed(out / fn, contents)
     image = top.core.net.load_image()
     if image and not ((out / LOAD_FILE).is_file() and (out / LOAD_FILE).read_bytes() == image):
         (out / LOAD_FILE).write_bytes(image)
