@@ -788,3 +788,29 @@ def test_fast_index_math_equals_its_definition():
         cost[rng.random(cost.shape) < 0.5] = 0
         depth = int(rng.integers(0, 20))
         assert (fpga.pixel_stream_end(cost, depth) == _stream_end_reference(cost, depth)).all()
+
+
+def test_emit_synth_moves_the_run_into_the_output_and_its_manifest(tmp_path, capsys, monkeypatch):
+    """``emit --synth``: the synthesis runs in a temp folder beside the output, then becomes ``synth/``
+    and is listed in the manifest with its sha256 (Yosys and nextpnr replaced by a stand-in here; the
+    real tools run in tests/test_synth.py)."""
+    from codegen import cli
+    from codegen.fpga import synth
+
+    def fake(model, board, lanes, work, name="model", store="auto", **kw):
+        assert (board, lanes, store) == ("icebreaker", 4, ["ram", "rom"])
+        (Path(work) / "synth_report.txt").write_text("fake synthesis: fits\n")
+        (Path(work) / "sub").mkdir()
+        (Path(work) / "sub" / "netlist.json").write_text("{}\n")
+        return {"fits": True}
+
+    monkeypatch.setattr(synth, "synthesize", fake)
+    out = tmp_path / "o"
+    assert cli.main(["emit", str(MLP), "--target", "fpga", "--board", "icebreaker", "--lanes", "4", "--synth",
+                     "-o", str(out), "-q"]) == 0
+    assert "fake synthesis: fits" in capsys.readouterr().out
+    man = json.loads((out / "manifest.json").read_text())
+    listed = {e["name"]: e["sha256"] for e in man["files"] if e["name"].startswith("synth/")}
+    assert listed == {n: hashlib.sha256((out / n).read_bytes()).hexdigest()
+                      for n in ("synth/synth_report.txt", "synth/sub/netlist.json")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]      # no temp folder left
