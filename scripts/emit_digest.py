@@ -59,6 +59,14 @@ def digest_one(model: Path, target: str, work: Path) -> dict:
     return {"exit": 0, "files": files}
 
 
+def _is_digest(path: Path) -> bool:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and all(isinstance(v, dict) and "exit" in v for v in d.values())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", help="write the digest JSON here")
@@ -67,6 +75,10 @@ def main() -> int:
     ap.add_argument("--targets", help="comma-separated targets (default: " + ",".join(targets()) + ")")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if args.output and Path(args.output).exists() and not _is_digest(Path(args.output)):
+        print(f"emit_digest: error: {args.output} exists and is not a digest this script wrote; not replacing it",
+              file=sys.stderr)
+        return 2
     models = sorted(p for p in (ROOT / "models").glob("*.pt") if not p.name.endswith(".ann.pt"))
     if args.models:
         want = args.models.split(",")
@@ -78,7 +90,9 @@ def main() -> int:
     digest = {f"{m.stem} {t}": r for (m, t), r in zip(jobs, results)}
     text = json.dumps(digest, indent=1, sort_keys=True) + "\n"
     if args.output:
-        Path(args.output).write_text(text)
+        from runtime.io import atomic_write_bytes
+
+        atomic_write_bytes(args.output, text.encode())
     n_files = sum(len(r.get("files", {})) for r in digest.values())
     print(f"{len(digest)} model/target pairs, {n_files} files, "
           f"{sum(r['exit'] != 0 for r in digest.values())} refusals")

@@ -7,6 +7,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NUMBA_NUM_THREADS", "2")
 
 
+def refused(cls, *args, match):
+    """``cls(*args)`` raises ValueError matching ``match``. The half-built Amaranth component is
+    collected here, with its "created but never used" warning silenced, instead of warning in some
+    later test."""
+    import gc
+    import warnings
+
+    import pytest
+    from amaranth.hdl import UnusedElaboratable
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(ValueError, match=match) as info:
+            cls(*args)
+        del info
+        gc.collect()
+
+
 def one_line_error(code, err, *needles):
     """The CLI's error contract: exit 2, exactly one ``codegen: error: ...`` line naming every needle,
     no traceback. Returns the line."""

@@ -2,17 +2,16 @@
 ports of the generated ``<sym>_pins`` Verilog, and the wrapper under Icarus around a stub network."""
 from __future__ import annotations
 
-import gc
 import re
 import shutil
 import subprocess
-import warnings
 
 import numpy as np
 import pytest
-from amaranth.hdl import ClockDomain, Module, UnusedElaboratable
+from amaranth.hdl import ClockDomain, Module
 
 from rtl.pins import LOAD_PINS, PINS, PinWrapper, ResultSerialiser, pins_verilog
+from conftest import refused
 from rtl.sim import make_simulator, run_bounded, stream_get, stream_put
 
 WIDTHS = [1, 8, 9, 17, 44, 130]
@@ -165,17 +164,6 @@ def test_serialiser_stream(payload_bits):
     assert idle == [(0, 1, 0), (0, 1, 0)]      # after reset, after the word: idle, ready, count 0 / nb
     assert out[0] == first & 0xFF
     assert out[1:] == [((second >> (8 * k)) & 0xFF, int(k == nb - 1)) for k in range(nb)]
-
-
-def refused(cls, *args, match):
-    """``cls(*args)`` raises ValueError; the half-built elaboratable's UnusedElaboratable warning is
-    silenced here rather than in some later test."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(ValueError, match=match) as info:
-            cls(*args)
-        del info
-        gc.collect()
 
 
 def test_rejects_bad_arguments():

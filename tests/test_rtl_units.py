@@ -1,10 +1,7 @@
 """RTL units (FireUnit, PixelEncoder, Argmax) in amaranth.sim, compared exactly with runtime.spec."""
-import gc
-import warnings
 
 import numpy as np
 import pytest
-from amaranth.hdl import UnusedElaboratable
 
 from rtl.encoder import PixelEncoder
 from rtl.fire import FireUnit
@@ -13,7 +10,7 @@ from rtl.sim import make_simulator, run_bounded, stream_get, stream_put
 from runtime import modelfile
 from runtime.spec import encode_table, fire_int
 
-from conftest import ROOT
+from conftest import ROOT, refused
 
 
 # ------------------------------------------------------------------------------------ FireUnit
@@ -98,20 +95,6 @@ def test_fire_unit_throughput():
     _, cycles = run_fire_unit(theta, 16, requests)
     steps = 16 .bit_length()
     assert cycles <= len(requests) * (steps + 1) + 3
-
-
-def refused(cls, *args, match):
-    """Assert that ``cls(*args)`` raises ValueError matching ``match``.
-
-    The half-built component is collected here, with Amaranth's "created but never used" warning
-    silenced, instead of warning in some later test.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(ValueError, match=match) as info:
-            cls(*args)
-        del info
-        gc.collect()
 
 
 def test_fire_unit_rejects_bad_thresholds():
