@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from .errors import UserError
-from .spec import IntModel, Layer
+from .spec import IntModel, Layer, decode_detections
 
 
 @njit(parallel=True, cache=True)
@@ -153,6 +153,7 @@ class GoldenResult:
     phases: list
     spikes: np.ndarray
     sops: np.ndarray
+    detections: list | None = None  # a detector: per image int64 (n, 6) (class, x0, y0, x1, y1, score)
 
 
 def check_images(model: IntModel, images) -> np.ndarray:
@@ -243,7 +244,17 @@ def run(model: IntModel, images: np.ndarray, keep_phases: bool = True) -> Golden
                 phases.append(out_ph)
             ph = out_ph
     classes = np.argmax(logits, axis=1).astype(np.int64)  # numpy argmax: first maximum = lowest index
-    return GoldenResult(logits=logits, classes=classes, phases=phases, spikes=spikes, sops=sops)
+    return GoldenResult(logits=logits, classes=classes, phases=phases, spikes=spikes, sops=sops,
+                        detections=detect(model, logits))
+
+
+def detect(model: IntModel, logits: np.ndarray) -> list | None:
+    """The detections of a detector's readout maps (runtime.spec.decode_detections); None for a classifier."""
+    if model.task != "detect":
+        return None
+    shape = tuple(model.layers[-1].out_shape)
+    hw = tuple(model.input_shape[1:])
+    return [decode_detections(row.reshape(shape), model.head, hw) for row in np.asarray(logits)]
 
 
 def run_batched(model: IntModel, images: np.ndarray, batch: int = 1000, progress: bool = False, desc: str = "golden"):
@@ -256,7 +267,8 @@ def run_batched(model: IntModel, images: np.ndarray, batch: int = 1000, progress
         parts.append(r)
     return GoldenResult(
         logits=np.concatenate([r.logits for r in parts]), classes=np.concatenate([r.classes for r in parts]),
-        phases=[], spikes=np.concatenate([r.spikes for r in parts]), sops=np.concatenate([r.sops for r in parts]))
+        phases=[], spikes=np.concatenate([r.spikes for r in parts]), sops=np.concatenate([r.sops for r in parts]),
+        detections=None if model.task != "detect" else [d for r in parts for d in r.detections])
 
 
 def l_fires(model: IntModel, i: int) -> bool:

@@ -23,8 +23,8 @@ import torch
 
 from .errors import UserError
 from .io import atomic_torch_save, load_plain
-from .spec import (MAX_LAYERS, SCHEMA_FORMAT, SCHEMA_VERSION, IntModel, Layer, SpecError, check_shape_limits,
-                   validate)
+from .spec import (MAX_LAYERS, READABLE_SCHEMA_VERSIONS, SCHEMA_FORMAT, SCHEMA_VERSION, TASKS, DetectHead, IntModel,
+                   Layer, SpecError, check_shape_limits, validate)
 
 _TOP_KEYS = ("Q", "T", "F", "input_shape", "decode", "encode", "input_Q", "input_T", "input_decode", "layers")
 
@@ -50,6 +50,7 @@ def to_dict(model: IntModel) -> dict:
         "input_Q": float(model.input_Q), "input_T": int(model.input_T),
         "input_decode": _t(model.input_decode.astype(np.int64)),
         "layers": layers, "meta": dict(model.meta),
+        "task": model.task, "head": None if model.head is None else model.head.to_dict(),
     }
 
 
@@ -97,8 +98,9 @@ def from_dict(obj: dict, source: str = "model") -> IntModel:
     if obj.get("format") != SCHEMA_FORMAT:
         raise UserError(f"{source}: not a one-spike model (format {obj.get('format')!r}, expected {SCHEMA_FORMAT!r})")
     ver = obj.get("schema_version")
-    if ver != SCHEMA_VERSION:
-        raise UserError(f"{source}: schema version {ver!r} is not supported (this codegen reads version {SCHEMA_VERSION})")
+    if ver not in READABLE_SCHEMA_VERSIONS:
+        raise UserError(f"{source}: schema version {ver!r} is not supported (this codegen reads versions "
+                        f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; a newer file needs a newer codegen)")
     for k in _TOP_KEYS:
         if k not in obj:
             raise UserError(f"{source}: missing field {k!r}")
@@ -166,7 +168,9 @@ def _from_dict(obj: dict, source: str) -> IntModel:
             raise SpecError(f"{what} must hold {tn} + 1 = {t + 1} entries, not {got}")
         if (d[:t] <= 0).any() or d[t] != 0:
             raise SpecError(f"{what} must hold positive entries ending in 0 (entry {int(np.argmax(d[:t] <= 0)) if (d[:t] <= 0).any() else t} is {int(d[int(np.argmax(d[:t] <= 0))] if (d[:t] <= 0).any() else d[t])})")
+    task, head = _task_head(obj)
     model = IntModel(
+        task=task, head=head,
         Q=float(obj["Q"]), T=T, F=int(obj["F"]), input_shape=input_shape,
         decode=_array(obj["decode"], "decode table", np.int64),
         encode=enc.astype(np.uint8), layers=layers, meta=dict(meta),
@@ -175,6 +179,33 @@ def _from_dict(obj: dict, source: str) -> IntModel:
     )
     validate(model)
     return model
+
+
+_HEAD_KEYS = ("classes", "stride", "score_threshold", "box_mult", "box_shift", "nms_iou_percent", "max_detections")
+
+
+def _task_head(obj: dict) -> tuple[str, DetectHead | None]:
+    """Schema 2: ``task`` ("classify" or "detect") and, for a detector, its ``head`` dict (version 1: classify)."""
+    if obj.get("schema_version") == 1:
+        return "classify", None
+    task = obj.get("task")
+    if task not in TASKS:
+        raise SpecError(f"task must be one of {', '.join(TASKS)}, not {task!r}"[:200])
+    h = obj.get("head")
+    if task == "classify":
+        if h is not None:
+            raise SpecError("a classifier carries no detection head (head must be None)")
+        return task, None
+    if not isinstance(h, dict):
+        raise SpecError(f"a detector needs a head dict, not {type(h).__name__}")
+    missing = [k for k in _HEAD_KEYS if k not in h]
+    if missing:
+        raise SpecError(f"detection head lacks field {missing[0]!r}")
+    classes = h["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise SpecError("detection head: classes must be a list of names")
+    ints = {k: _int(h[k], f"detection head {k}") for k in _HEAD_KEYS[1:]}
+    return task, DetectHead(classes=list(classes), **ints)
 
 
 def load(path: str | Path) -> IntModel:

@@ -53,7 +53,8 @@ import numpy as np
 from .errors import UserError
 
 SCHEMA_FORMAT = "onespike-snn"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "task" and "head" (detectors); version 1 files are classifiers
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MAX_T = 255  # phases are uint8; code T means "no spike"
 MAX_ACC_BITS = 32  # widest accumulator a backend must support (int32 on an MCU)
 LAYER_KINDS = ("dense", "conv2d", "maxpool", "avgpool")
@@ -172,6 +173,8 @@ class IntModel:
     input_Q: float = 0.0  # 0 means: the same code as the hidden layers
     input_T: int = 0
     input_decode: np.ndarray | None = None  # int64 (input_T+1,)
+    task: str = "classify"  # or "detect": the readout is a detection map decoded with ``head``
+    head: "DetectHead | None" = None
 
     def __post_init__(self):
         if not self.input_T:
@@ -373,6 +376,14 @@ def validate(model: IntModel, max_bits: int = MAX_ACC_BITS) -> None:
         elif layer.theta is not None:
             raise SpecError(f"{where}: only firing layers carry a threshold table")
         shape = out
+    if model.task not in TASKS:
+        raise SpecError(f"task must be one of {', '.join(TASKS)}, not {model.task!r}"[:200])
+    if model.task == "detect":
+        if model.head is None:
+            raise SpecError("a detector (task 'detect') needs a detection head")
+        check_head(model.head, model)
+    elif model.head is not None:
+        raise SpecError("only a detector (task 'detect') carries a detection head")
     analyse_ranges(model, max_bits)
 
 
@@ -399,3 +410,152 @@ def dense_macs(model: IntModel) -> list[int]:
 # per synaptic operation. Memory traffic is not counted.
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
+
+
+# --------------------------------------------------------------------------------------- detection head
+#
+# A detector is a model whose readout is a conv2d map on a grid (a task of "detect" in the model file).
+# Its channels, per cell (y, x) of the (GH, GW) grid, are
+#     0            background score
+#     1 .. K       class scores (K object classes, ``DetectHead.classes``)
+#     K+1 .. K+4   box: dx, dy (centre offset from the cell's top-left corner), w, h
+# all in accumulator units L[c, y, x] (the integer logits). Decoding them into a list of detections
+# is part of the specification (integers only, every backend gives the identical list):
+#
+#  1. cell class and score: c(y, x) = argmax_{k in 1..K} L[k, y, x] (ties: the lowest k);
+#     s(y, x) = L[c, y, x] - L[0, y, x] (an exact integer; int64 in C).
+#  2. candidates: cells with s >= score_threshold that are a local maximum among the cells of the same
+#     class in their 3x3 neighbourhood: with i = y * GW + x the raster index, s(y, x) > s(n) for every
+#     such neighbour n with a smaller index and s(y, x) >= s(n) for every one with a larger index
+#     (so of equal neighbours exactly the first is kept; cells of other classes never suppress).
+#  3. box: px(v) = (v * box_mult + 2**(box_shift - 1)) >> box_shift (floor; v * box_mult is exact in int64),
+#     cx = x * stride + clamp(px(dx), 0, stride), cy likewise; w = clamp(px(w), 1, W), h = clamp(px(h), 1, H)
+#     (W, H the input size); x0 = clamp(cx - floor(w / 2), 0, W), x1 = clamp(cx - floor(w / 2) + w, 0, W),
+#     y0, y1 likewise: a box in input pixels, x1 and y1 exclusive.
+#  4. order and suppression: candidates sorted by score descending, then raster index ascending; taken
+#     in that order, a candidate is kept unless a kept detection of the same class overlaps it with
+#     100 * inter > nms_iou_percent * union (areas in pixels, exact integers); at most max_detections kept.
+#  Output, in kept order: (class k - 1 in 0..K-1, x0, y0, x1, y1, score).
+
+TASKS = ("classify", "detect")
+BOX_CHANNELS = 4  # dx, dy, w, h
+MAX_DETECTIONS = 256
+DET_FIELDS = ("class", "x0", "y0", "x1", "y1", "score")
+
+
+@dataclass
+class DetectHead:
+    """The decode parameters of a detector's readout map (see the comment above)."""
+
+    classes: list
+    stride: int
+    score_threshold: int
+    box_mult: int
+    box_shift: int
+    nms_iou_percent: int = 50
+    max_detections: int = 64
+
+    @property
+    def channels(self) -> int:
+        return 1 + len(self.classes) + BOX_CHANNELS
+
+    def to_dict(self) -> dict:
+        return {"classes": [str(c) for c in self.classes], "stride": int(self.stride),
+                "score_threshold": int(self.score_threshold), "box_mult": int(self.box_mult),
+                "box_shift": int(self.box_shift), "nms_iou_percent": int(self.nms_iou_percent),
+                "max_detections": int(self.max_detections)}
+
+
+def _int_field(v, what: str, lo: int, hi: int) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+        raise SpecError(f"detection head: {what} must be an integer in {lo}..{hi}, not {v!r}"[:200])
+    return int(v)
+
+
+def check_head(head: DetectHead, model: "IntModel") -> None:
+    """Refuse a detection head that does not fit its model's readout (one line naming the field)."""
+    if not isinstance(head.classes, (list, tuple)) or not head.classes or len(head.classes) > 64 \
+            or not all(isinstance(c, str) and c for c in head.classes):
+        raise SpecError("detection head: classes must be a list of 1..64 non-empty names")
+    last = model.layers[-1] if model.layers else None
+    if last is None or last.kind != "conv2d" or len(last.out_shape) != 3:
+        raise SpecError("detection head: the readout of a detector must be a conv2d map")
+    if last.out_shape[0] != head.channels:
+        raise SpecError(f"detection head: the readout has {last.out_shape[0]} channels but {len(head.classes)} classes "
+                        f"need {head.channels} (background, the classes, dx, dy, w, h)")
+    _int_field(head.stride, "stride", 1, MAX_SIDE)
+    _int_field(head.score_threshold, "score_threshold", -(1 << 32), 1 << 32)
+    _int_field(head.box_mult, "box_mult", 1, (1 << 31) - 1)
+    _int_field(head.box_shift, "box_shift", 1, 62)
+    _int_field(head.nms_iou_percent, "nms_iou_percent", 0, 100)
+    _int_field(head.max_detections, "max_detections", 1, MAX_DETECTIONS)
+    _, gh, gw = last.out_shape
+    _, h, w = model.input_shape
+    if gh * head.stride < h - head.stride or gw * head.stride < w - head.stride:
+        raise SpecError(f"detection head: a {gh}x{gw} grid at stride {head.stride} does not cover the "
+                        f"{h}x{w} input")
+
+
+def decode_box_px(v: int, head: DetectHead) -> int:
+    """``px(v)`` of step 3: a box channel in input pixels (Python ints: exact)."""
+    return (int(v) * int(head.box_mult) + (1 << (int(head.box_shift) - 1))) >> int(head.box_shift)
+
+
+def decode_detections(logits: np.ndarray, head: DetectHead, input_hw: tuple[int, int]) -> np.ndarray:
+    """Steps 1-4 on one readout map (C, GH, GW) of integers: int64 (n, 6) rows (class, x0, y0, x1, y1, score).
+
+    Exact integer arithmetic (int64 numpy for the per-cell steps, Python ints for the boxes)."""
+    L = np.asarray(logits, dtype=np.int64)
+    K = len(head.classes)
+    _, gh, gw = L.shape
+    H, W = int(input_hw[0]), int(input_hw[1])
+    cls = np.argmax(L[1:1 + K], axis=0)  # first maximum: the lowest class
+    score = np.take_along_axis(L[1:1 + K], cls[None], 0)[0] - L[0]
+    cands = []
+    for y in range(gh):
+        for x in range(gw):
+            s = int(score[y, x])
+            if s < head.score_threshold:
+                continue
+            peak = True
+            for ny in range(max(0, y - 1), min(gh, y + 2)):
+                for nx in range(max(0, x - 1), min(gw, x + 2)):
+                    if (ny, nx) == (y, x) or cls[ny, nx] != cls[y, x]:
+                        continue
+                    t = int(score[ny, nx])
+                    if (ny * gw + nx < y * gw + x and not s > t) or (ny * gw + nx > y * gw + x and not s >= t):
+                        peak = False
+            if peak:
+                cands.append((-s, y * gw + x, y, x))
+    cands.sort()
+    kept: list[tuple] = []
+    for neg_s, _, y, x in cands:
+        if len(kept) >= head.max_detections:
+            break
+        box = _cell_box(L[:, y, x], K, y, x, head, H, W)
+        c = int(cls[y, x])
+        if any(k[0] == c and _suppresses(k[1:5], box, head.nms_iou_percent) for k in kept):
+            continue
+        kept.append((c,) + box + (-neg_s,))
+    return np.array(kept, dtype=np.int64).reshape(-1, 6)
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return lo if v < lo else hi if v > hi else v
+
+
+def _cell_box(v, K: int, y: int, x: int, head: DetectHead, H: int, W: int) -> tuple[int, int, int, int]:
+    dx, dy, bw, bh = (decode_box_px(int(v[1 + K + j]), head) for j in range(BOX_CHANNELS))
+    cx = x * head.stride + _clamp(dx, 0, head.stride)
+    cy = y * head.stride + _clamp(dy, 0, head.stride)
+    bw, bh = _clamp(bw, 1, W), _clamp(bh, 1, H)
+    x0, y0 = cx - bw // 2, cy - bh // 2
+    return _clamp(x0, 0, W), _clamp(y0, 0, H), _clamp(x0 + bw, 0, W), _clamp(y0 + bh, 0, H)
+
+
+def _suppresses(a, b, percent: int) -> bool:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    inter = iw * ih if iw > 0 and ih > 0 else 0
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return 100 * inter > percent * union

@@ -81,3 +81,42 @@ def valid_model(seed, plan, T, input_code=None):
         except SpecError:
             continue
         return model, rng
+
+
+def random_head(rng, classes, stride, score_threshold=None):
+    """Random decode parameters for a detector with ``classes`` (runtime.spec.DetectHead)."""
+    from runtime.spec import DetectHead
+
+    shift = int(rng.integers(4, 20))
+    return DetectHead(classes=list(classes), stride=int(stride),
+                      score_threshold=int(rng.integers(-50, 50) if score_threshold is None else score_threshold),
+                      box_mult=int(rng.integers(1, 1 << min(shift + 2, 30))), box_shift=shift,
+                      nms_iou_percent=int(rng.integers(0, 101)), max_detections=int(rng.integers(1, 40)))
+
+
+def random_detector(seed, n_classes=2, input_shape=(2, 16, 20), T=4):
+    """A small valid detector: conv (stride 2) -> conv (stride 2) -> conv2d readout map with the
+    1 + K + 4 channels of a detection head (a 4x5 grid at stride 4 for the default input)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        m = random_model(rng, T=T, input_shape=input_shape, plan=["conv2d", "conv2d", "conv2d"])
+        # replace the random layer shapes with the detector's: 3x3 stride-2 convs, a 1x1 readout
+        dec, dec_in = m.decode, m.input_decode
+        shape, layers = tuple(input_shape), []
+        for i, (o, k, s, p) in enumerate([(4, 3, 2, 1), (6, 3, 2, 1), (1 + n_classes + 4, 1, 1, 0)]):
+            readout = i == 2
+            w = rng.integers(-127, 128, size=(o, shape[0], k, k)).astype(np.int8)
+            b = rng.integers(-dec[0] * 20, dec[0] * 20, size=o).astype(np.int64)
+            out = (o, conv_out(shape[1], k, s, p), conv_out(shape[2], k, s, p))
+            d0 = int((dec_in if i == 0 else dec)[0])
+            th = None if readout else random_theta(rng, o, T, d0 * 127 * 2)
+            layers.append(Layer("conv2d", shape, out, w, b, th, k, s, p, readout, name=f"conv{i}"))
+            shape = out
+        m.layers = layers
+        m.task = "detect"
+        m.head = random_head(rng, [f"c{j}" for j in range(n_classes)], 4)
+        try:
+            validate(m)
+        except SpecError:
+            continue
+        return m

@@ -93,3 +93,68 @@ def argmax_lowest(values):
         if v > values[best]:
             best = i
     return best
+
+
+def decode_reference(logits, head, H, W):
+    """Detections of one readout map (C, GH, GW) as the spec's words say (docs/spec.md, detection head):
+    Python ints and lists only. Returns a list of [class, x0, y0, x1, y1, score]."""
+    L = [[[int(v) for v in row] for row in ch] for ch in logits]
+    K = len(head.classes)
+    GH, GW = len(L[0]), len(L[0][0])
+
+    def cell(y, x):
+        best = 1
+        for k in range(2, K + 1):
+            if L[k][y][x] > L[best][y][x]:
+                best = k
+        return best, L[best][y][x] - L[0][y][x]
+
+    def px(v):
+        return (v * head.box_mult + 2 ** (head.box_shift - 1)) // 2 ** head.box_shift
+
+    def clamp(v, lo, hi):
+        return max(lo, min(hi, v))
+
+    cands = []
+    for y in range(GH):
+        for x in range(GW):
+            c, s = cell(y, x)
+            if s < head.score_threshold:
+                continue
+            ok = True
+            for ny in (y - 1, y, y + 1):
+                for nx in (x - 1, x, x + 1):
+                    if not (0 <= ny < GH and 0 <= nx < GW) or (ny, nx) == (y, x):
+                        continue
+                    nc, ns = cell(ny, nx)
+                    if nc != c:
+                        continue
+                    earlier = ny * GW + nx < y * GW + x
+                    if (earlier and s <= ns) or (not earlier and s < ns):
+                        ok = False
+            if ok:
+                cands.append((s, y * GW + x, c, y, x))
+    cands.sort(key=lambda t: (-t[0], t[1]))
+    kept = []
+    for s, _, c, y, x in cands:
+        if len(kept) == head.max_detections:
+            break
+        dx, dy, bw, bh = (px(L[K + 1 + j][y][x]) for j in range(4))
+        cx = x * head.stride + clamp(dx, 0, head.stride)
+        cy = y * head.stride + clamp(dy, 0, head.stride)
+        bw, bh = clamp(bw, 1, W), clamp(bh, 1, H)
+        box = [clamp(cx - bw // 2, 0, W), clamp(cy - bh // 2, 0, H),
+               clamp(cx - bw // 2 + bw, 0, W), clamp(cy - bh // 2 + bh, 0, H)]
+        suppressed = False
+        for k in kept:
+            if k[0] != c - 1:
+                continue
+            iw = min(k[3], box[2]) - max(k[1], box[0])
+            ih = min(k[4], box[3]) - max(k[2], box[1])
+            inter = iw * ih if iw > 0 and ih > 0 else 0
+            union = (k[3] - k[1]) * (k[4] - k[2]) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+            if 100 * inter > head.nms_iou_percent * union:
+                suppressed = True
+        if not suppressed:
+            kept.append([c - 1] + box + [s])
+    return kept
