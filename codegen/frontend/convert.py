@@ -46,6 +46,32 @@ Q_CANDIDATES = (2.0, 1.75, 1.5, 1.4, 1.3, 1.25, 1.2, 1.15)
 T_CANDIDATES = tuple(range(4, 65, 2))
 
 
+def cell_classes(logits, n_classes: int | None) -> np.ndarray:
+    """What the (Q, T) search compares: the class of each image (argmax of the logits), or for a detector
+    (``n_classes`` = 1 + K channels of scores) the class of each grid cell, flattened (N * GH * GW,)."""
+    logits = np.asarray(logits)
+    if n_classes is None:
+        return np.argmax(logits.reshape(len(logits), -1), axis=1)
+    return np.argmax(logits[:, :n_classes], axis=1).reshape(-1)
+
+
+def ann_maps(low: Lowered, images_u8: np.ndarray, batch: int = 500) -> np.ndarray:
+    """The float ANN's outputs (N, *readout shape), float64."""
+    with torch.no_grad():
+        return np.concatenate([float_forward(low, _t(images_u8[i:i + batch].astype(np.float64) / 255.0)).numpy()
+                               for i in range(0, len(images_u8), batch)])
+
+
+def onespike_maps(norm: Normalised, images_u8: np.ndarray, Q: float, T: int, input_Q: float = INPUT_Q,
+                  input_T: int = INPUT_T, batch: int = 500) -> np.ndarray:
+    """The float one-spike network's outputs (N, *readout shape), float64."""
+    shape = tuple(norm.stages[-1].out_shape)
+    with torch.no_grad():
+        return np.concatenate([onespike_float_forward(norm, images_u8[i:i + batch], Q, T, input_Q=input_Q,
+                                                      input_T=input_T).numpy().reshape((-1,) + shape)
+                               for i in range(0, len(images_u8), batch)])
+
+
 def ann_predict(low: Lowered, images_u8: np.ndarray, batch: int = 1000, progress: bool = False,
                 desc: str = "ANN float") -> np.ndarray:
     out = []
@@ -138,8 +164,12 @@ def check_options(Q=None, T=None, F=None, norm="percentile", percentile=99.99, m
 def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
             Q: float | None = None, T: int | None = None, F: int | None = None, norm: str = "percentile",
             percentile: float = 99.99, max_disagree: float = 0.2, eval_fraction: float = 0.5,
-            input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = True) -> Conversion:
-    """Convert a trained ANN into an integer one-spike model (see the module docstring)."""
+            input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = True,
+            score_channels: int | None = None) -> Conversion:
+    """Convert a trained ANN into an integer one-spike model (see the module docstring).
+
+    ``score_channels``: a detector's 1 + K score channels; the error target then counts grid cells
+    whose class (argmax over those channels) differs from the ANN's, instead of images."""
     check_options(Q, T, F, norm, percentile, max_disagree, eval_fraction, input_Q, input_T)
     qkw = {"F": F, "input_Q": float(input_Q), "input_T": int(input_T)}
     ann = ann.eval()
@@ -159,7 +189,7 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
         met = None
     else:
         model, met = _search(normd, low, calib_images[len(calib_images) - n_eval:], Q, T, qkw, max_disagree,
-                             search, progress)
+                             search, progress, score_channels)
     model.meta.update({
         "converter": "onespike-codegen 0.1.0", "normalisation": norm,
         "percentile": percentile if norm == "percentile" else None, "calibration_images": int(len(stats_imgs)),
@@ -169,7 +199,7 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
 
 
 def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, max_disagree: float,
-            search: list, progress: bool) -> tuple[IntModel, bool]:
+            search: list, progress: bool, score_channels: int | None = None) -> tuple[IntModel, bool]:
     """The (Q, T) search of step 5 (docs/conversion.md); appends every decision to ``search``.
 
     1. For each Q, the T it can represent: the largest integer T <= max(T_CANDIDATES) with a valid
@@ -184,8 +214,12 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
        guarantees a winner by the smallest largest-T of a Q that met it.
     A miss is decided as soon as more held-out images disagree than the target allows.
     """
-    ev_y = ann_predict(low, ev_x)  # the target is agreement with the ANN's own classes
-    n = len(ev_x)
+    # the target is agreement with the ANN's own classes (of images, or of a detector's grid cells)
+    if score_channels is None:
+        ev_y = ann_predict(low, ev_x)
+    else:
+        ev_y = cell_classes(ann_maps(low, ev_x), score_channels).reshape(len(ev_x), -1)
+    n = ev_y.size
     qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
     ts = [int(T)] if T is not None else list(T_CANDIDATES)
     errors: dict = {}  # (q, t) -> None (representable) or the UserError; models are rebuilt when needed,
@@ -207,18 +241,22 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
         m = quantise(normd, q, t, **qkw)
         bar.set_postfix_str(f"Q={q:g} T={t}")
         d = done = 0
-        for i in range(0, n, EVAL_CHUNK):
-            cls = golden.run(m, ev_x[i:i + EVAL_CHUNK], keep_phases=False).classes
-            d += int((cls != ev_y[i:i + EVAL_CHUNK]).sum())
-            done = min(n, i + EVAL_CHUNK)
+        per_image = n // len(ev_x)
+        shape = (-1,) + tuple(m.layers[-1].out_shape)
+        for i in range(0, len(ev_x), EVAL_CHUNK):
+            logits = golden.run(m, ev_x[i:i + EVAL_CHUNK], keep_phases=False).logits
+            cls = logits.argmax(1) if score_channels is None else cell_classes(logits.reshape(shape), score_channels)
+            d += int((cls.reshape(-1) != ev_y[i:i + EVAL_CHUNK].reshape(-1)).sum())
+            done = min(len(ev_x), i + EVAL_CHUNK) * per_image
             if early and 100 * d > max_disagree * n:
                 break
         meets = 100 * d <= max_disagree * n
         if done == n:
             rec = _record(q, t, m.F, round(100 * d / n, 4), "meets" if meets else "misses")
         else:
+            what = "held-out images" if score_channels is None else "grid cells of held-out images"
             rec = _record(q, t, m.F, None, "misses",
-                          f"stopped after {done} of {n} held-out images: {d} disagree with the ANN, more than the "
+                          f"stopped after {done} of {n} {what}: {d} disagree with the ANN, more than the "
                           f"{math.floor(max_disagree * n / 100 + 1e-9)} the target allows")
         results[(q, t)] = rec
         search.append(rec)

@@ -1,0 +1,185 @@
+"""Reproducible training of the example detectors (``codegen train bccd-det``, ``raccoon-det``).
+
+A detector is fully convolutional: 3x3 convolutions with stride 2 down to a grid of stride 8, one
+more 3x3 convolution, and a 1x1 readout with, per cell, background + K class scores and four box
+channels (dx, dy: the centre's offset in the cell; w, h: the size, in cells; see runtime/spec.py,
+"detection head"). Training (CenterNet-like, simplified to what the integer decode reads):
+cross-entropy over background + classes at every cell, with the eight neighbours of an object's
+centre cell ignored (the decode keeps only 3x3 local maxima, so they need not be background), and a
+smooth-L1 box loss at the centre cells. The score threshold and the suppression are chosen on the
+``val`` split (the decode's own rules, :mod:`codegen.detection.head`); ``test`` is only reported.
+
+Everything is determined by the seed, as for the classifiers (codegen/frontend/train.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from runtime.errors import UserError
+
+
+@dataclass(frozen=True)
+class DetArch:
+    dataset: str
+    size: tuple[int, int]  # (width, height) of the model input
+    channels: int  # 3 (RGB) or 1 (grayscale)
+    widths: tuple[int, ...]  # output channels of the stride-2 convolutions, then of the stride-1 one
+    epochs: int
+    vflip: bool  # vertical flips are valid augmentation (microscopy), not for photos
+    nms_iou_percent: int = 50
+    max_detections: int = 64
+
+
+ARCHS = {
+    "bccd-det": DetArch("bccd", (128, 96), 3, (8, 16, 32, 32), 150, True),
+    "raccoon-det": DetArch("raccoon", (96, 96), 3, (8, 16, 32, 32), 150, False),
+}
+STRIDE = 8
+THRESHOLDS = tuple(np.round(np.arange(-2.0, 4.01, 0.25), 2))  # score thresholds tried on val (logit units)
+
+
+def build(channels: int, n_classes: int, widths=(8, 16, 32, 32)) -> nn.Sequential:
+    mods, c = [], channels
+    for w in widths[:-1]:
+        mods += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
+        c = w
+    mods += [nn.Conv2d(c, widths[-1], 3, padding=1), nn.BatchNorm2d(widths[-1]), nn.ReLU(),
+             nn.Conv2d(widths[-1], 1 + n_classes + 4, 1)]
+    return nn.Sequential(*mods)
+
+
+def stride_of(widths) -> int:
+    return 2 ** (len(widths) - 1)
+
+
+def to_float(images_u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(images_u8, dtype=np.float32)).div_(255.0)
+
+
+def _targets(boxes, labels, grid, stride):
+    from . import voc
+
+    cls, box, mask = zip(*(voc.targets(b, l, grid, stride) for b, l in zip(boxes, labels)))
+    return (torch.from_numpy(np.stack(cls)), torch.from_numpy(np.stack(box)), torch.from_numpy(np.stack(mask)))
+
+
+def loss_fn(out: torch.Tensor, cls_t, box_t, mask_t, n_classes: int, obj_weight: float = 2.0):
+    k1 = 1 + n_classes
+    w = torch.ones(k1)
+    w[1:] = obj_weight
+    ce = nn.functional.cross_entropy(out[:, :k1], cls_t, weight=w, ignore_index=-1)
+    pos = mask_t.sum()
+    if pos == 0:
+        return ce
+    pred = out[:, k1:k1 + 4].permute(0, 2, 3, 1)[mask_t]  # (P, 4)
+    tgt = box_t.permute(0, 2, 3, 1)[mask_t]
+    return ce + nn.functional.smooth_l1_loss(pred, tgt, beta=0.25)
+
+
+@torch.no_grad()
+def predict_maps(model: nn.Module, images_u8: np.ndarray, batch: int = 64) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model(to_float(images_u8[i:i + batch])).double().numpy()
+                           for i in range(0, len(images_u8), batch)])
+
+
+def evaluate(maps: np.ndarray, ds, head_real: dict, input_hw) -> dict:
+    """mAP and FOMO F1 of real-valued maps on a loaded split (``voc.DetSet``)."""
+    from codegen.detection import metrics
+
+    from ..detection.head import decode_real
+
+    dets = decode_real(maps, head_real, input_hw)
+    gts = list(zip(ds.boxes, ds.labels))
+    coco = metrics.coco_eval(dets, gts, ds.classes)
+    fomo = metrics.fomo_f1(dets, gts, ds.classes, image_width=input_hw[1])
+    return {"coco": coco, "fomo": fomo, "detections": dets}
+
+
+def choose_threshold(maps: np.ndarray, ds, head_real: dict, input_hw, progress: bool = False) -> tuple[float, list]:
+    """The score threshold with the best FOMO-style micro F1 on ``ds`` (val): the operating point a user
+    deploys; ties go to the higher threshold. Returns it and the table of (threshold, F1, mAP@0.5)."""
+    table = []
+    for t in tqdm(THRESHOLDS, desc="threshold on val", disable=not progress, leave=False):
+        r = evaluate(maps, ds, dict(head_real, score_threshold=float(t)), input_hw)
+        table.append({"threshold": float(t), "f1": float(r["fomo"]["overall"]["f1"]),
+                      "map50": float(r["coco"]["map50"])})
+    best = max(table, key=lambda r: (round(r["f1"], 6), r["threshold"]))
+    return best["threshold"], table
+
+
+def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int = 16, lr: float = 3e-3,
+          threads: int = 2, progress: bool = True, max_steps: int | None = None, size=None, channels=None,
+          widths=None) -> tuple[nn.Sequential, dict]:
+    """Train detector ``arch`` from ``seed``; returns the ANN and its meta (task, head, val/test figures)."""
+    from . import voc
+
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))}")
+    a = ARCHS[arch]
+    size = tuple(size or a.size)
+    channels = int(channels or a.channels)
+    widths = tuple(widths or a.widths)
+    epochs = a.epochs if epochs is None else epochs
+    if epochs < 1:
+        raise UserError(f"epochs must be a positive integer, not {epochs}")
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    gen = torch.Generator().manual_seed(seed)
+    tr = voc.load(a.dataset, "train", size, channels, progress=progress)
+    va = voc.load(a.dataset, "val", size, channels, classes=tr.classes, progress=progress)
+    K = len(tr.classes)
+    stride = stride_of(widths)
+    W, H = size
+    grid = (-(-H // stride), -(-W // stride))
+    model = build(channels, K, widths)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    n = len(tr.ids)
+    steps = epochs * (-(-n // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    xtr = to_float(tr.images)
+    done = 0
+    bar = tqdm(total=steps if max_steps is None else min(steps, max_steps), desc=f"{arch}", disable=not progress)
+    for ep in range(epochs):
+        if max_steps is not None and done >= max_steps:
+            break
+        model.train()
+        perm = torch.randperm(n, generator=gen).tolist()
+        for i in range(0, n, batch_size):
+            if max_steps is not None and done >= max_steps:
+                break
+            idx = perm[i:i + batch_size]
+            xb, bb, lb = voc.augment(xtr[idx], [tr.boxes[j] for j in idx], [tr.labels[j] for j in idx], gen,
+                                     vflip=a.vflip)
+            cls_t, box_t, mask_t = _targets(bb, lb, grid, stride)
+            loss = loss_fn(model(xb), cls_t, box_t, mask_t, K)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            done += 1
+            bar.update(1)
+            bar.set_postfix_str(f"epoch {ep + 1}/{epochs} loss {loss.item():.3f}")
+    bar.close()
+    model.eval()
+    head_real = {"classes": list(tr.classes), "stride": stride, "score_threshold": 0.0,
+                 "nms_iou_percent": a.nms_iou_percent, "max_detections": a.max_detections}
+    val_maps = predict_maps(model, va.images)
+    thr, table = choose_threshold(val_maps, va, head_real, (H, W), progress)
+    head_real["score_threshold"] = thr
+    val = evaluate(val_maps, va, head_real, (H, W))
+    meta = {"arch": arch, "task": "detect", "dataset": a.dataset, "seed": seed, "epochs": epochs,
+            "batch_size": batch_size, "lr": lr, "input_size": list(size), "channels": channels, "widths": list(widths),
+            "head": head_real, "threshold_search_val": table,
+            "val": {"map50": val["coco"]["map50"], "map": val["coco"]["map"],
+                    "ap50": {k: v["ap50"] for k, v in val["coco"]["per_class"].items()},
+                    "fomo_f1": val["fomo"]["overall"]["f1"]},
+            "torch": str(torch.__version__)}
+    return model, meta
