@@ -85,14 +85,26 @@ def cmd_train(args) -> int:
 
     from codegen import outputs
 
-    if args.arch not in train.ARCHS:
+    from codegen.frontend import train_det
+
+    if args.arch not in train.ARCHS and args.arch not in train_det.ARCHS:
         from runtime.errors import UserError
 
-        raise UserError(f"unknown architecture {args.arch!r}; known: {', '.join(train.ARCHS)}")
+        raise UserError(f"unknown architecture {args.arch!r}; known: {', '.join(list(train.ARCHS) + list(train_det.ARCHS))}")
     if args.epochs is not None:
         check_int(args.epochs, "--epochs")
+    check_int(args.seed, "--seed", lo=0)
     out = Path(args.output or f"build/{args.arch}.ann.pt")
     outputs.check_file(out, judge=_judge_ann(args.arch), force=args.force, kind="ANN file")
+    if args.arch in train_det.ARCHS:
+        model, meta = train_det.train(args.arch, seed=args.seed, epochs=args.epochs, progress=not args.quiet)
+        w, h = meta["input_size"]
+        ann.save(out, model, (meta["channels"], h, w), meta)
+        v = meta["val"]
+        print(f"{args.arch}: val mAP@0.5 {v['map50']:.3f}, mAP@[.5:.95] {v['map']:.3f}, AP@0.5 "
+              + ", ".join(f"{k} {a:.3f}" for k, a in v["ap50"].items())
+              + f"; FOMO F1 {v['fomo_f1']:.3f} at score threshold {meta['head']['score_threshold']:g}; wrote {out}")
+        return 0
     model, meta = train.train(args.arch, seed=args.seed, epochs=args.epochs, progress=not args.quiet)
     ann.save(out, model, (1, 28, 28), meta)
     print(f"{args.arch}: test accuracy {100 * meta['test_accuracy']:.2f}%, wrote {out}")
@@ -126,7 +138,13 @@ def cmd_convert(args) -> int:
     number("--calib", args.calib, lambda v: v >= 2, "an integer of at least 2 (images)")
     number("--error-target", args.error_target, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
     number("--seed", args.seed, lambda v: v >= 0, "a non-negative integer")
-    datasets.canonical(args.dataset)
+    from codegen.frontend import voc
+
+    detection_data = voc.is_detection_dataset(args.dataset)
+    if detection_data:
+        voc.canonical(args.dataset)
+    else:
+        datasets.canonical(args.dataset)
     src = Path(args.ann)
     out = Path(args.output) if args.output else Path("build") / _model_name(src) / "model.pt"
     # 2. the output can be written, and replaces nothing it may not (codegen.outputs)
@@ -138,6 +156,12 @@ def cmd_convert(args) -> int:
     convert.check_options(Q=args.Q, T=args.T, F=args.F, norm=args.norm, percentile=args.percentile,
                           max_disagree=args.error_target, input_Q=args.input_Q, input_T=args.input_T)
     convert.lower(net, input_shape)  # every structural refusal before the datasets are read
+    is_detector = ann_meta.get("task") == "detect"
+    if is_detector != detection_data:
+        raise UserError(f"{src} is a {'detector' if is_detector else 'classifier'} but {args.dataset!r} is a "
+                        f"{'detection' if detection_data else 'classification'} dataset")
+    if is_detector:
+        return _convert_detector(args, net, input_shape, ann_meta, src, out)
     # 4. the work
     xtr, _ = datasets.load(args.dataset, "train")
     rng = np.random.default_rng(args.seed)
@@ -173,6 +197,39 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) -> int:
+    from codegen.detection import convert as det_convert
+    from codegen.detection import evaluate
+    from codegen.frontend import voc
+    from runtime import modelfile
+
+    conv, figures = det_convert.convert(
+        net, input_shape, ann_meta, args.dataset, src, calib=args.calib, seed=args.seed, progress=not args.quiet,
+        Q=args.Q, T=args.T, F=args.F, norm=args.norm, percentile=args.percentile, max_disagree=args.error_target,
+        input_Q=args.input_Q, input_T=args.input_T)
+    m = conv.model
+    m.meta.update({
+        "name": _model_name(Path(args.output)) if args.output else _model_name(src),
+        "dataset": voc.canonical(args.dataset), "source_ann_sha256": modelfile.file_sha256(src),
+        "ann_meta": ann_meta, "calibration_seed": args.seed, "search": conv.search,
+        "figures": {split: {net_: evaluate.public(f) for net_, f in per.items()} for split, per in figures.items()},
+    })
+    modelfile.save(m, out)
+    if m.meta.get("error_target_met") is False:
+        best = min(r["disagreement_percent"] for r in conv.search if r["disagreement_percent"] is not None)
+        print(f"codegen: warning: no (Q, T) met the error target of {args.error_target}% of grid cells; "
+              f"using the most faithful one tried ({best}%)", file=sys.stderr)
+    print(f"converted {src} -> {out}: detector, Q={m.Q:g} T={m.T} (input Q={m.input_Q:g} T={m.input_T}) F={m.F}, "
+          f"accumulators {[l.acc_bits for l in m.layers if l.acc_bits]} bits, score threshold "
+          f"{m.head.score_threshold} (units of {m.meta['readout_unit']:.3g})")
+    for split in ("val", "test"):
+        t = figures[split]
+        print(evaluate.format_table({"ANN float": t["ann_float"], "one-spike float": t["onespike_float"],
+                                     "one-spike integer": t["integer"]}, m.head.classes,
+                                    title=f"{split} split ({t['integer']['images']} images)"))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from codegen import report
     from runtime import modelfile
@@ -200,6 +257,8 @@ def cmd_run(args) -> int:
     out = Path(args.report) if args.report else Path("build") / name / "run"
     inputs = [args.model] + ([args.input] if args.input else [])
     outputs.check_dir(out, "run", inputs, force=args.force, option="--report")
+    if m.task == "detect":
+        return _run_detector(args, m, name, out)
     x, y = _load_images(args, m)
     res = golden.run_batched(m, x, batch=args.batch, progress=not args.quiet, desc="golden model")
     st = report.stats(m, res, y)
@@ -207,6 +266,90 @@ def cmd_run(args) -> int:
     sample = golden.run(m, x[: min(len(x), 256)])
     paths = report.write(out, name, st, report.plots(m, st, sample.phases), modelfile.file_sha256(args.model))
     print(f"report: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _run_detector(args, m, name: str, out: Path) -> int:
+    from codegen import report
+    from codegen.detection import report as det_report
+    from codegen.frontend import images, voc
+    from runtime import golden, modelfile
+    from runtime.errors import UserError
+
+    if args.input and args.dataset:
+        raise UserError("give --dataset NAME or --input FILE.npy, not both")
+    if args.n is not None:
+        check_int(args.n, "-n")
+    ds = None
+    if args.input:
+        x = images.load_npy(args.input, m)
+    else:
+        if not args.dataset:
+            raise UserError("give --dataset NAME (bccd, raccoon or voc:PATH) or --input FILE.npy")
+        if not voc.is_detection_dataset(args.dataset):
+            raise UserError(f"{args.model} is a detector: --dataset must be a detection dataset (bccd, raccoon or "
+                            f"voc:PATH), not {args.dataset!r}")
+        c, h, w = m.input_shape
+        ds = voc.load(args.dataset, args.split, (w, h), c, classes=list(m.head.classes), progress=not args.quiet)
+        if args.n is not None:
+            ds = ds.subset(args.n)
+        x = ds.images
+    if args.n is not None:
+        x = x[: args.n]
+    x = golden.check_images(m, x)
+    res = golden.run_batched(m, x, batch=args.batch, progress=not args.quiet, desc="golden model")
+    st = report.stats(m, res, None)
+    figs = report.plots(m, st, golden.run(m, x[: min(len(x), 64)]).phases)
+    text = f"{sum(len(d) for d in res.detections)} detections in {len(x)} images"
+    if ds is not None:
+        st["detection"], text, det_figs = det_report.detection_report(m, ds, res, full_split=args.n is None)
+        figs.update(det_figs)
+    print(report.format_text(name, st))
+    print(text)
+    paths = report.write(out, name, st, figs, modelfile.file_sha256(args.model), extra_text=text)
+    print(f"report: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_detect(args) -> int:
+    import json
+
+    from codegen import outputs
+    from codegen.detection import report as det_report
+    from codegen.frontend import images
+    from codegen.lut import tool_versions, write_with_manifest
+    from runtime import golden, modelfile
+    from runtime.errors import UserError
+
+    m = modelfile.load(args.model)
+    if m.task != "detect":
+        raise UserError(f"{args.model} is a classifier; codegen detect needs a detector (codegen run classifies)")
+    name = _model_name(Path(args.model))
+    out = Path(args.output) if args.output else Path("build") / name / "detect"
+    outputs.check_dir(out, "detect", [args.model] + list(args.images), force=args.force)
+    stems = [Path(p).stem for p in args.images]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise UserError(f"two images are named {dup[0]!r}: their outputs would collide; rename one")
+    x, sizes = images.load_pictures(args.images, m.input_shape)
+    res = golden.run(m, x, keep_phases=False)
+    c, h, w = m.input_shape
+    unit = m.meta.get("readout_unit")
+    files, summary = {}, []
+    for path, stem, img, size, dets in zip(args.images, stems, x, sizes, res.detections):
+        rec = {"image": str(path), "size": list(size), "model_input": [w, h],
+               "detections": det_report.detections_json(dets, m.head.classes, (size[0] / w, size[1] / h), unit)}
+        files[f"{stem}.json"] = (json.dumps(rec, indent=2) + "\n").encode()
+        files[f"{stem}.png"] = det_report.annotated_png(path, dets, m.head.classes, (size[0] / w, size[1] / h))
+        summary.append(rec)
+        counts = {}
+        for d in rec["detections"]:
+            counts[d["class"]] = counts.get(d["class"], 0) + 1
+        print(f"{path}: {len(dets)} detections" + (f" ({', '.join(f'{v} {k}' for k, v in counts.items())})" if counts else ""))
+    files["detections.json"] = (json.dumps(summary, indent=2) + "\n").encode()
+    write_with_manifest(out, files, {"target": "detect", "model": {"name": name, "sha256": modelfile.file_sha256(args.model)},
+                                     "tools": tool_versions()})
+    print(f"wrote {out}")
     return 0
 
 
@@ -452,8 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the golden model: accuracy, spikes per neuron, synaptic ops, energy")
     r.add_argument("model")
-    r.add_argument("--dataset", help="mnist or fashion-mnist")
-    r.add_argument("--split", choices=("test", "train"), default="test")
+    r.add_argument("--dataset", help="mnist or fashion-mnist; for a detector bccd, raccoon or voc:PATH")
+    r.add_argument("--split", choices=("test", "train", "val"), default="test",
+                   help="test (default), train, or val (detection datasets)")
     r.add_argument("--input", help=".npy of uint8 pixels (N, C, H, W) instead of a dataset")
     r.add_argument("-n", type=int, help="first N images only")
     r.add_argument("--batch", type=int, default=1000)
@@ -461,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace an earlier report folder even if it was modified")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("detect", help="run a detector on JPEG/PNG images: detections as JSON and annotated PNGs")
+    d.add_argument("model")
+    d.add_argument("images", nargs="+", metavar="IMAGE")
+    d.add_argument("-o", "--output", help="output folder (default build/NAME/detect)")
+    d.add_argument("--force", action="store_true", help="replace an earlier detect output even if it was modified")
+    d.set_defaults(func=cmd_detect)
 
     bo = sub.add_parser("boards", help="list the boards --board can name (MCU and FPGA), with their resources")
     bo.set_defaults(func=cmd_boards)

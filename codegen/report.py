@@ -109,13 +109,16 @@ def plots(model: IntModel, st: dict, phases: list) -> dict[str, bytes]:
     return out
 
 
-def write(out_dir: Path, name: str, st: dict, figs: dict[str, bytes], model_sha256: str | None = None) -> list[Path]:
-    """Write report.json, report.txt and the PNGs as one folder with a manifest (kind ``run``), atomically."""
+def write(out_dir: Path, name: str, st: dict, figs: dict[str, bytes], model_sha256: str | None = None,
+          extra_text: str = "") -> list[Path]:
+    """Write report.json, report.txt (``extra_text`` after the statistics) and the PNGs as one folder with a
+    manifest (kind ``run``), atomically."""
     from .lut import tool_versions, write_with_manifest
 
     out_dir = Path(out_dir)
+    text = format_text(name, st) + ("\n\n" + extra_text if extra_text else "")
     files = {"report.json": (json.dumps(st, indent=2, sort_keys=True) + "\n").encode(),
-             "report.txt": (format_text(name, st) + "\n").encode(), **figs}
+             "report.txt": (text + "\n").encode(), **figs}
     write_with_manifest(out_dir, files, {"target": "run", "model": {"name": name, "sha256": model_sha256},
                                          "tools": tool_versions()})
     return [out_dir / fn for fn in ["report.json", "report.txt"] + sorted(figs)]

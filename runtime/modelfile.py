@@ -33,6 +33,24 @@ def _t(a: np.ndarray | None):
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a).copy())
 
 
+def plain(v):
+    """Metadata reduced to what weights-only loading accepts: str, int, float, bool, None, lists and dicts
+    (numpy scalars become Python numbers, tuples lists; anything else its str)."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
 def to_dict(model: IntModel) -> dict:
     layers = []
     for l in model.layers:
@@ -49,7 +67,7 @@ def to_dict(model: IntModel) -> dict:
         "decode": _t(model.decode.astype(np.int64)), "encode": _t(model.encode.astype(np.uint8)),
         "input_Q": float(model.input_Q), "input_T": int(model.input_T),
         "input_decode": _t(model.input_decode.astype(np.int64)),
-        "layers": layers, "meta": dict(model.meta),
+        "layers": layers, "meta": plain(dict(model.meta)),
         "task": model.task, "head": None if model.head is None else model.head.to_dict(),
     }
 

@@ -7,7 +7,13 @@ The emitter is thin: it writes the model's integer tables as ``const`` data (fla
     int cls = NAME_infer(pixels, logits);          // uint8 pixels (C, H, W) -> int32 logits, class
 
 plus ``NAME_infer_phases`` (pre-encoded input phases) and ``NAME_infer_traced`` (a hook receives
-every layer's output phases). The kernels (``onespike.c``/``onespike.h``) are copied next to the
+every layer's output phases). A detector (``model.task == "detect"``) also gets its head constants
+(one ``os_head_t``), the decode's scratch buffer and
+
+    int n = NAME_detect(pixels, dets, max);        // inference, then the integer decode -> n detections
+    int n = NAME_detect_logits(logits, dets, max); // the decode of a readout map already computed
+
+The kernels (``onespike.c``/``onespike.h``) are copied next to the
 generated files so the folder builds on its own.
 """
 from __future__ import annotations
@@ -80,9 +86,17 @@ class Memory:
     buf_sizes: tuple[int, int]
     event_entries: int
     logits: int
+    # a detector: os_cand_t entries (one per grid cell) and the bytes of the decode's RAM (the
+    # candidate buffer and NAME_detect's readout map; included in ram_buffers)
+    candidates: int = 0
+    detect_ram: int = 0
+    max_detections: int = 0
 
 
 OS_LAYER_T_BYTES = 52  # sizeof(os_layer_t) on a 32-bit target
+OS_HEAD_T_BYTES = 40  # sizeof(os_head_t)
+OS_CAND_T_BYTES = 16  # sizeof(os_cand_t)
+OS_DETECTION_T_BYTES = 32  # sizeof(os_detection_t) (int64 score aligned to 8)
 
 
 def plan_memory(model: IntModel) -> Memory:
@@ -99,8 +113,30 @@ def plan_memory(model: IntModel) -> Memory:
         if l.theta is not None:
             flash += 4 * l.theta.size
         flash += OS_LAYER_T_BYTES
-    return Memory(flash_tables=int(flash), ram_buffers=int(buf[0] + buf[1] + 6 * ev), buf_sizes=(buf[0], buf[1]),
-                  event_entries=int(ev), logits=model.num_classes)
+    ram = buf[0] + buf[1] + 6 * ev
+    if not is_detector(model):
+        return Memory(flash_tables=int(flash), ram_buffers=int(ram), buf_sizes=(buf[0], buf[1]),
+                      event_entries=int(ev), logits=model.num_classes)
+    _, gh, gw = model.layers[-1].out_shape
+    cells = int(gh * gw)
+    det_ram = OS_CAND_T_BYTES * cells + 4 * model.num_classes
+    flash += OS_HEAD_T_BYTES + sum(4 + len(c.encode()) + 1 for c in model.head.classes)
+    return Memory(flash_tables=int(flash), ram_buffers=int(ram + det_ram), buf_sizes=(buf[0], buf[1]),
+                  event_entries=int(ev), logits=model.num_classes, candidates=cells, detect_ram=int(det_ram),
+                  max_detections=int(model.head.max_detections))
+
+
+def is_detector(model: IntModel) -> bool:
+    return getattr(model, "task", "classify") == "detect" and getattr(model, "head", None) is not None
+
+
+_C_SAFE = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _.,:;+=()[]{}<>!#$%&'^|~@-")
+
+
+def c_string(s: str) -> str:
+    """A C string literal of ``s`` (UTF-8): bytes outside a safe set as 3-digit octal escapes, so the
+    literal holds no quote, backslash, trigraph (``??``), comment delimiter or non-ASCII byte."""
+    return '"' + "".join(chr(b) if b in _C_SAFE else f"\\{b:03o}" for b in s.encode()) + '"'
 
 
 def _c_int(x: int) -> str:
@@ -164,12 +200,15 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
     c_parts.append(
         f"const os_model_t {sym}_model = {{\n    {len(model.layers)}, {sym}_layers, {sym}_encode, {C}, {H}, {W}, "
         f"{model.num_classes},\n    {{ {sym}_buf0, {sym}_buf1 }}, {sym}_ev_off, {sym}_ev_d\n}};\n\n")
+    det = is_detector(model)
+    if det:
+        c_parts.append(_detector_c(model, sym, mem))
     c_parts.append(f"""void {sym}_init(void)
 {{
     size_t i;
     for (i = 0; i < sizeof {sym}_buf0; i++) {sym}_buf0[i] = 0;
     for (i = 0; i < sizeof {sym}_buf1; i++) {sym}_buf1[i] = 0;
-    for (i = 0; i < sizeof {sym}_ev_d / sizeof {sym}_ev_d[0]; i++) {sym}_ev_off[i] = 0, {sym}_ev_d[i] = 0;
+    for (i = 0; i < sizeof {sym}_ev_d / sizeof {sym}_ev_d[0]; i++) {sym}_ev_off[i] = 0, {sym}_ev_d[i] = 0;{_detector_init(sym) if det else ""}
 }}
 
 int {sym}_infer(const uint8_t *pixels, int32_t *logits)
@@ -195,7 +234,7 @@ int {sym}_infer_traced(const uint8_t *pixels, int32_t *logits, os_hook_t hook, v
  *                                                  logits: int32 [{up}_N_LOGITS]; returns the class
  *   {sym}_infer_phases(phases, logits);            input already encoded to phases (code {model.input_T} = no spike)
  *   {sym}_infer_traced(pixels, logits, hook, ctx); hook(ctx, layer, phases, n) after every layer (-1: input)
- */
+{_detector_api_comment(model, sym, up) if det else ""} */
 #ifndef {up}_MODEL_H
 #define {up}_MODEL_H
 
@@ -216,13 +255,93 @@ void {sym}_init(void);
 int {sym}_infer(const uint8_t *pixels, int32_t *logits);
 int {sym}_infer_phases(const uint8_t *phases, int32_t *logits);
 int {sym}_infer_traced(const uint8_t *pixels, int32_t *logits, os_hook_t hook, void *ctx);
-
+{_detector_h(model, sym, up) if det else ""}
 #endif
 """
     files = {f"{sym}_model.c": "".join(c_parts).encode(), f"{sym}_model.h": h.encode()}
     for k in KERNEL_FILES:
         files[k] = (C_DIR / k).read_bytes()
     return files
+
+
+def _detector_c(model: IntModel, sym: str, mem: Memory) -> str:
+    """The head constants, the decode's static buffers and the detector entry points (model.c)."""
+    hd = model.head
+    _, gh, gw = model.layers[-1].out_shape
+    _, H, W = model.input_shape
+    names = ",\n".join(f"    {c_string(c)}" for c in hd.classes)
+    return f"""/* detection head (runtime.spec.DetectHead): {len(hd.classes)} classes, a {gh}x{gw} grid at stride {hd.stride} */
+static const os_head_t {sym}_head = {{
+    {len(hd.classes)}, {int(hd.max_detections)}, {int(hd.box_shift)}, {int(hd.nms_iou_percent)}, {gh}, {gw}, {int(hd.stride)}, {H}, {W},
+    {int(hd.box_mult)}, INT64_C({int(hd.score_threshold)})
+}};
+
+const char *const {sym}_class_names[{len(hd.classes)}] = {{
+{names}
+}};
+
+static os_cand_t {sym}_cand[{mem.candidates}];    /* the decode's scratch: one entry per grid cell */
+static int32_t {sym}_map[{model.num_classes}];    /* {sym}_detect's readout map (C, GH, GW) */
+
+int {sym}_detect_logits(const int32_t *logits, os_detection_t *dets, int max)
+{{
+    return os_detect(&{sym}_head, logits, {sym}_cand, dets, max);
+}}
+
+int {sym}_detect(const uint8_t *pixels, os_detection_t *dets, int max)
+{{
+    (void)os_infer(&{sym}_model, pixels, {sym}_map, NULL, NULL);
+    return os_detect(&{sym}_head, {sym}_map, {sym}_cand, dets, max);
+}}
+
+const int32_t *{sym}_readout(void)
+{{
+    return {sym}_map;
+}}
+
+"""
+
+
+def _detector_init(sym: str) -> str:
+    return f"""
+    for (i = 0; i < sizeof {sym}_map / sizeof {sym}_map[0]; i++) {sym}_map[i] = 0;
+    for (i = 0; i < sizeof {sym}_cand / sizeof {sym}_cand[0]; i++) {{
+        {sym}_cand[i].score = 0, {sym}_cand[i].y = 0, {sym}_cand[i].x = 0, {sym}_cand[i].cls = 0, {sym}_cand[i].peak = 0;
+    }}"""
+
+
+def _detector_api_comment(model: IntModel, sym: str, up: str) -> str:
+    names = ", ".join(c_string(c) for c in model.head.classes)
+    return f""" *
+ * Detector ({len(model.head.classes)} classes: {names}):
+ *   os_detection_t dets[{up}_MAX_DETECTIONS];
+ *   int n = {sym}_detect(pixels, dets, {up}_MAX_DETECTIONS);
+ *       inference, then the decode: n detections in the specification's order (score descending),
+ *       each class 0..K-1, x0, y0, x1, y1 in input pixels (x1, y1 exclusive) and an int64 score;
+ *       {sym}_readout() is the readout map (C, GH, GW) it decoded
+ *   int n = {sym}_detect_logits(logits, dets, max);
+ *       the decode alone, of the logits of {sym}_infer
+ *   {sym}_class_names[cls] names the classes; a max below {up}_MAX_DETECTIONS gives the first max detections
+"""
+
+
+def _detector_h(model: IntModel, sym: str, up: str) -> str:
+    hd = model.head
+    _, gh, gw = model.layers[-1].out_shape
+    return f"""
+/* detector */
+#define {up}_DETECTOR 1
+#define {up}_N_CLASSES {len(hd.classes)}
+#define {up}_MAX_DETECTIONS {int(hd.max_detections)}
+#define {up}_GRID_H {gh}
+#define {up}_GRID_W {gw}
+
+extern const char *const {sym}_class_names[{up}_N_CLASSES];
+
+int {sym}_detect(const uint8_t *pixels, os_detection_t *dets, int max);
+int {sym}_detect_logits(const int32_t *logits, os_detection_t *dets, int max);
+const int32_t *{sym}_readout(void);
+"""
 
 
 def emit(model: IntModel, model_sha256: str, model_name: str, out_dir: Path, board: str | None = None) -> dict:

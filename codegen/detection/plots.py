@@ -2,7 +2,7 @@
 
 Each PNG is rendered in memory (``codegen.report._png``: dpi 100, no "Software" metadata, so the
 bytes do not depend on the matplotlib build) and written atomically (``runtime.io.atomic_write_bytes``:
-a temp file in the same folder, then ``os.replace``).
+a temp file in the same folder, then ``os.replace``), or returned as bytes when ``path`` is None.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _colour(k: int):
     return matplotlib.colormaps["tab10"](k % 10)
 
 
-def pr_curves_png(pr50: dict, per_class: dict, path) -> Path:
+def pr_curves_png(pr50: dict, per_class: dict, path=None) -> Path | bytes:
     """One figure, one precision-recall curve per class at IoU 0.5 (``coco_eval``'s ``pr50``), with
     each class's AP50 in the legend; a class without ground truth is listed as "no GT" and not drawn."""
     plt = _plt()
@@ -56,11 +56,14 @@ def pr_curves_png(pr50: dict, per_class: dict, path) -> Path:
     fig.tight_layout()
     data = _png(fig)
     plt.close(fig)
+    if path is None:
+        return data
     atomic_write_bytes(path, data)
     return Path(path)
 
 
-def detections_png(images: np.ndarray, gts: list, dets: list, classes, path, cols: int = 4, title: str = "") -> Path:
+def detections_png(images: np.ndarray, gts: list, dets: list, classes, path=None, cols: int = 4,
+                   title: str = "") -> Path | bytes:
     """A grid of ``images`` (uint8 ``(N, C, H, W)``, C = 1 shown in gray, or 3) with the ground-truth
     boxes (dashed, thin) and the predicted boxes (solid, labelled ``class score``), one colour per class.
 
@@ -119,5 +122,7 @@ def detections_png(images: np.ndarray, gts: list, dets: list, classes, path, col
     fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
     data = _png(fig)
     plt.close(fig)
+    if path is None:
+        return data
     atomic_write_bytes(path, data)
     return Path(path)

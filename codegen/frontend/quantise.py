@@ -85,7 +85,7 @@ def _quantise_f(norm: Normalised, Q: float, T: int, F: int, shift: bool, input_Q
         if st.kind in ("dense", "conv2d"):
             w = st.weight.reshape(st.weight.shape[0], -1)
             if readout:
-                s = np.full(w.shape[0], np.abs(w).max() / 127.0)
+                s = np.full(w.shape[0], readout_scale(st.weight))
             else:
                 s = np.abs(w).max(axis=1) / 127.0
             s[~(s > 0)] = 1.0 / 127.0
@@ -105,6 +105,13 @@ def _quantise_f(norm: Normalised, Q: float, T: int, F: int, shift: bool, input_Q
     return IntModel(Q=float(Q), T=int(T), F=int(F), input_shape=tuple(norm.input_shape), decode=_decode(Q, T, F),
                     encode=encode_table(input_Q, input_T, 1.0, shift), layers=layers,
                     input_Q=float(input_Q), input_T=int(input_T), input_decode=_decode(input_Q, input_T, F))
+
+
+def readout_scale(weight: np.ndarray) -> float:
+    """The one weight scale of the readout layer (real weight per int8 step), so that its integer logits
+    are the real ones times ``2**F / scale``: ``real = acc * scale / 2**F``."""
+    s = float(np.abs(weight).max()) / 127.0
+    return s if s > 0 else 1.0 / 127.0
 
 
 def _decode(Q: float, T: int, F: int) -> np.ndarray:

@@ -54,6 +54,11 @@ class DetSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, n: int) -> "DetSet":
+        """The first ``n`` images."""
+        return DetSet(self.name, self.split, self.classes, self.ids[:n], self.images[:n], self.boxes[:n],
+                      self.labels[:n], self.orig_sizes[:n], self.dropped)
+
 
 # --------------------------------------------------------------------------------------- names
 

@@ -5,7 +5,13 @@
  * Usage: host_runner IMAGES.bin N OUT.bin [--trace]
  *   IMAGES.bin: N images of uint8 pixels (C, H, W), back to back.
  *   OUT.bin:    per image: int32 logits[n_logits], int32 class; with --trace, then every layer's
- *               output phases (input phases first), as the hook delivers them.
+ *               output phases (input phases first), as the hook delivers them; for a detector
+ *               (built with -DOS_DETECT=<sym>_detect -DOS_DETECT_LOGITS=<sym>_detect_logits
+ *               -DOS_READOUT=<sym>_readout -DOS_MAX_DETECTIONS=<n>), then int32 count and count rows
+ *               of 7 int32: class, x0, y0, x1, y1, score (low word, high word of the int64).
+ * A detector's runner also checks that <sym>_detect (inference + decode in one call) gives the
+ * same readout map and detections as os_infer + <sym>_detect_logits, and that a smaller max gives
+ * a prefix of the list (exit 4 otherwise).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +24,50 @@
 #endif
 
 static FILE *g_out;
+
+#ifdef OS_DETECT
+int OS_DETECT(const uint8_t *pixels, os_detection_t *dets, int max);
+int OS_DETECT_LOGITS(const int32_t *logits, os_detection_t *dets, int max);
+const int32_t *OS_READOUT(void);
+
+static int same_detection(const os_detection_t *a, const os_detection_t *b)
+{
+    return a->cls == b->cls && a->x0 == b->x0 && a->y0 == b->y0 && a->x1 == b->x1 && a->y1 == b->y1 && a->score == b->score;
+}
+
+/* Decode the logits, cross-check the one-call API, write count + rows; 0 on success. */
+static int write_detections(long image, const os_model_t *m, const uint8_t *pixels, const int32_t *logits)
+{
+    static os_detection_t dets[OS_MAX_DETECTIONS], again[OS_MAX_DETECTIONS];
+    const int n = OS_DETECT_LOGITS(logits, dets, OS_MAX_DETECTIONS);
+    const int n2 = OS_DETECT(pixels, again, OS_MAX_DETECTIONS);
+    int ok = n >= 0 && n <= OS_MAX_DETECTIONS && n2 == n && memcmp(OS_READOUT(), logits, sizeof(int32_t) * m->n_logits) == 0;
+    for (int k = 0; ok && k < n; k++)
+        ok = same_detection(&dets[k], &again[k]);
+    if (ok && n > 0) { /* a smaller max: the first max detections */
+        ok = OS_DETECT_LOGITS(logits, again, n - 1) == n - 1;
+        for (int k = 0; ok && k < n - 1; k++)
+            ok = same_detection(&dets[k], &again[k]);
+    }
+    if (!ok) {
+        fprintf(stderr, "host_runner: image %ld: the detect API calls disagree\n", image);
+        return 4;
+    }
+    uint32_t row[7]; /* little-endian words on the host; signed -> unsigned conversion is defined */
+    const int32_t count = n;
+    if (fwrite(&count, sizeof count, 1, g_out) != 1)
+        return 3;
+    for (int k = 0; k < n; k++) {
+        const uint64_t s = (uint64_t)dets[k].score; /* modulo 2^64: defined */
+        row[0] = (uint32_t)dets[k].cls, row[1] = (uint32_t)dets[k].x0, row[2] = (uint32_t)dets[k].y0;
+        row[3] = (uint32_t)dets[k].x1, row[4] = (uint32_t)dets[k].y1;
+        row[5] = (uint32_t)(s & 0xFFFFFFFFu), row[6] = (uint32_t)(s >> 32);
+        if (fwrite(row, sizeof row, 1, g_out) != 1)
+            return 3;
+    }
+    return 0;
+}
+#endif
 
 static void trace_hook(void *ctx, int layer, const uint8_t *phases, size_t n)
 {
@@ -77,6 +127,11 @@ int main(int argc, char **argv)
             int32_t c32 = cls;
             fwrite(&c32, sizeof c32, 1, g_out);
         }
+#ifdef OS_DETECT
+        const int rc = write_detections(i, m, pixels, logits);
+        if (rc != 0)
+            return rc;
+#endif
     }
     fclose(fi);
     if (fclose(g_out) != 0)

@@ -244,3 +244,118 @@ int os_infer(const os_model_t *m, const uint8_t *pixels, int32_t *logits, os_hoo
         hook(ctx, -1, ph, n);
     return os_infer_phases(m, ph, logits, hook, ctx);
 }
+
+/* ---- detection head: runtime.spec.decode_detections, step by step ---- */
+
+/* floor(a / 2^s) for 1 <= s <= 62. Right-shifting a negative signed value is implementation-defined
+ * in C, so a negative a goes through its non-negative mirror: floor(a / 2^s) = -(((-a - 1) >> s)) - 1. */
+static int64_t os_floor_shr(int64_t a, unsigned s)
+{
+    if (a >= 0)
+        return a >> s;
+    return -(int64_t)((uint64_t)(-(a + 1)) >> s) - 1;
+}
+
+static int64_t os_clamp(int64_t v, int64_t lo, int64_t hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* px(v) = floor((v * box_mult + 2^(box_shift - 1)) / 2^box_shift): |v * box_mult| < 2^62, so the sum
+ * (< 2^62 + 2^61) is exact in int64. */
+static int64_t os_box_px(const os_head_t *h, int32_t v)
+{
+    return os_floor_shr((int64_t)v * h->box_mult + ((int64_t)1 << (h->box_shift - 1)), h->box_shift);
+}
+
+/* 100 * inter > percent * union, areas in pixels (exact in int64: sides <= 1024). */
+static int os_suppresses(const os_detection_t *a, const os_detection_t *b, int percent)
+{
+    const int64_t iw = (int64_t)(a->x1 < b->x1 ? a->x1 : b->x1) - (a->x0 > b->x0 ? a->x0 : b->x0);
+    const int64_t ih = (int64_t)(a->y1 < b->y1 ? a->y1 : b->y1) - (a->y0 > b->y0 ? a->y0 : b->y0);
+    const int64_t inter = iw > 0 && ih > 0 ? iw * ih : 0;
+    const int64_t uni = (int64_t)(a->x1 - a->x0) * (a->y1 - a->y0) + (int64_t)(b->x1 - b->x0) * (b->y1 - b->y0) - inter;
+    return 100 * inter > (int64_t)percent * uni;
+}
+
+int os_detect(const os_head_t *h, const int32_t *logits, os_cand_t *cand, os_detection_t *dets, int max)
+{
+    const int K = h->n_classes, GH = (int)h->grid_h, GW = (int)h->grid_w;
+    const int64_t S = h->stride, H = h->in_h, W = h->in_w;
+    const size_t plane = (size_t)GH * GW;
+    const int lim = max < (int)h->max_detections ? max : (int)h->max_detections;
+    if (lim <= 0)
+        return 0;
+    /* 1. every cell's class (first maximum of channels 1..K) and score L[c] - L[0] */
+    for (int y = 0, i = 0; y < GH; y++) {
+        for (int x = 0; x < GW; x++, i++) {
+            int best = 1;
+            for (int k = 2; k <= K; k++)
+                if (logits[(size_t)k * plane + i] > logits[(size_t)best * plane + i])
+                    best = k;
+            cand[i].score = (int64_t)logits[(size_t)best * plane + i] - logits[i];
+            cand[i].y = (uint16_t)y, cand[i].x = (uint16_t)x;
+            cand[i].cls = (uint8_t)best, cand[i].peak = 0;
+        }
+    }
+    /* 2. candidates: score >= threshold and a 3x3 local maximum among the same class; of equal
+     * neighbours only the first in raster order (> every earlier one, >= every later one) */
+    for (int y = 0, i = 0; y < GH; y++) {
+        for (int x = 0; x < GW; x++, i++) {
+            const int64_t s = cand[i].score;
+            if (s < h->score_threshold)
+                continue;
+            int peak = 1;
+            for (int ny = y > 0 ? y - 1 : 0; ny <= y + 1 && ny < GH && peak; ny++) {
+                for (int nx = x > 0 ? x - 1 : 0; nx <= x + 1 && nx < GW; nx++) {
+                    const int j = ny * GW + nx;
+                    if (j == i || cand[j].cls != cand[i].cls)
+                        continue;
+                    if (j < i ? !(s > cand[j].score) : !(s >= cand[j].score)) {
+                        peak = 0;
+                        break;
+                    }
+                }
+            }
+            cand[i].peak = (uint8_t)peak;
+        }
+    }
+    /* 3. the candidates moved to the front, sorted by score descending; a stable insertion sort of
+     * cells taken in raster order, so equal scores keep the raster order. Entry i is read before
+     * position n <= i is written, and every peak flag is already set. */
+    int n = 0;
+    for (size_t i = 0; i < plane; i++) {
+        if (!cand[i].peak)
+            continue;
+        const os_cand_t e = cand[i];
+        int p = n++;
+        while (p > 0 && cand[p - 1].score < e.score) {
+            cand[p] = cand[p - 1];
+            p--;
+        }
+        cand[p] = e;
+    }
+    /* 4. boxes and greedy same-class suppression, in that order */
+    int kept = 0;
+    for (int e = 0; e < n && kept < lim; e++) {
+        const size_t i = (size_t)cand[e].y * GW + cand[e].x;
+        const int32_t *v = logits + (size_t)(1 + K) * plane + i;
+        const int64_t cx = cand[e].x * S + os_clamp(os_box_px(h, v[0]), 0, S);
+        const int64_t cy = cand[e].y * S + os_clamp(os_box_px(h, v[plane]), 0, S);
+        const int64_t bw = os_clamp(os_box_px(h, v[2 * plane]), 1, W);
+        const int64_t bh = os_clamp(os_box_px(h, v[3 * plane]), 1, H);
+        const int64_t x0 = cx - (bw >> 1), y0 = cy - (bh >> 1); /* bw, bh >= 1: the shift is floor(w / 2) */
+        os_detection_t d;
+        d.cls = cand[e].cls - 1;
+        d.x0 = (int32_t)os_clamp(x0, 0, W), d.y0 = (int32_t)os_clamp(y0, 0, H);
+        d.x1 = (int32_t)os_clamp(x0 + bw, 0, W), d.y1 = (int32_t)os_clamp(y0 + bh, 0, H);
+        d.score = cand[e].score;
+        int keep = 1;
+        for (int k = 0; k < kept && keep; k++)
+            if (dets[k].cls == d.cls && os_suppresses(&dets[k], &d, h->nms_iou_percent))
+                keep = 0;
+        if (keep)
+            dets[kept++] = d;
+    }
+    return kept;
+}

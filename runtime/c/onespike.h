@@ -11,8 +11,12 @@
  * at lowering proves every accumulator fits for any input; the kernels sum modulo 2^32 in uint32_t,
  * which is exact then (a single product W * D[f] may exceed int32; see onespike.c).
  *
+ * A detector (docs/spec.md, "detection head") decodes its readout map into a list of detections
+ * with os_detect: integers only (int64 scores and box products), no allocation.
+ *
  * Generated code (codegen emit --target c) provides the tables, one os_model_t and the static
- * buffers, plus a two-call API (NAME_init, NAME_infer) declared in its own header.
+ * buffers, plus a two-call API (NAME_init, NAME_infer; a detector also NAME_detect) declared in
+ * its own header.
  */
 #ifndef ONESPIKE_H
 #define ONESPIKE_H
@@ -66,6 +70,40 @@ int os_infer_phases(const os_model_t *m, const uint8_t *phases, int32_t *logits,
 
 /* argmax with ties to the lowest index */
 int os_argmax(const int32_t *v, int n);
+
+/* ---- detection head (runtime.spec.DetectHead, decode_detections) ----
+ * The readout map L is (1 + K + 4, GH, GW) int32 logits: background, K class scores, dx, dy, w, h. */
+typedef struct {
+    uint16_t n_classes;       /* K, 1..64 */
+    uint16_t max_detections;  /* 1..256 */
+    uint8_t box_shift;        /* 1..62 */
+    uint8_t nms_iou_percent;  /* 0..100 */
+    uint32_t grid_h, grid_w;  /* GH, GW: the readout map's height and width */
+    uint32_t stride;          /* input pixels per grid cell */
+    uint32_t in_h, in_w;      /* H, W: the input size (boxes are clamped to it) */
+    int32_t box_mult;         /* 1..2^31-1 */
+    int64_t score_threshold;  /* |.| <= 2^32 */
+} os_head_t;
+
+/* One detection: class 0..K-1, box in input pixels (x1, y1 exclusive), score L[c] - L[0]. */
+typedef struct {
+    int32_t cls, x0, y0, x1, y1;
+    int64_t score;
+} os_detection_t;
+
+/* Scratch entry of os_detect: a cell's score, position and class (GH * GW entries, 16 bytes each). */
+typedef struct {
+    int64_t score;
+    uint16_t y, x;  /* grid cell (sides <= 1024) */
+    uint8_t cls;    /* 1..K (the logit channel) */
+    uint8_t peak;
+} os_cand_t;
+
+/* Decode one readout map into at most min(max, h->max_detections) detections, in the
+ * specification's order (score descending, then raster index; greedy same-class NMS); returns
+ * their number. cand: h->grid_h * h->grid_w scratch entries. Limiting max below
+ * h->max_detections gives a prefix of the full list. */
+int os_detect(const os_head_t *h, const int32_t *logits, os_cand_t *cand, os_detection_t *dets, int max);
 
 #ifdef __cplusplus
 }
