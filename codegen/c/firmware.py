@@ -1,6 +1,7 @@
 """Cortex-M firmware of generated C: the fit check, the build, section sizes and the static stack bound.
 
-* ``check_fit``: the model's tables and buffers against the board's flash and RAM, before compiling.
+* ``check_fit``: the model's tables and buffers (a detector's decode buffers and detections too)
+  against the board's flash and RAM, before compiling.
 * ``build_firmware``: arm-none-eabi-gcc (C99, -Wall -Wextra -Werror) with the board's start-up
   code and linker script, ``-fstack-usage -fcallgraph-info=su`` for the static stack bound.
 * ``sizes``, ``static_stack``: flash and RAM per section; the deepest call chain's stack.
@@ -29,10 +30,19 @@ CODE_RESERVE = 8 << 10  # flash for kernels, start-up and firmware code (measure
 STACK_RESERVE = 1 << 10
 
 
+def firmware_ram(model: IntModel, mem: emit_c.Memory) -> int:
+    """RAM of the parity firmware before compiling: the model's buffers (a detector's decode buffers
+    included), the stack reserve, fw_main's image and output buffers (a detector's detections too)."""
+    ram = mem.ram_buffers + STACK_RESERVE + int(np.prod(model.input_shape)) + 4 * (model.num_classes + 1)
+    if mem.max_detections:
+        ram += mem.max_detections * (emit_c.OS_DETECTION_T_BYTES + 28) + 4
+    return ram
+
+
 def check_fit(model: IntModel, b: McuBoard) -> emit_c.Memory:
     mem = emit_c.plan_memory(model)
     flash = mem.flash_tables + CODE_RESERVE
-    ram = mem.ram_buffers + STACK_RESERVE + int(np.prod(model.input_shape)) + 4 * (model.num_classes + 1)
+    ram = firmware_ram(model, mem)
     if flash > b.flash_bytes or ram > b.ram_bytes:
         raise UserError(
             f"model does not fit {b.name}: needs {flash / 1024:.1f} KiB flash (board has {b.flash_bytes / 1024:.0f} KiB) "
@@ -47,19 +57,30 @@ class Firmware:
     opt: str
     src: Path
     sizes: dict = field(default_factory=dict)
+    max_detections: int = 0  # a detector's firmware: each record carries up to this many detections
 
 
 def build_firmware(model: IntModel, name: str, b: McuBoard, work: Path, opt: str = "-O2") -> Firmware:
     """Generated C for ``model`` plus the board's start-up code and the parity firmware."""
-    check_fit(model, b)
+    mem = check_fit(model, b)
     sym = emit_c.c_symbol(name)
     return build_elf(emit_c.generate(model, name), [f"{sym}_model.c", "onespike.c"], f"{sym}_infer",
-                     int(np.prod(model.input_shape)), model.num_classes, b, Path(work) / f"{b.name}{opt}", opt, sym)
+                     int(np.prod(model.input_shape)), model.num_classes, b, Path(work) / f"{b.name}{opt}", opt, sym,
+                     extra_defs=detect_defines(model, sym), max_detections=mem.max_detections)
+
+
+def detect_defines(model: IntModel, sym: str) -> list[str]:
+    """fw_main.c's defines of a detector's entry points (none for a classifier)."""
+    if not emit_c.is_detector(model):
+        return []
+    return [f"-DOS_DETECT={sym}_detect", f"-DOS_READOUT={sym}_readout", f"-DOS_MAX_DETECTIONS={int(model.head.max_detections)}"]
 
 
 def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_size: int, n_logits: int, b: McuBoard,
-              src: Path, opt: str, stem: str) -> Firmware:
-    """Compile ``files`` (their ``sources``) with the firmware main for board ``b`` into ``src/stem.elf``."""
+              src: Path, opt: str, stem: str, extra_defs: list[str] = (), max_detections: int = 0) -> Firmware:
+    """Compile ``files`` (their ``sources``) with the firmware main for board ``b`` into ``src/stem.elf``.
+
+    ``extra_defs``/``max_detections``: a detector's firmware (see fw_main.c and :func:`detect_defines`)."""
     cc = need("arm-none-eabi-gcc", "gcc-arm-none-eabi")
     src = Path(src).resolve()
     if src.exists():
@@ -69,7 +90,7 @@ def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_siz
         (src / fn).write_bytes(data)
     elf = src / f"{stem}.elf"
     cfiles = [src / f for f in sources] + [COMMON / "startup.c", COMMON / "semihost.c", COMMON / "fw_main.c"]
-    defs = [f"-DOS_INFER={infer}", f"-DOS_INPUT_SIZE={input_size}", f"-DOS_N_LOGITS={n_logits}"]
+    defs = [f"-DOS_INFER={infer}", f"-DOS_INPUT_SIZE={input_size}", f"-DOS_N_LOGITS={n_logits}"] + list(extra_defs)
     cmd = ([cc] + list(b.cpu_flags) + ["-std=c99", "-Wall", "-Wextra", "-Werror", opt, "-ffunction-sections", "-fdata-sections",
                                         "-fstack-usage", "-fcallgraph-info=su", "-I", str(src), "-I", str(COMMON)] + defs
            + [str(f) for f in cfiles]
@@ -79,7 +100,7 @@ def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_siz
     if r.returncode != 0:
         raise tool_error("arm-none-eabi-gcc on the generated C (a codegen bug, please report it)", cmd, r,
                          src / "compile.log")
-    fw = Firmware(elf, b, opt, src)
+    fw = Firmware(elf, b, opt, src, max_detections=int(max_detections))
     fw.sizes = sizes(fw)
     return fw
 

@@ -28,11 +28,12 @@ class DetArch:
     dataset: str
     size: tuple[int, int]  # (width, height) of the model input
     channels: int  # 3 (RGB) or 1 (grayscale)
-    widths: tuple[int, ...]  # output channels of the stride-2 convolutions, then of the stride-1 one
+    widths: tuple[int, ...]  # output channels of the stride-2 convolutions, then of the ``body`` stride-1 ones
     epochs: int
     vflip: bool  # vertical flips are valid augmentation (microscopy), not for photos
     nms_iou_percent: int = 50
     max_detections: int = 64
+    body: int = 1  # 3x3 stride-1 convolutions at the grid's resolution (the receptive field grows 2 * stride each)
 
 
 ARCHS = {
@@ -43,18 +44,18 @@ STRIDE = 8
 THRESHOLDS = tuple(np.round(np.arange(-2.0, 4.01, 0.25), 2))  # score thresholds tried on val (logit units)
 
 
-def build(channels: int, n_classes: int, widths=(8, 16, 32, 32)) -> nn.Sequential:
+def build(channels: int, n_classes: int, widths=(8, 16, 32, 32), body: int = 1) -> nn.Sequential:
     mods, c = [], channels
-    for w in widths[:-1]:
-        mods += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
+    for i, w in enumerate(widths):
+        s = 2 if i < len(widths) - body else 1
+        mods += [nn.Conv2d(c, w, 3, stride=s, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
         c = w
-    mods += [nn.Conv2d(c, widths[-1], 3, padding=1), nn.BatchNorm2d(widths[-1]), nn.ReLU(),
-             nn.Conv2d(widths[-1], 1 + n_classes + 4, 1)]
+    mods.append(nn.Conv2d(c, 1 + n_classes + 4, 1))
     return nn.Sequential(*mods)
 
 
-def stride_of(widths) -> int:
-    return 2 ** (len(widths) - 1)
+def stride_of(widths, body: int = 1) -> int:
+    return 2 ** (len(widths) - body)
 
 
 def to_float(images_u8: np.ndarray) -> torch.Tensor:
@@ -115,7 +116,7 @@ def choose_threshold(maps: np.ndarray, ds, head_real: dict, input_hw, progress: 
 
 def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int = 16, lr: float = 3e-3,
           threads: int = 2, progress: bool = True, max_steps: int | None = None, size=None, channels=None,
-          widths=None) -> tuple[nn.Sequential, dict]:
+          widths=None, body=None) -> tuple[nn.Sequential, dict]:
     """Train detector ``arch`` from ``seed``; returns the ANN and its meta (task, head, val/test figures)."""
     from . import voc
 
@@ -125,6 +126,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     size = tuple(size or a.size)
     channels = int(channels or a.channels)
     widths = tuple(widths or a.widths)
+    body = int(a.body if body is None else body)
     epochs = a.epochs if epochs is None else epochs
     if epochs < 1:
         raise UserError(f"epochs must be a positive integer, not {epochs}")
@@ -136,10 +138,10 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     tr = voc.load(a.dataset, "train", size, channels, progress=progress)
     va = voc.load(a.dataset, "val", size, channels, classes=tr.classes, progress=progress)
     K = len(tr.classes)
-    stride = stride_of(widths)
+    stride = stride_of(widths, body)
     W, H = size
     grid = (-(-H // stride), -(-W // stride))
-    model = build(channels, K, widths)
+    model = build(channels, K, widths, body)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     n = len(tr.ids)
     steps = epochs * (-(-n // batch_size))
@@ -176,7 +178,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     head_real["score_threshold"] = thr
     val = evaluate(val_maps, va, head_real, (H, W))
     meta = {"arch": arch, "task": "detect", "dataset": a.dataset, "seed": seed, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "input_size": list(size), "channels": channels, "widths": list(widths),
+            "batch_size": batch_size, "lr": lr, "input_size": list(size), "channels": channels, "widths": list(widths), "body": body,
             "head": head_real, "threshold_search_val": table,
             "val": {"map50": val["coco"]["map50"], "map": val["coco"]["map"],
                     "ap50": {k: v["ap50"] for k, v in val["coco"]["per_class"].items()},

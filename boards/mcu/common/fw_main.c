@@ -2,7 +2,12 @@
  * int32 logits + class per image. os_mark() brackets each inference for instruction counting.
  *
  * images.bin: uint32 N, then N images of OS_INPUT_SIZE uint8 pixels. out.bin: per image
- * int32 logits[OS_N_LOGITS], int32 class. Built with -DOS_INFER=<sym>_infer and the sizes. */
+ * int32 logits[OS_N_LOGITS], int32 class. Built with -DOS_INFER=<sym>_infer and the sizes.
+ *
+ * A detector (also -DOS_DETECT=<sym>_detect -DOS_READOUT=<sym>_readout -DOS_MAX_DETECTIONS=<n>):
+ * os_mark() brackets <sym>_detect, inference and decode; after the logits and class (the argmax of
+ * the readout map, outside the bracket) each record holds int32 count and count rows of 7 words:
+ * class, x0, y0, x1, y1, score (low word, high word of the int64). */
 #include <stdint.h>
 
 #include "semihost.h"
@@ -11,6 +16,14 @@
 #error "define OS_INFER, OS_INPUT_SIZE and OS_N_LOGITS"
 #endif
 int OS_INFER(const uint8_t *pixels, int32_t *logits);
+
+#ifdef OS_DETECT
+#include "onespike.h"
+int OS_DETECT(const uint8_t *pixels, os_detection_t *dets, int max);
+const int32_t *OS_READOUT(void);
+static os_detection_t dets[OS_MAX_DETECTIONS];
+static uint32_t det_out[1 + 7 * OS_MAX_DETECTIONS];
+#endif
 
 __attribute__((noinline)) void os_mark(int what)
 {
@@ -34,11 +47,31 @@ int main(void)
             sh_puts("onespike: short read\n");
             return 2;
         }
+#ifdef OS_DETECT
+        os_mark(1);
+        const int nd = OS_DETECT(pixels, dets, OS_MAX_DETECTIONS);
+        os_mark(2);
+        const int32_t *map = OS_READOUT();
+        for (int k = 0; k < OS_N_LOGITS; k++)
+            out[k] = map[k];
+        out[OS_N_LOGITS] = os_argmax(out, OS_N_LOGITS);
+        det_out[0] = (uint32_t)nd;
+        for (int k = 0; k < nd; k++) {
+            uint32_t *row = det_out + 1 + 7 * k;
+            const uint64_t s = (uint64_t)dets[k].score; /* modulo 2^64: defined */
+            row[0] = (uint32_t)dets[k].cls, row[1] = (uint32_t)dets[k].x0, row[2] = (uint32_t)dets[k].y0;
+            row[3] = (uint32_t)dets[k].x1, row[4] = (uint32_t)dets[k].y1;
+            row[5] = (uint32_t)(s & 0xFFFFFFFFu), row[6] = (uint32_t)(s >> 32);
+        }
+        if (sh_write(fo, out, sizeof out) != 0 || sh_write(fo, det_out, 4 * (1 + 7 * (size_t)nd)) != 0)
+            return 3;
+#else
         os_mark(1);
         out[OS_N_LOGITS] = OS_INFER(pixels, out);
         os_mark(2);
         if (sh_write(fo, out, sizeof out) != 0)
             return 3;
+#endif
     }
     sh_close(fi);
     sh_close(fo);
