@@ -5,6 +5,10 @@
   the two ``os_mark`` calls that bracket each inference (a repeatable counter), and the peak stack
   (stack painting). Unicorn does not report ``IT`` instructions to hooks; counts are taken from
   basic blocks disassembled with Capstone, which do include them.
+
+A detector's firmware brackets inference and decode (``NAME_detect``) and writes each image's
+detections after its logits; both runners return them (``run_qemu_detections``,
+``UnicornRun.detections``) and ``compare_qemu`` checks them against the golden model exactly.
 """
 from __future__ import annotations
 
@@ -27,14 +31,35 @@ def _images_file(images: np.ndarray) -> bytes:
     return struct.pack("<I", len(images)) + np.ascontiguousarray(images).tobytes()
 
 
-def _parse(raw: bytes, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _parse(raw: bytes, n: int, k: int, max_detections: int = 0) -> tuple[np.ndarray, np.ndarray, list | None]:
+    """(logits, classes, detections or None) of the firmware's out.bin."""
+    if max_detections:
+        from .host import parse_detections
+
+        a, dets, off = np.empty((n, k + 1), dtype=np.int64), [], 0
+        for i in range(n):
+            if off + 4 * (k + 1) > len(raw):
+                raise ToolError(f"the firmware wrote {len(raw)} bytes, too few for {n} images (a codegen bug, please report it)")
+            a[i] = np.frombuffer(raw, dtype="<i4", count=k + 1, offset=off)
+            d, off = parse_detections(raw, off + 4 * (k + 1), max_detections, "the firmware")
+            dets.append(d)
+        if off != len(raw):
+            raise ToolError(f"the firmware wrote {len(raw)} bytes, expected {off} (a codegen bug, please report it)")
+        return a[:, :k], a[:, k], dets
     if len(raw) != 4 * (k + 1) * n:
         raise ToolError(f"the firmware wrote {len(raw)} bytes, expected {4 * (k + 1) * n} (a codegen bug, please report it)")
     a = np.frombuffer(raw, dtype="<i4").reshape(n, k + 1).astype(np.int64)
-    return a[:, :k], a[:, k]
+    return a[:, :k], a[:, k], None
 
 
 def run_qemu(fw: Firmware, images: np.ndarray, n_logits: int, timeout: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and classes of the firmware under QEMU (a detector's detections: :func:`run_qemu_detections`)."""
+    logits, classes, _ = run_qemu_detections(fw, images, n_logits, timeout)
+    return logits, classes
+
+
+def run_qemu_detections(fw: Firmware, images: np.ndarray, n_logits: int, timeout: int = 600):
+    """(logits, classes, detections): detections per image int64 (n, 6) for a detector's firmware, else None."""
     if fw.board.qemu_machine is None:
         raise UserError(f"board {fw.board.name} cannot be emulated; emulated boards: "
                         f"{', '.join(b.name for b in registry.emulated())}")
@@ -52,35 +77,56 @@ def run_qemu(fw: Firmware, images: np.ndarray, n_logits: int, timeout: int = 600
         if r.returncode != 0 or not out.exists():
             raise tool_error("QEMU running the generated firmware (a codegen bug, please report it)", cmd, r,
                              fw.src / "qemu.log")
-        return _parse(out.read_bytes(), len(images), n_logits)
+        return _parse(out.read_bytes(), len(images), n_logits, fw.max_detections)
+
+
+def compare_outputs(g, logits: np.ndarray, classes: np.ndarray, detections: list | None) -> tuple[int, str | None]:
+    """Firmware outputs against a golden result: logits, class and a detector's detections, exactly.
+    Matched images and the first mismatch as a line, or None."""
+    from .host import detection_mismatch
+
+    n = len(g.classes)
+    ok = np.all(logits == g.logits, axis=1) & (classes == g.classes)
+    det_diff = [None] * n
+    if g.detections is not None:
+        if detections is None:
+            raise ToolError("the firmware of a detector wrote no detections (a codegen bug, please report it)")
+        det_diff = [detection_mismatch(e, d) for e, d in zip(g.detections, detections)]
+        ok &= np.array([d is None for d in det_diff], dtype=bool)
+    if ok.all():
+        return n, None
+    i = int(np.flatnonzero(~ok)[0])
+    if (logits[i] != g.logits[i]).any():
+        j = int(np.flatnonzero(logits[i] != g.logits[i])[0])
+        return int(ok.sum()), (f"first mismatch: image {i}, layer readout (logits), neuron {j}: "
+                               f"expected {int(g.logits[i, j])}, got {int(logits[i, j])}")
+    if classes[i] != g.classes[i]:
+        return int(ok.sum()), f"first mismatch: image {i}, class: expected {int(g.classes[i])}, got {int(classes[i])}"
+    return int(ok.sum()), f"first mismatch: image {i}: {det_diff[i]}"
 
 
 def compare_qemu(model, fw: Firmware, images: np.ndarray) -> tuple[int, str | None]:
-    """The firmware under QEMU against the golden model (logits and class): matched images and the first
-    mismatch as a line (image, neuron, expected, actual), or None."""
+    """The firmware under QEMU against the golden model (logits and class; a detector's detections too):
+    matched images and the first mismatch as a line (image, neuron, expected, actual; or image, detection), or None."""
     from runtime import golden
 
     g = golden.run(model, images, keep_phases=False)
-    lq, cq = run_qemu(fw, images, model.num_classes)
-    ok = np.all(lq == g.logits, axis=1) & (cq == g.classes)
-    if ok.all():
-        return len(images), None
-    i = int(np.flatnonzero(~ok)[0])
-    j = int(np.flatnonzero(lq[i] != g.logits[i])[0]) if (lq[i] != g.logits[i]).any() else 0
-    return int(ok.sum()), (f"first mismatch: image {i}, layer readout (logits), neuron {j}: "
-                           f"expected {int(g.logits[i, j])}, got {int(lq[i, j])}")
+    lq, cq, dq = run_qemu_detections(fw, images, model.num_classes)
+    return compare_outputs(g, lq, cq, dq)
 
 
 @dataclass
 class UnicornRun:
     logits: np.ndarray
     classes: np.ndarray
-    instructions: list[int]  # per inference
+    instructions: list[int]  # per inference (a detector: inference + decode)
     stack_peak_bytes: int
+    detections: list | None = None  # a detector: per image int64 (n, 6)
 
 
 def run_unicorn(fw: Firmware, images: np.ndarray, n_logits: int) -> UnicornRun:
-    """Run the ELF under Unicorn; count instructions per inference (between os_mark(1) and os_mark(2))."""
+    """Run the ELF under Unicorn; count instructions per inference (between os_mark(1) and os_mark(2);
+    a detector's firmware brackets inference and decode)."""
     import capstone
     import unicorn
     from unicorn import arm_const as A
@@ -184,8 +230,8 @@ def run_unicorn(fw: Firmware, images: np.ndarray, n_logits: int) -> UnicornRun:
     tmp.cleanup()
     painted = bytes(uc.mem_read(paint_lo, sp - paint_lo))
     untouched = len(painted) - len(painted.lstrip(b"\xa5"))
-    logits, classes = _parse(raw, len(images), n_logits)
-    return UnicornRun(logits, classes, state["counts"], (sp - paint_lo) - untouched)
+    logits, classes, dets = _parse(raw, len(images), n_logits, fw.max_detections)
+    return UnicornRun(logits, classes, state["counts"], (sp - paint_lo) - untouched, dets)
 
 
 def _round_up(x: int, a: int) -> int:

@@ -4,7 +4,8 @@ The report (``report.json`` and ``report.txt`` next to the code) holds, for the 
 arm-none-eabi-gcc builds at -O2 and -Os: flash and RAM per section, the static stack bound from
 GCC's call graph, the peak stack measured by stack painting, and instructions per inference counted
 under Unicorn on the first test images of the model's dataset (their outputs are checked against
-the golden model too).
+the golden model too). For a detector the counted frame is inference + decode (``NAME_detect``) and
+the detections are compared with the golden model's as well.
 """
 from __future__ import annotations
 
@@ -34,11 +35,13 @@ OPTS = ("-O2", "-Os")
 
 def makefile(model: IntModel, name: str, b) -> str:
     sym = emit_c.c_symbol(name)
+    det = firmware.detect_defines(model, sym)
+    det_line = (" \\\n\t" + " ".join(det)) if det else ""
     return f"""# Builds the semihosting parity firmware for {b.name}. Generated; deterministic.
 CC = arm-none-eabi-gcc
 OPT ?= -O2
 CFLAGS = {' '.join(b.cpu_flags)} -std=c99 -Wall -Wextra -Werror $(OPT) -ffunction-sections -fdata-sections \\
-	-DOS_INFER={sym}_infer -DOS_INPUT_SIZE={int(np.prod(model.input_shape))} -DOS_N_LOGITS={model.num_classes}
+	-DOS_INFER={sym}_infer -DOS_INPUT_SIZE={int(np.prod(model.input_shape))} -DOS_N_LOGITS={model.num_classes}{det_line}
 SRC = {sym}_model.c onespike.c startup.c semihost.c fw_main.c
 
 {sym}.elf: $(SRC) {sym}_model.h onespike.h semihost.h sections.ld memory.ld
@@ -73,7 +76,7 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
     elif not ds:
         skipped = "the model records no dataset"
     else:
-        images, _ = datasets.load(ds, "test")
+        images = _test_images(model, ds, n_count)
         if tuple(images.shape[1:]) != tuple(model.input_shape):
             skipped = f"{ds} test images are {tuple(images.shape[1:])}, the model takes {tuple(model.input_shape)}"
             images = None
@@ -95,12 +98,16 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
                 bar.set_postfix_str(f"count {opt}, {len(images)} images")
                 run = emulators.run_unicorn(fw, images, model.num_classes)
                 bar.update()
-                ok = bool(np.array_equal(run.logits, gold.logits) and np.array_equal(run.classes, gold.classes))
+                matched, _ = emulators.compare_outputs(gold, run.logits, run.classes, run.detections)
+                ok = matched == len(images)
                 ins = run.instructions
                 entry["instructions_per_inference"] = {
                     "images": len(ins), "median": statistics.median(ins), "min": min(ins), "max": max(ins),
                     "counter": "Unicorn 2 basic blocks, disassembled with Capstone (IT instructions included)",
                     "dataset": ds, "outputs_equal_golden": ok}
+                if gold.detections is not None:
+                    entry["instructions_per_inference"].update(
+                        includes_decode=True, detections_compared=int(sum(len(d) for d in gold.detections)))
                 entry["stack_peak_bytes_measured"] = run.stack_peak_bytes
             builds[opt] = entry
     finally:
@@ -110,7 +117,9 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
     report = {
         "model": {"name": name, "sha256": model_sha256}, "board": {"name": b.name, "description": b.description,
                                                                     "flash_bytes": b.flash_bytes, "ram_bytes": b.ram_bytes},
-        "estimate_before_build": {"flash_tables_bytes": mem.flash_tables, "ram_buffers_bytes": mem.ram_buffers},
+        "estimate_before_build": {"flash_tables_bytes": mem.flash_tables, "ram_buffers_bytes": mem.ram_buffers,
+                                  **({"detect_ram_bytes": mem.detect_ram, "max_detections": mem.max_detections}
+                                     if mem.max_detections else {})},
         "builds": builds, "synaptic_ops_per_inference": sops, "tools": tool_versions(), "layers": layer_summary(model),
     }
     if skipped:
@@ -123,6 +132,20 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
     }
     write_with_manifest(out, files, manifest)
     return report
+
+
+def _test_images(model: IntModel, ds: str, n: int) -> np.ndarray:
+    """The first ``n`` test images of the model's dataset: an IDX dataset, or for a detector a
+    detection dataset (codegen.frontend.voc) resized to the model's input."""
+    if emit_c.is_detector(model):
+        from ..frontend import voc
+
+        if voc.is_detection_dataset(ds):
+            C, H, W = model.input_shape
+            if C in (1, 3):
+                return voc.load(ds, "test", (W, H), channels=C, classes=list(model.head.classes)).images[:n]
+    images, _ = datasets.load(ds, "test")
+    return images[:n]
 
 
 def format_text(rep: dict) -> str:
@@ -141,8 +164,10 @@ def format_text(rep: dict) -> str:
         if rep.get("instruction_count_skipped"):
             lines.append(f"       instruction count skipped ({rep['instruction_count_skipped']})")
         elif ins:
-            lines.append(f"       instructions per inference: median {ins['median']:,.0f} (min {ins['min']:,}, max {ins['max']:,}) "
-                         f"over {ins['images']} {ins['dataset']} test images; outputs equal golden: {ins['outputs_equal_golden']}")
+            what = "instructions per frame (inference + decode)" if ins.get("includes_decode") else "instructions per inference"
+            dets = f", {ins['detections_compared']} detections compared" if ins.get("includes_decode") else ""
+            lines.append(f"       {what}: median {ins['median']:,.0f} (min {ins['min']:,}, max {ins['max']:,}) "
+                         f"over {ins['images']} {ins['dataset']} test images{dets}; outputs equal golden: {ins['outputs_equal_golden']}")
     if rep.get("synaptic_ops_per_inference"):
         lines.append(f"  synaptic operations per inference (same images): {rep['synaptic_ops_per_inference']:,.0f}")
     return "\n".join(lines)
