@@ -470,7 +470,16 @@ def cmd_verify(args) -> int:
         ds = args.dataset or (m.meta.get("dataset") if isinstance(m.meta, dict) else None)
         if not ds:
             raise UserError("the model records no dataset: give --dataset NAME or --input FILE.npy")
-        x, _ = datasets.load(ds, "test")
+        if m.task == "detect":
+            from codegen.frontend import voc
+
+            if not voc.is_detection_dataset(ds):
+                raise UserError(f"{args.model} is a detector: --dataset must be a detection dataset (bccd, raccoon or "
+                                f"voc:PATH), not {ds!r}")
+            c, h, w = m.input_shape
+            x = voc.load(ds, "test", (w, h), c, classes=list(m.head.classes), progress=not args.quiet).images
+        else:
+            x, _ = datasets.load(ds, "test")
         if tuple(x.shape[1:]) != tuple(m.input_shape):
             raise UserError(f"the {ds} test images are {'x'.join(map(str, x.shape[1:]))} but the model takes "
                             f"{'x'.join(map(str, m.input_shape))}: give --input FILE.npy")
@@ -529,7 +538,7 @@ def _verify_c(args, m, name: str, x, board, work: Path) -> int:
         else:
             nq = len(x) if args.n is not None else min(len(x), 200)
             matched_q, first_q = emulators.compare_qemu(m, fw, x[:nq])
-            print(f"{board.name} under QEMU (logits and class): {matched_q}/{nq} matched")
+            print(f"{board.name} under QEMU ({'logits and detections' if m.task == 'detect' else 'logits and class'}): {matched_q}/{nq} matched")
             if first_q:
                 print(f"  {first_q}")
             ok &= matched_q == nq

@@ -28,6 +28,7 @@ from .toolchain import need, run_tool, tool_error
 COMMON = MCU_DIR / "common"
 CODE_RESERVE = 8 << 10  # flash for kernels, start-up and firmware code (measured: 3-5 KiB at -O2)
 STACK_RESERVE = 1 << 10
+DETECT_CODE_RESERVE = 2 << 10  # a detector's decode (os_detect, NAME_detect: measured about 2 KiB at -O2)
 
 
 def firmware_ram(model: IntModel, mem: emit_c.Memory) -> int:
@@ -41,7 +42,7 @@ def firmware_ram(model: IntModel, mem: emit_c.Memory) -> int:
 
 def check_fit(model: IntModel, b: McuBoard) -> emit_c.Memory:
     mem = emit_c.plan_memory(model)
-    flash = mem.flash_tables + CODE_RESERVE
+    flash = mem.flash_tables + CODE_RESERVE + (DETECT_CODE_RESERVE if mem.max_detections else 0)
     ram = firmware_ram(model, mem)
     if flash > b.flash_bytes or ram > b.ram_bytes:
         raise UserError(

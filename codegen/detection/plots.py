@@ -109,7 +109,7 @@ def detections_png(images: np.ndarray, gts: list, dets: list, classes, path=None
             ax.add_patch(Rectangle((r[1] - 0.5, r[2] - 0.5), r[3] - r[1], r[4] - r[2], fill=False, ls="-",
                                    lw=1.2, ec=col))
             name = classes[c] if 0 <= c < len(classes) else str(c)
-            ax.text(r[1] - 0.5, r[2] - 0.5, f"{name} {r[5]:.2f}", fontsize=5, color="white", va="bottom",
+            ax.text(r[1] - 0.5, r[2] - 0.5, f"{name} {r[5]:.3g}", fontsize=5, color="white", va="bottom",
                     ha="left", clip_on=True, bbox={"fc": col, "ec": "none", "pad": 0.5, "alpha": 0.8})
         ax.set_xlim(-0.5, w - 0.5)
         ax.set_ylim(h - 0.5, -0.5)

@@ -33,9 +33,16 @@ def detection_report(m, ds, res, full_split: bool) -> tuple[dict, str, dict]:
                                  title=f"detection on {ds.name} {ds.split} ({len(res.detections)} images)")
     text += "\n" + "\n".join(notes)
     k = min(N_DRAWN, len(ds.images))
+    unit = m.meta.get("readout_unit")
+    drawn = []
+    for d in res.detections[:k]:  # scores drawn in logit units when the conversion recorded the unit
+        d = np.asarray(d, dtype=np.float64).copy()
+        if unit:
+            d[:, 5] *= float(unit)
+        drawn.append(d)
     figs = {
         "detections.png": plots.detections_png(ds.images[:k], list(zip(ds.boxes[:k], ds.labels[:k])),
-                                               res.detections[:k], list(m.head.classes),
+                                               drawn, list(m.head.classes),
                                                title=f"{ds.name} {ds.split}: ground truth dashed, integer model solid"),
         "pr_curves.png": plots.pr_curves_png(integer["_pr50"], integer["per_class"]),
     }
