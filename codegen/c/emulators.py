@@ -143,7 +143,8 @@ def run_unicorn(fw: Firmware, images: np.ndarray, n_logits: int) -> UnicornRun:
     for vaddr, data in _load_segments(elf):
         uc.mem_write(vaddr, data)
     sp = struct.unpack("<I", uc.mem_read(b.flash_origin, 4))[0]
-    paint_lo = sp - min(64 << 10, ram_size // 2)
+    # paint the free RAM below the stack top, never .bss (start-up zeroes it: it would read as stack)
+    paint_lo = max(sp - min(64 << 10, ram_size // 2), _round_up(syms.get("_ebss", 0), 4))
     uc.mem_write(paint_lo, b"\xa5" * (sp - paint_lo))
     uc.reg_write(A.UC_ARM_REG_SP, sp)
 
