@@ -118,8 +118,11 @@ def choose_threshold(maps: np.ndarray, ds, head_real: dict, input_hw, progress: 
 
 def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int = 16, lr: float = 3e-3,
           threads: int = 2, progress: bool = True, max_steps: int | None = None, size=None, channels=None,
-          widths=None, body=None) -> tuple[nn.Sequential, dict]:
-    """Train detector ``arch`` from ``seed``; returns the ANN and its meta (task, head, val/test figures)."""
+          widths=None, body=None, dataset: str | None = None) -> tuple[nn.Sequential, dict]:
+    """Train detector ``arch`` from ``seed``; returns the ANN and its meta (task, head, val figures).
+
+    ``size``, ``channels``, ``widths``, ``body`` and ``dataset`` override the architecture's (for the
+    input-size table of scripts/bench_det.py and for tests)."""
     from . import voc
 
     if arch not in ARCHS:
@@ -137,8 +140,9 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(seed)
-    tr = voc.load(a.dataset, "train", size, channels, progress=progress)
-    va = voc.load(a.dataset, "val", size, channels, classes=tr.classes, progress=progress)
+    dataset = dataset or a.dataset
+    tr = voc.load(dataset, "train", size, channels, progress=progress)
+    va = voc.load(dataset, "val", size, channels, classes=tr.classes, progress=progress)
     K = len(tr.classes)
     stride = stride_of(widths, body)
     W, H = size
@@ -179,7 +183,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     thr, table = choose_threshold(val_maps, va, head_real, (H, W), progress)
     head_real["score_threshold"] = thr
     val = evaluate(val_maps, va, head_real, (H, W))
-    meta = {"arch": arch, "task": "detect", "dataset": a.dataset, "seed": seed, "epochs": epochs,
+    meta = {"arch": arch, "task": "detect", "dataset": voc.canonical(dataset), "seed": seed, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "input_size": list(size), "channels": channels, "widths": list(widths), "body": body,
             "head": head_real, "threshold_search_val": table,
             "val": {"map50": val["coco"]["map50"], "map": val["coco"]["map"],
