@@ -258,14 +258,14 @@ def test_unicorn_counts_inference_and_decode(det, firmware_det, work):
 
 
 def test_a_detector_that_does_not_fit_is_refused_before_compiling(tmp_path, monkeypatch, capsys):
-    """Its network fits nucleo-f446re's 128 KiB; with the decode's buffers (a 32x40 grid) it does not."""
+    """Its network fits nucleo-f446re's 128 KiB; with the decode's buffers (a 40x48 grid) it does not."""
     from boards import registry
     from codegen import cli
     from codegen.c import firmware
     from conftest import one_line_error
     from runtime import modelfile
 
-    m = _detector(seed=0, input_shape=(1, 128, 160), max_detections=16)
+    m = _detector(seed=0, input_shape=(1, 160, 192), max_detections=16)
     mem = emit_c.plan_memory(m)
     b = registry.mcu("nucleo-f446re")
     ram = firmware.firmware_ram(m, mem)

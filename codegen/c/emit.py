@@ -294,6 +294,11 @@ int {sym}_detect(const uint8_t *pixels, os_detection_t *dets, int max)
     return os_detect(&{sym}_head, {sym}_map, {sym}_cand, dets, max);
 }}
 
+uint8_t *{sym}_input(void)
+{{
+    return {sym}_buf0; /* the first layer's input buffer: os_infer encodes it in place */
+}}
+
 const int32_t *{sym}_readout(void)
 {{
     return {sym}_map;
@@ -322,6 +327,9 @@ def _detector_api_comment(model: IntModel, sym: str, up: str) -> str:
  *   int n = {sym}_detect_logits(logits, dets, max);
  *       the decode alone, of the logits of {sym}_infer
  *   {sym}_class_names[cls] names the classes; a max below {up}_MAX_DETECTIONS gives the first max detections
+ *   uint8_t *img = {sym}_input();                  {up}_INPUT_SIZE bytes: write the image there and call
+ *   int n = {sym}_detect(img, dets, max);          the encode runs in place: no second image buffer in RAM
+ *                                                  (the image is consumed; any other pixels pointer works too)
 """
 
 
@@ -341,6 +349,7 @@ extern const char *const {sym}_class_names[{up}_N_CLASSES];
 int {sym}_detect(const uint8_t *pixels, os_detection_t *dets, int max);
 int {sym}_detect_logits(const int32_t *logits, os_detection_t *dets, int max);
 const int32_t *{sym}_readout(void);
+uint8_t *{sym}_input(void);
 """
 
 

@@ -33,11 +33,13 @@ DETECT_CODE_RESERVE = 2 << 10  # a detector's decode (os_detect, NAME_detect: me
 
 def firmware_ram(model: IntModel, mem: emit_c.Memory) -> int:
     """RAM of the parity firmware before compiling: the model's buffers (a detector's decode buffers
-    included), the stack reserve, fw_main's image and output buffers (a detector's detections too)."""
-    ram = mem.ram_buffers + STACK_RESERVE + int(np.prod(model.input_shape)) + 4 * (model.num_classes + 1)
+    included), the stack reserve, and fw_main's buffers: a classifier's image and logits; a detector's
+    detections (it reads the image into the model's input buffer and writes the readout map from the
+    model's own, so neither is a second buffer)."""
+    ram = mem.ram_buffers + STACK_RESERVE
     if mem.max_detections:
-        ram += mem.max_detections * (emit_c.OS_DETECTION_T_BYTES + 28) + 4
-    return ram
+        return ram + mem.max_detections * (emit_c.OS_DETECTION_T_BYTES + 28) + 4
+    return ram + int(np.prod(model.input_shape)) + 4 * (model.num_classes + 1)
 
 
 def check_fit(model: IntModel, b: McuBoard) -> emit_c.Memory:
@@ -74,7 +76,8 @@ def detect_defines(model: IntModel, sym: str) -> list[str]:
     """fw_main.c's defines of a detector's entry points (none for a classifier)."""
     if not emit_c.is_detector(model):
         return []
-    return [f"-DOS_DETECT={sym}_detect", f"-DOS_READOUT={sym}_readout", f"-DOS_MAX_DETECTIONS={int(model.head.max_detections)}"]
+    return [f"-DOS_DETECT={sym}_detect", f"-DOS_READOUT={sym}_readout", f"-DOS_INPUT_BUF={sym}_input",
+            f"-DOS_MAX_DETECTIONS={int(model.head.max_detections)}"]
 
 
 def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_size: int, n_logits: int, b: McuBoard,

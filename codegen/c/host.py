@@ -54,7 +54,7 @@ def detect_defines(model: IntModel, sym: str) -> list[str]:
     if not emit_c.is_detector(model):
         return []
     return [f"-DOS_DETECT={sym}_detect", f"-DOS_DETECT_LOGITS={sym}_detect_logits", f"-DOS_READOUT={sym}_readout",
-            f"-DOS_MAX_DETECTIONS={int(model.head.max_detections)}"]
+            f"-DOS_INPUT_BUF={sym}_input", f"-DOS_MAX_DETECTIONS={int(model.head.max_detections)}"]
 
 
 @dataclass

@@ -7,7 +7,7 @@
  *   OUT.bin:    per image: int32 logits[n_logits], int32 class; with --trace, then every layer's
  *               output phases (input phases first), as the hook delivers them; for a detector
  *               (built with -DOS_DETECT=<sym>_detect -DOS_DETECT_LOGITS=<sym>_detect_logits
- *               -DOS_READOUT=<sym>_readout -DOS_MAX_DETECTIONS=<n>), then int32 count and count rows
+ *               -DOS_READOUT=<sym>_readout -DOS_INPUT_BUF=<sym>_input -DOS_MAX_DETECTIONS=<n>), then int32 count and count rows
  *               of 7 int32: class, x0, y0, x1, y1, score (low word, high word of the int64).
  * A detector's runner also checks that <sym>_detect (inference + decode in one call) gives the
  * same readout map and detections as os_infer + <sym>_detect_logits, and that a smaller max gives
@@ -29,6 +29,7 @@ static FILE *g_out;
 int OS_DETECT(const uint8_t *pixels, os_detection_t *dets, int max);
 int OS_DETECT_LOGITS(const int32_t *logits, os_detection_t *dets, int max);
 const int32_t *OS_READOUT(void);
+uint8_t *OS_INPUT_BUF(void);
 
 static int same_detection(const os_detection_t *a, const os_detection_t *b)
 {
@@ -40,7 +41,9 @@ static int write_detections(long image, const os_model_t *m, const uint8_t *pixe
 {
     static os_detection_t dets[OS_MAX_DETECTIONS], again[OS_MAX_DETECTIONS];
     const int n = OS_DETECT_LOGITS(logits, dets, OS_MAX_DETECTIONS);
-    const int n2 = OS_DETECT(pixels, again, OS_MAX_DETECTIONS);
+    /* the one-call API from the model's own input buffer, encoded in place (how firmware uses it) */
+    memcpy(OS_INPUT_BUF(), pixels, (size_t)m->in_c * m->in_h * m->in_w);
+    const int n2 = OS_DETECT(OS_INPUT_BUF(), again, OS_MAX_DETECTIONS);
     int ok = n >= 0 && n <= OS_MAX_DETECTIONS && n2 == n && memcmp(OS_READOUT(), logits, sizeof(int32_t) * m->n_logits) == 0;
     for (int k = 0; ok && k < n; k++)
         ok = same_detection(&dets[k], &again[k]);

@@ -4,7 +4,8 @@
  * images.bin: uint32 N, then N images of OS_INPUT_SIZE uint8 pixels. out.bin: per image
  * int32 logits[OS_N_LOGITS], int32 class. Built with -DOS_INFER=<sym>_infer and the sizes.
  *
- * A detector (also -DOS_DETECT=<sym>_detect -DOS_READOUT=<sym>_readout -DOS_MAX_DETECTIONS=<n>):
+ * A detector (also -DOS_DETECT=<sym>_detect -DOS_READOUT=<sym>_readout -DOS_INPUT_BUF=<sym>_input
+ * -DOS_MAX_DETECTIONS=<n>) reads each image into the model's own input buffer (no copy in RAM);
  * os_mark() brackets <sym>_detect, inference and decode; after the logits and class (the argmax of
  * the readout map, outside the bracket) each record holds int32 count and count rows of 7 words:
  * class, x0, y0, x1, y1, score (low word, high word of the int64). */
@@ -21,6 +22,7 @@ int OS_INFER(const uint8_t *pixels, int32_t *logits);
 #include "onespike.h"
 int OS_DETECT(const uint8_t *pixels, os_detection_t *dets, int max);
 const int32_t *OS_READOUT(void);
+uint8_t *OS_INPUT_BUF(void);
 static os_detection_t dets[OS_MAX_DETECTIONS];
 static uint32_t det_out[1 + 7 * OS_MAX_DETECTIONS];
 #endif
@@ -30,8 +32,10 @@ __attribute__((noinline)) void os_mark(int what)
     __asm__ volatile("" ::"r"(what) : "memory");
 }
 
+#ifndef OS_DETECT
 static uint8_t pixels[OS_INPUT_SIZE];
 static int32_t out[OS_N_LOGITS + 1];
+#endif
 
 int main(void)
 {
@@ -43,7 +47,13 @@ int main(void)
         return 2;
     }
     for (uint32_t i = 0; i < n; i++) {
+#ifdef OS_DETECT
+        /* a detector reads the image straight into the model's input buffer (encoded in place) */
+        uint8_t *pixels = OS_INPUT_BUF();
+        if (sh_read(fi, pixels, OS_INPUT_SIZE) != 0) {
+#else
         if (sh_read(fi, pixels, sizeof pixels) != 0) {
+#endif
             sh_puts("onespike: short read\n");
             return 2;
         }
@@ -52,9 +62,7 @@ int main(void)
         const int nd = OS_DETECT(pixels, dets, OS_MAX_DETECTIONS);
         os_mark(2);
         const int32_t *map = OS_READOUT();
-        for (int k = 0; k < OS_N_LOGITS; k++)
-            out[k] = map[k];
-        out[OS_N_LOGITS] = os_argmax(out, OS_N_LOGITS);
+        const int32_t cls = os_argmax(map, OS_N_LOGITS);
         det_out[0] = (uint32_t)nd;
         for (int k = 0; k < nd; k++) {
             uint32_t *row = det_out + 1 + 7 * k;
@@ -63,7 +71,8 @@ int main(void)
             row[3] = (uint32_t)dets[k].x1, row[4] = (uint32_t)dets[k].y1;
             row[5] = (uint32_t)(s & 0xFFFFFFFFu), row[6] = (uint32_t)(s >> 32);
         }
-        if (sh_write(fo, out, sizeof out) != 0 || sh_write(fo, det_out, 4 * (1 + 7 * (size_t)nd)) != 0)
+        if (sh_write(fo, map, 4 * (size_t)OS_N_LOGITS) != 0 || sh_write(fo, &cls, sizeof cls) != 0 ||
+            sh_write(fo, det_out, 4 * (1 + 7 * (size_t)nd)) != 0)
             return 3;
 #else
         os_mark(1);
