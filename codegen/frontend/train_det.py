@@ -34,6 +34,7 @@ class DetArch:
     nms_iou_percent: int = 50
     max_detections: int = 64
     body: int = 1  # 3x3 stride-1 convolutions at the grid's resolution (the receptive field grows 2 * stride each)
+    obj_weight: tuple | float = 2.0  # cross-entropy weight of object cells (per class), background 1
 
 
 ARCHS = {
@@ -69,10 +70,12 @@ def _targets(boxes, labels, grid, stride):
     return (torch.from_numpy(np.stack(cls)), torch.from_numpy(np.stack(box)), torch.from_numpy(np.stack(mask)))
 
 
-def loss_fn(out: torch.Tensor, cls_t, box_t, mask_t, n_classes: int, obj_weight: float = 2.0):
+def loss_fn(out: torch.Tensor, cls_t, box_t, mask_t, n_classes: int, obj_weight=2.0):
+    """``obj_weight``: the cross-entropy weight of an object cell against a background cell (1), one
+    number or one per class."""
     k1 = 1 + n_classes
     w = torch.ones(k1)
-    w[1:] = obj_weight
+    w[1:] = torch.as_tensor(obj_weight, dtype=torch.float32)
     ce = nn.functional.cross_entropy(out[:, :k1], cls_t, weight=w, ignore_index=-1)
     pos = mask_t.sum()
     if pos == 0:
@@ -118,7 +121,7 @@ def choose_threshold(maps: np.ndarray, ds, head_real: dict, input_hw, progress: 
 
 def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int = 16, lr: float = 3e-3,
           threads: int = 2, progress: bool = True, max_steps: int | None = None, size=None, channels=None,
-          widths=None, body=None, dataset: str | None = None) -> tuple[nn.Sequential, dict]:
+          widths=None, body=None, dataset: str | None = None, obj_weight=None) -> tuple[nn.Sequential, dict]:
     """Train detector ``arch`` from ``seed``; returns the ANN and its meta (task, head, val figures).
 
     ``size``, ``channels``, ``widths``, ``body`` and ``dataset`` override the architecture's (for the
@@ -132,6 +135,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     channels = int(channels or a.channels)
     widths = tuple(widths or a.widths)
     body = int(a.body if body is None else body)
+    obj_weight = a.obj_weight if obj_weight is None else obj_weight
     epochs = a.epochs if epochs is None else epochs
     if epochs < 1:
         raise UserError(f"epochs must be a positive integer, not {epochs}")
@@ -167,7 +171,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
             xb, bb, lb = voc.augment(xtr[idx], [tr.boxes[j] for j in idx], [tr.labels[j] for j in idx], gen,
                                      vflip=a.vflip)
             cls_t, box_t, mask_t = _targets(bb, lb, grid, stride)
-            loss = loss_fn(model(xb), cls_t, box_t, mask_t, K)
+            loss = loss_fn(model(xb), cls_t, box_t, mask_t, K, obj_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -185,6 +189,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     val = evaluate(val_maps, va, head_real, (H, W))
     meta = {"arch": arch, "task": "detect", "dataset": voc.canonical(dataset), "seed": seed, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "input_size": list(size), "channels": channels, "widths": list(widths), "body": body,
+            "obj_weight": list(obj_weight) if isinstance(obj_weight, (list, tuple)) else obj_weight,
             "head": head_real, "threshold_search_val": table,
             "val": {"map50": val["coco"]["map50"], "map": val["coco"]["map"],
                     "ap50": {k: v["ap50"] for k, v in val["coco"]["per_class"].items()},
