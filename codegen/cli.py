@@ -217,7 +217,7 @@ def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) ->
     modelfile.save(m, out)
     if m.meta.get("error_target_met") is False:
         best = min(r["disagreement_percent"] for r in conv.search if r["disagreement_percent"] is not None)
-        print(f"codegen: warning: no (Q, T) met the error target of {args.error_target}% of grid cells; "
+        print(f"codegen: warning: no (Q, T) met the error target of {args.error_target}% of the ANN's object cells; "
               f"using the most faithful one tried ({best}%)", file=sys.stderr)
     print(f"converted {src} -> {out}: detector, Q={m.Q:g} T={m.T} (input Q={m.input_Q:g} T={m.input_T}) F={m.F}, "
           f"accumulators {[l.acc_bits for l in m.layers if l.acc_bits]} bits, score threshold "

@@ -144,4 +144,13 @@ def describe_model(m, path) -> str:
     acc = m.meta.get("test_accuracy")
     if isinstance(acc, dict):
         lines.append("recorded test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
+    if m.task == "detect":
+        h = m.head
+        _, gh, gw = m.layers[-1].out_shape
+        lines.append(f"detector: classes {', '.join(h.classes)}; a {gh}x{gw} grid at stride {h.stride}; score threshold "
+                     f"{h.score_threshold}; box px(v) = (v * {h.box_mult} + 2^{h.box_shift - 1}) >> {h.box_shift}; "
+                     f"suppression above {h.nms_iou_percent}% IoU; at most {h.max_detections} detections")
+        fig = (m.meta.get("figures") or {}).get("test", {}).get("integer")
+        if isinstance(fig, dict):
+            lines.append(f"recorded test mAP@0.5 {fig['map50']:.3f}, mAP@[.5:.95] {fig['map']:.3f} (integer model)")
     return "\n".join(lines)

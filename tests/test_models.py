@@ -31,3 +31,35 @@ def test_shipped_model_meets_target(name):
     spn = res.spikes[:, [0] + [i + 1 for i, l in enumerate(m.layers) if l.fires]].sum(1).mean() / sum(m.neuron_counts())
     assert 0 < spn < 1
     assert np.isclose(m.meta["spikes_per_neuron"], spn)
+
+
+# detector -> (dataset, minimum integer mAP@0.5 on the test split, minimum WBC AP@0.5)
+DETECTORS = {"bccd-det": ("bccd", 0.75, 0.95)}
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_shipped_detector_on_the_test_split(name, tmp_path):
+    """The integer detector's mAP on the whole test split, within 0.02 of its float ANN (decoded alike),
+    equal to the figures recorded at conversion; the C on the host equals it on every test image:
+    every layer's phases, the readout map and every detection."""
+    from codegen.c import host as c_host
+    from codegen.detection import evaluate
+    from codegen.frontend import voc
+
+    dataset, min_map, min_wbc = DETECTORS[name]
+    m = modelfile.load(ROOT / "models" / f"{name}.pt")
+    net, shape, _ = ann.load(ROOT / "models" / f"{name}.ann.pt")
+    c, h, w = m.input_shape
+    ds = voc.load(dataset, "test", (w, h), c, classes=list(m.head.classes))
+    assert len(ds.images) == 72
+    res = golden.run_batched(m, ds.images)
+    got = evaluate.score(res.detections, ds)
+    ann_dets = evaluate.float_detections(convert.ann_maps(convert.lower(net, shape), ds.images), m)
+    ann_fig = evaluate.score(ann_dets, ds)
+    assert got["map50"] >= min_map and got["per_class"]["WBC"]["ap50"] >= min_wbc, got["map50"]
+    assert abs(got["map50"] - ann_fig["map50"]) <= 0.02, (got["map50"], ann_fig["map50"])
+    rec = m.meta["figures"]["test"]
+    assert rec["integer"]["map50"] == got["map50"] and rec["ann_float"]["map50"] == ann_fig["map50"]
+    matched, n, first = c_host.verify_host(m, name, ds.images, tmp_path, trace=True)
+    assert (matched, n) == (72, 72), first
+    assert sum(len(d) for d in res.detections) > 72 * 5  # the comparison covers many detections

@@ -40,7 +40,8 @@ def convert(net, input_shape, ann_meta: dict, dataset: str, source, calib: int =
     rng = np.random.default_rng(seed)
     x = tr.images[np.sort(rng.choice(len(tr.images), size=min(calib, len(tr.images)), replace=False))]
     k1 = 1 + len(h["classes"])
-    conv = conv_mod.convert(net, input_shape, x, progress=progress, score_channels=k1, **options)
+    conv = conv_mod.convert(net, input_shape, x, progress=progress, score_channels=k1,
+                            score_threshold=float(h["score_threshold"]), **options)
     m = conv.model
     unit = readout_scale(conv.normalised.stages[-1].weight) / float(2 ** m.F)
     m.task = "detect"

@@ -46,13 +46,19 @@ Q_CANDIDATES = (2.0, 1.75, 1.5, 1.4, 1.3, 1.25, 1.2, 1.15)
 T_CANDIDATES = tuple(range(4, 65, 2))
 
 
-def cell_classes(logits, n_classes: int | None) -> np.ndarray:
+def cell_classes(logits, n_classes: int | None, threshold: float | None = None) -> np.ndarray:
     """What the (Q, T) search compares: the class of each image (argmax of the logits), or for a detector
-    (``n_classes`` = 1 + K channels of scores) the class of each grid cell, flattened (N * GH * GW,)."""
+    (``n_classes`` = 1 + K channels of scores) the class of each grid cell, flattened (N * GH * GW,):
+    the best class k in 1..K when its score ``L[k] - L[0]`` reaches ``threshold`` (the decode's score
+    threshold, in the logits' units), else 0 (background)."""
     logits = np.asarray(logits)
     if n_classes is None:
         return np.argmax(logits.reshape(len(logits), -1), axis=1)
-    return np.argmax(logits[:, :n_classes], axis=1).reshape(-1)
+    scores = logits[:, 1:n_classes]
+    best = np.argmax(scores, axis=1)
+    s = np.take_along_axis(scores, best[:, None], 1)[:, 0] - logits[:, 0]
+    thr = 0 if threshold is None else threshold
+    return np.where(s >= thr, best + 1, 0).reshape(-1)
 
 
 def ann_maps(low: Lowered, images_u8: np.ndarray, batch: int = 500) -> np.ndarray:
@@ -165,11 +171,12 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
             Q: float | None = None, T: int | None = None, F: int | None = None, norm: str = "percentile",
             percentile: float = 99.99, max_disagree: float = 0.2, eval_fraction: float = 0.5,
             input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = True,
-            score_channels: int | None = None) -> Conversion:
+            score_channels: int | None = None, score_threshold: float | None = None) -> Conversion:
     """Convert a trained ANN into an integer one-spike model (see the module docstring).
 
-    ``score_channels``: a detector's 1 + K score channels; the error target then counts grid cells
-    whose class (argmax over those channels) differs from the ANN's, instead of images."""
+    ``score_channels``: a detector's 1 + K score channels, ``score_threshold`` its decode threshold (real,
+    logit units). The error target then counts the grid cells whose class (:func:`cell_classes`) differs
+    from the ANN's where either calls the cell an object, as a percentage of the ANN's object cells."""
     check_options(Q, T, F, norm, percentile, max_disagree, eval_fraction, input_Q, input_T)
     qkw = {"F": F, "input_Q": float(input_Q), "input_T": int(input_T)}
     ann = ann.eval()
@@ -189,7 +196,7 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
         met = None
     else:
         model, met = _search(normd, low, calib_images[len(calib_images) - n_eval:], Q, T, qkw, max_disagree,
-                             search, progress, score_channels)
+                             search, progress, score_channels, score_threshold)
     model.meta.update({
         "converter": "onespike-codegen 0.1.0", "normalisation": norm,
         "percentile": percentile if norm == "percentile" else None, "calibration_images": int(len(stats_imgs)),
@@ -199,7 +206,8 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
 
 
 def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, max_disagree: float,
-            search: list, progress: bool, score_channels: int | None = None) -> tuple[IntModel, bool]:
+            search: list, progress: bool, score_channels: int | None = None,
+            score_threshold: float | None = None) -> tuple[IntModel, bool]:
     """The (Q, T) search of step 5 (docs/conversion.md); appends every decision to ``search``.
 
     1. For each Q, the T it can represent: the largest integer T <= max(T_CANDIDATES) with a valid
@@ -217,9 +225,13 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
     # the target is agreement with the ANN's own classes (of images, or of a detector's grid cells)
     if score_channels is None:
         ev_y = ann_predict(low, ev_x)
+        n = ev_y.size
     else:
-        ev_y = cell_classes(ann_maps(low, ev_x), score_channels).reshape(len(ev_x), -1)
-    n = ev_y.size
+        from .quantise import readout_scale
+
+        ev_y = cell_classes(ann_maps(low, ev_x), score_channels, score_threshold).reshape(len(ev_x), -1)
+        n = max(1, int((ev_y != 0).sum()))  # the ANN's object cells
+        scale = readout_scale(normd.stages[-1].weight)  # real = acc * scale / 2**F
     qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
     ts = [int(T)] if T is not None else list(T_CANDIDATES)
     errors: dict = {}  # (q, t) -> None (representable) or the UserError; models are rebuilt when needed,
@@ -241,20 +253,28 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
         m = quantise(normd, q, t, **qkw)
         bar.set_postfix_str(f"Q={q:g} T={t}")
         d = done = 0
-        per_image = n // len(ev_x)
         shape = (-1,) + tuple(m.layers[-1].out_shape)
         for i in range(0, len(ev_x), EVAL_CHUNK):
             logits = golden.run(m, ev_x[i:i + EVAL_CHUNK], keep_phases=False).logits
-            cls = logits.argmax(1) if score_channels is None else cell_classes(logits.reshape(shape), score_channels)
-            d += int((cls.reshape(-1) != ev_y[i:i + EVAL_CHUNK].reshape(-1)).sum())
-            done = min(len(ev_x), i + EVAL_CHUNK) * per_image
+            want = ev_y[i:i + EVAL_CHUNK].reshape(-1)
+            if score_channels is None:
+                d += int((logits.argmax(1) != want).sum())
+                done = min(len(ev_x), i + EVAL_CHUNK)
+            else:
+                thr = None if score_threshold is None else score_threshold * float(2 ** m.F) / scale
+                cls = cell_classes(logits.reshape(shape), score_channels, thr)
+                d += int(((cls != want) & ((cls != 0) | (want != 0))).sum())
+                done = int((ev_y[:i + EVAL_CHUNK] != 0).sum())
             if early and 100 * d > max_disagree * n:
                 break
+        else:
+            done = n  # every held-out image evaluated
+        done = min(done, n)
         meets = 100 * d <= max_disagree * n
         if done == n:
             rec = _record(q, t, m.F, round(100 * d / n, 4), "meets" if meets else "misses")
         else:
-            what = "held-out images" if score_channels is None else "grid cells of held-out images"
+            what = "held-out images" if score_channels is None else "object cells of held-out images"
             rec = _record(q, t, m.F, None, "misses",
                           f"stopped after {done} of {n} {what}: {d} disagree with the ANN, more than the "
                           f"{math.floor(max_disagree * n / 100 + 1e-9)} the target allows")

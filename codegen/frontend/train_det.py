@@ -6,8 +6,11 @@ channels (dx, dy: the centre's offset in the cell; w, h: the size, in cells; see
 "detection head"). Training (CenterNet-like, simplified to what the integer decode reads):
 cross-entropy over background + classes at every cell, with the eight neighbours of an object's
 centre cell ignored (the decode keeps only 3x3 local maxima, so they need not be background), and a
-smooth-L1 box loss at the centre cells. The score threshold and the suppression are chosen on the
-``val`` split (the decode's own rules, :mod:`codegen.detection.head`); ``test`` is only reported.
+smooth-L1 box loss at the centre cells; object cells weigh more than background cells, the rare classes
+more than the common ones (``DetArch.obj_weight``). Input size, colour, depth, class weights and the
+score threshold were chosen on the ``val`` split (scripts/bench_det.py, docs/benchmarks.md); the
+threshold is chosen again for every training run, by the decode's own rules
+(:mod:`codegen.detection.head`); ``test`` is only reported.
 
 Everything is determined by the seed, as for the classifiers (codegen/frontend/train.py).
 """
@@ -37,9 +40,12 @@ class DetArch:
     obj_weight: tuple | float = 2.0  # cross-entropy weight of object cells (per class), background 1
 
 
+# chosen on val (docs/benchmarks.md, "Object detection"): 160x120 RGB is the largest input whose network
+# fits a nucleo-f446re's 128 KiB with the decode; grayscale lost 0.1-0.2 mAP; a second stride-1 conv
+# (receptive field 47 px) lifted WBC; platelets (the rarest, smallest class) weigh 6, WBC 3, RBC 2
 ARCHS = {
-    "bccd-det": DetArch("bccd", (128, 96), 3, (8, 16, 32, 32), 150, True),
-    "raccoon-det": DetArch("raccoon", (96, 96), 3, (8, 16, 32, 32), 150, False),
+    "bccd-det": DetArch("bccd", (160, 120), 3, (8, 16, 32, 32, 32), 150, True, body=2, obj_weight=(2.0, 3.0, 6.0)),
+    "raccoon-det": DetArch("raccoon", (128, 96), 3, (8, 16, 32, 32, 32), 150, False, body=2),
 }
 STRIDE = 8
 THRESHOLDS = tuple(np.round(np.arange(-3.0, 3.01, 0.25), 2))  # score thresholds tried on val (logit units)
@@ -148,6 +154,8 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     tr = voc.load(dataset, "train", size, channels, progress=progress)
     va = voc.load(dataset, "val", size, channels, classes=tr.classes, progress=progress)
     K = len(tr.classes)
+    if isinstance(obj_weight, (list, tuple)) and len(obj_weight) != K:
+        raise UserError(f"obj_weight gives {len(obj_weight)} class weights but {dataset} has {K} classes")
     stride = stride_of(widths, body)
     W, H = size
     grid = (-(-H // stride), -(-W // stride))
