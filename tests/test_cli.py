@@ -58,7 +58,7 @@ def test_wrong_schema_version(capsys, tmp_path):
     d = _model_dict()
     d["schema_version"] = 99
     code, _, err = run_cli(capsys, "inspect", _save(tmp_path / "v99.pt", d))
-    assert_one_line_error(code, err, "schema version 99", "version 1")
+    assert_one_line_error(code, err, "schema version 99", "reads versions 1, 2")
 
 
 def test_nan_weights_in_model(capsys, tmp_path):
