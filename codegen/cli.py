@@ -103,7 +103,8 @@ def cmd_train(args) -> int:
         v = meta["val"]
         print(f"{args.arch}: val mAP@0.5 {v['map50']:.3f}, mAP@[.5:.95] {v['map']:.3f}, AP@0.5 "
               + ", ".join(f"{k} {a:.3f}" for k, a in v["ap50"].items())
-              + f"; FOMO F1 {v['fomo_f1']:.3f} at score threshold {meta['head']['score_threshold']:g}; wrote {out}")
+              + f"; FOMO F1 {v['fomo_f1']:.3f} at score threshold {meta['head']['score_threshold']:g} "
+              + f"({'3x3 peaks' if meta['head']['peak'] else 'suppression alone'}); wrote {out}")
         return 0
     model, meta = train.train(args.arch, seed=args.seed, epochs=args.epochs, progress=not args.quiet)
     ann.save(out, model, (1, 28, 28), meta)

@@ -149,7 +149,8 @@ def describe_model(m, path) -> str:
         _, gh, gw = m.layers[-1].out_shape
         lines.append(f"detector: classes {', '.join(h.classes)}; a {gh}x{gw} grid at stride {h.stride}; score threshold "
                      f"{h.score_threshold}; box px(v) = (v * {h.box_mult} + 2^{h.box_shift - 1}) >> {h.box_shift}; "
-                     f"suppression above {h.nms_iou_percent}% IoU; at most {h.max_detections} detections")
+                     f"{'3x3 same-class peaks, then ' if h.peak else ''}suppression above {h.nms_iou_percent}% IoU; "
+                     f"at most {h.max_detections} detections")
         fig = (m.meta.get("figures") or {}).get("test", {}).get("integer")
         if isinstance(fig, dict):
             lines.append(f"recorded test mAP@0.5 {fig['map50']:.3f}, mAP@[.5:.95] {fig['map']:.3f} (integer model)")

@@ -199,7 +199,8 @@ def _from_dict(obj: dict, source: str) -> IntModel:
     return model
 
 
-_HEAD_KEYS = ("classes", "stride", "score_threshold", "box_mult", "box_shift", "nms_iou_percent", "max_detections")
+_HEAD_KEYS = ("classes", "stride", "score_threshold", "box_mult", "box_shift", "nms_iou_percent", "max_detections",
+              "peak")
 
 
 def _task_head(obj: dict) -> tuple[str, DetectHead | None]:

@@ -424,10 +424,11 @@ E_AC_PJ = 0.9
 #
 #  1. cell class and score: c(y, x) = argmax_{k in 1..K} L[k, y, x] (ties: the lowest k);
 #     s(y, x) = L[c, y, x] - L[0, y, x] (an exact integer; int64 in C).
-#  2. candidates: cells with s >= score_threshold that are a local maximum among the cells of the same
-#     class in their 3x3 neighbourhood: with i = y * GW + x the raster index, s(y, x) > s(n) for every
-#     such neighbour n with a smaller index and s(y, x) >= s(n) for every one with a larger index
-#     (so of equal neighbours exactly the first is kept; cells of other classes never suppress).
+#  2. candidates: cells with s >= score_threshold; with ``peak`` = 1 only those that are a local maximum
+#     among the cells of the same class in their 3x3 neighbourhood: with i = y * GW + x the raster
+#     index, s(y, x) > s(n) for every such neighbour n with a smaller index and s(y, x) >= s(n) for
+#     every one with a larger index (so of equal neighbours exactly the first is kept; cells of other
+#     classes never suppress); with ``peak`` = 0 every such cell (grouping by step 4 alone).
 #  3. box: px(v) = (v * box_mult + 2**(box_shift - 1)) >> box_shift (floor; v * box_mult is exact in int64),
 #     cx = x * stride + clamp(px(dx), 0, stride), cy likewise; w = clamp(px(w), 1, W), h = clamp(px(h), 1, H)
 #     (W, H the input size); x0 = clamp(cx - floor(w / 2), 0, W), x1 = clamp(cx - floor(w / 2) + w, 0, W),
@@ -454,6 +455,7 @@ class DetectHead:
     box_shift: int
     nms_iou_percent: int = 50
     max_detections: int = 64
+    peak: int = 1  # 1: candidates are 3x3 same-class local maxima; 0: every cell above the threshold
 
     @property
     def channels(self) -> int:
@@ -463,7 +465,7 @@ class DetectHead:
         return {"classes": [str(c) for c in self.classes], "stride": int(self.stride),
                 "score_threshold": int(self.score_threshold), "box_mult": int(self.box_mult),
                 "box_shift": int(self.box_shift), "nms_iou_percent": int(self.nms_iou_percent),
-                "max_detections": int(self.max_detections)}
+                "max_detections": int(self.max_detections), "peak": int(self.peak)}
 
 
 def _int_field(v, what: str, lo: int, hi: int) -> int:
@@ -489,6 +491,7 @@ def check_head(head: DetectHead, model: "IntModel") -> None:
     _int_field(head.box_shift, "box_shift", 1, 62)
     _int_field(head.nms_iou_percent, "nms_iou_percent", 0, 100)
     _int_field(head.max_detections, "max_detections", 1, MAX_DETECTIONS)
+    _int_field(head.peak, "peak", 0, 1)
     _, gh, gw = last.out_shape
     _, h, w = model.input_shape
     if gh * head.stride < h - head.stride or gw * head.stride < w - head.stride:
@@ -518,7 +521,7 @@ def decode_detections(logits: np.ndarray, head: DetectHead, input_hw: tuple[int,
             if s < head.score_threshold:
                 continue
             peak = True
-            for ny in range(max(0, y - 1), min(gh, y + 2)):
+            for ny in (range(max(0, y - 1), min(gh, y + 2)) if head.peak else ()):
                 for nx in range(max(0, x - 1), min(gw, x + 2)):
                     if (ny, nx) == (y, x) or cls[ny, nx] != cls[y, x]:
                         continue

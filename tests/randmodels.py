@@ -91,7 +91,8 @@ def random_head(rng, classes, stride, score_threshold=None):
     return DetectHead(classes=list(classes), stride=int(stride),
                       score_threshold=int(rng.integers(-50, 50) if score_threshold is None else score_threshold),
                       box_mult=int(rng.integers(1, 1 << min(shift + 2, 30))), box_shift=shift,
-                      nms_iou_percent=int(rng.integers(0, 101)), max_detections=int(rng.integers(1, 40)))
+                      nms_iou_percent=int(rng.integers(0, 101)), max_detections=int(rng.integers(1, 40)),
+                      peak=int(rng.random() < 0.75))
 
 
 def random_detector(seed, n_classes=2, input_shape=(2, 16, 20), T=4):

@@ -122,7 +122,7 @@ def decode_reference(logits, head, H, W):
             if s < head.score_threshold:
                 continue
             ok = True
-            for ny in (y - 1, y, y + 1):
+            for ny in ((y - 1, y, y + 1) if head.peak == 1 else ()):
                 for nx in (x - 1, x, x + 1):
                     if not (0 <= ny < GH and 0 <= nx < GW) or (ny, nx) == (y, x):
                         continue

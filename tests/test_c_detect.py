@@ -136,13 +136,13 @@ static os_cand_t cand[1 << 10];
 static os_detection_t dets[256];
 int main(void)
 {
-    int64_t p[12];
+    int64_t p[13];
     while (fread(p, sizeof p, 1, stdin) == 1) {
         os_head_t h;
         h.n_classes = (uint16_t)p[0], h.max_detections = (uint16_t)p[1], h.box_shift = (uint8_t)p[2];
         h.nms_iou_percent = (uint8_t)p[3], h.grid_h = (uint32_t)p[4], h.grid_w = (uint32_t)p[5];
         h.stride = (uint32_t)p[6], h.in_h = (uint32_t)p[7], h.in_w = (uint32_t)p[8];
-        h.box_mult = (int32_t)p[9], h.score_threshold = p[10];
+        h.box_mult = (int32_t)p[9], h.score_threshold = p[10], h.peak = (uint8_t)p[12];
         const size_t n = (size_t)(1 + h.n_classes + 4) * h.grid_h * h.grid_w;
         if (fread(logits, sizeof(int32_t), n, stdin) != n)
             return 2;
@@ -190,11 +190,11 @@ def test_decode_kernel_at_the_extremes_under_sanitizers(work):
         hd = DetectHead([f"c{j}" for j in range(K)], int(rng.integers(1, 40)),
                         int(rng.choice([-(2**32), 2**32, 0, int(rng.integers(-1000, 1000))])),
                         int(rng.choice([1, 2**31 - 1, int(rng.integers(1, 2**31))])), int(rng.integers(1, 63)),
-                        int(rng.integers(0, 101)), int(rng.integers(1, 257)))
+                        int(rng.integers(0, 101)), int(rng.integers(1, 257)), peak=int(c % 5 != 4))
         H, W = int(rng.integers(1, 1025)), int(rng.integers(1, 1025))
         cap = int(rng.integers(0, hd.max_detections + 2)) if c % 3 == 0 else 256
         buf += np.array([K, hd.max_detections, hd.box_shift, hd.nms_iou_percent, GH, GW, hd.stride, H, W, hd.box_mult,
-                         hd.score_threshold, cap], dtype="<i8").tobytes() + L.astype("<i4").tobytes()
+                         hd.score_threshold, cap, hd.peak], dtype="<i8").tobytes() + L.astype("<i4").tobytes()
         cases.append((L, hd, H, W, cap))
     r = subprocess.run([str(exe)], input=bytes(buf), capture_output=True)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]

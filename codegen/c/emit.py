@@ -272,7 +272,7 @@ def _detector_c(model: IntModel, sym: str, mem: Memory) -> str:
     names = ",\n".join(f"    {c_string(c)}" for c in hd.classes)
     return f"""/* detection head (runtime.spec.DetectHead): {len(hd.classes)} classes, a {gh}x{gw} grid at stride {hd.stride} */
 static const os_head_t {sym}_head = {{
-    {len(hd.classes)}, {int(hd.max_detections)}, {int(hd.box_shift)}, {int(hd.nms_iou_percent)}, {gh}, {gw}, {int(hd.stride)}, {H}, {W},
+    {len(hd.classes)}, {int(hd.max_detections)}, {int(hd.box_shift)}, {int(hd.nms_iou_percent)}, {int(hd.peak)}, {gh}, {gw}, {int(hd.stride)}, {H}, {W},
     {int(hd.box_mult)}, INT64_C({int(hd.score_threshold)})
 }};
 

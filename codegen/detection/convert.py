@@ -26,6 +26,8 @@ def head_of(ann_meta: dict, source) -> dict:
         raise UserError(f"{source}: a detector's ANN file must record meta['head'] with {', '.join(HEAD_KEYS)}")
     if not isinstance(h["classes"], list) or not h["classes"]:
         raise UserError(f"{source}: meta['head']['classes'] must be a non-empty list of names")
+    if h.get("peak", 1) not in (0, 1):
+        raise UserError(f"{source}: meta['head']['peak'] must be 0 or 1, not {h.get('peak')!r}")
     return h
 
 
@@ -46,7 +48,7 @@ def convert(net, input_shape, ann_meta: dict, dataset: str, source, calib: int =
     unit = readout_scale(conv.normalised.stages[-1].weight) / float(2 ** m.F)
     m.task = "detect"
     m.head = integer_head(h["classes"], int(h["stride"]), float(h["score_threshold"]), unit,
-                          int(h["nms_iou_percent"]), int(h["max_detections"]))
+                          int(h["nms_iou_percent"]), int(h["max_detections"]), int(h.get("peak", 1)))
     m.meta["readout_unit"] = unit
     validate(m)
     figures = {}

@@ -21,7 +21,7 @@ FLOAT_UNIT = 1.0 / 4096  # the accumulator unit used to decode float maps before
 
 
 def integer_head(classes, stride: int, score_threshold: float, unit: float, nms_iou_percent: int = 50,
-                 max_detections: int = 64) -> DetectHead:
+                 max_detections: int = 64, peak: int = 1) -> DetectHead:
     """The integer head for a readout whose accumulator unit is ``unit`` (real value per unit).
 
     ``px(v) = (v * box_mult + 2**(box_shift-1)) >> box_shift`` approximates ``v * unit * stride``
@@ -38,7 +38,7 @@ def integer_head(classes, stride: int, score_threshold: float, unit: float, nms_
         raise UserError(f"the readout's scale ({scale:g} pixels per unit) cannot be decoded with a shift of 1..62")
     return DetectHead(classes=list(classes), stride=int(stride), score_threshold=int(math.ceil(score_threshold / unit)),
                       box_mult=mult, box_shift=int(shift), nms_iou_percent=int(nms_iou_percent),
-                      max_detections=int(max_detections))
+                      max_detections=int(max_detections), peak=int(peak))
 
 
 def to_units(maps: np.ndarray, unit: float) -> np.ndarray:
@@ -50,10 +50,11 @@ def to_units(maps: np.ndarray, unit: float) -> np.ndarray:
 def decode_real(maps: np.ndarray, head_real: dict, input_hw, unit: float = FLOAT_UNIT) -> list[np.ndarray]:
     """Detections of float maps (N, C, GH, GW) in real units, decoded by the integer rules.
 
-    ``head_real``: {"classes", "stride", "score_threshold" (real), "nms_iou_percent", "max_detections"}.
+    ``head_real``: {"classes", "stride", "score_threshold" (real), "nms_iou_percent", "max_detections", "peak"}.
     The scores of the result are real numbers again (float64 column)."""
     head = integer_head(head_real["classes"], head_real["stride"], float(head_real["score_threshold"]), unit,
-                        head_real.get("nms_iou_percent", 50), head_real.get("max_detections", 64))
+                        head_real.get("nms_iou_percent", 50), head_real.get("max_detections", 64),
+                        head_real.get("peak", 1))
     out = []
     for m in to_units(maps, unit):
         d = decode_detections(m, head, input_hw).astype(np.float64)
@@ -65,4 +66,4 @@ def decode_real(maps: np.ndarray, head_real: dict, input_hw, unit: float = FLOAT
 def real_head(head: DetectHead, unit: float) -> dict:
     """The real parameters of an integer head (the inverse of :func:`integer_head`, up to rounding)."""
     return {"classes": list(head.classes), "stride": head.stride, "score_threshold": head.score_threshold * unit,
-            "nms_iou_percent": head.nms_iou_percent, "max_detections": head.max_detections}
+            "nms_iou_percent": head.nms_iou_percent, "max_detections": head.max_detections, "peak": head.peak}

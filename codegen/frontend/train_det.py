@@ -112,18 +112,21 @@ def evaluate(maps: np.ndarray, ds, head_real: dict, input_hw) -> dict:
     return {"coco": coco, "fomo": fomo, "detections": dets}
 
 
-def choose_threshold(maps: np.ndarray, ds, head_real: dict, input_hw, progress: bool = False) -> tuple[float, list]:
-    """The score threshold with the best mAP@0.5 on ``ds`` (val), the goal metric; ties (within 0.001) go
-    to the higher threshold, which gives fewer false positives. Returns it and the table of
-    (threshold, FOMO F1, mAP@0.5): a user who wants fewer false positives picks a higher one from it."""
+def choose_threshold(maps: np.ndarray, ds, head_real: dict, input_hw, progress: bool = False) -> tuple[dict, list]:
+    """The grouping (``peak`` 1: 3x3 local maxima, 0: suppression alone) and the score threshold with the
+    best mAP@0.5 on ``ds`` (val), the goal metric; ties (within 0.001) go to the 3x3 peaks (fewer
+    candidates on a device), then to the higher threshold (fewer false positives). Returns
+    {"peak", "score_threshold"} and the table of (peak, threshold, FOMO F1, mAP@0.5): a user who wants
+    fewer false positives picks a higher threshold from it."""
     table = []
-    for t in tqdm(THRESHOLDS, desc="threshold on val", disable=not progress, leave=False):
-        r = evaluate(maps, ds, dict(head_real, score_threshold=float(t)), input_hw)
-        table.append({"threshold": float(t), "f1": float(r["fomo"]["overall"]["f1"]),
+    grid = [(p, float(t)) for p in (1, 0) for t in THRESHOLDS]
+    for p, t in tqdm(grid, desc="grouping and threshold on val", disable=not progress, leave=False):
+        r = evaluate(maps, ds, dict(head_real, score_threshold=t, peak=p), input_hw)
+        table.append({"peak": p, "threshold": t, "f1": float(r["fomo"]["overall"]["f1"]),
                       "map50": float(r["coco"]["map50"])})
     top = max(r["map50"] for r in table)
-    best = max((r for r in table if r["map50"] >= top - 1e-3), key=lambda r: r["threshold"])
-    return best["threshold"], table
+    best = max((r for r in table if r["map50"] >= top - 1e-3), key=lambda r: (r["peak"], r["threshold"]))
+    return {"peak": best["peak"], "score_threshold": best["threshold"]}, table
 
 
 def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int = 16, lr: float = 3e-3,
@@ -191,10 +194,10 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     bar.close()
     model.eval()
     head_real = {"classes": list(tr.classes), "stride": stride, "score_threshold": 0.0,
-                 "nms_iou_percent": a.nms_iou_percent, "max_detections": a.max_detections}
+                 "nms_iou_percent": a.nms_iou_percent, "max_detections": a.max_detections, "peak": 1}
     val_maps = predict_maps(model, va.images)
-    thr, table = choose_threshold(val_maps, va, head_real, (H, W), progress)
-    head_real["score_threshold"] = thr
+    chosen, table = choose_threshold(val_maps, va, head_real, (H, W), progress)
+    head_real.update(chosen)
     val = evaluate(val_maps, va, head_real, (H, W))
     meta = {"arch": arch, "task": "detect", "dataset": voc.canonical(dataset), "seed": seed, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "input_size": list(size), "channels": channels, "widths": list(widths), "body": body,

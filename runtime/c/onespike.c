@@ -298,15 +298,15 @@ int os_detect(const os_head_t *h, const int32_t *logits, os_cand_t *cand, os_det
             cand[i].cls = (uint8_t)best, cand[i].peak = 0;
         }
     }
-    /* 2. candidates: score >= threshold and a 3x3 local maximum among the same class; of equal
-     * neighbours only the first in raster order (> every earlier one, >= every later one) */
+    /* 2. candidates: score >= threshold and (with h->peak) a 3x3 local maximum among the same class;
+     * of equal neighbours only the first in raster order (> every earlier one, >= every later one) */
     for (int y = 0, i = 0; y < GH; y++) {
         for (int x = 0; x < GW; x++, i++) {
             const int64_t s = cand[i].score;
             if (s < h->score_threshold)
                 continue;
             int peak = 1;
-            for (int ny = y > 0 ? y - 1 : 0; ny <= y + 1 && ny < GH && peak; ny++) {
+            for (int ny = y > 0 ? y - 1 : 0; h->peak && ny <= y + 1 && ny < GH && peak; ny++) {
                 for (int nx = x > 0 ? x - 1 : 0; nx <= x + 1 && nx < GW; nx++) {
                     const int j = ny * GW + nx;
                     if (j == i || cand[j].cls != cand[i].cls)

@@ -78,6 +78,7 @@ typedef struct {
     uint16_t max_detections;  /* 1..256 */
     uint8_t box_shift;        /* 1..62 */
     uint8_t nms_iou_percent;  /* 0..100 */
+    uint8_t peak;             /* 1: candidates are 3x3 same-class local maxima; 0: every cell above the threshold */
     uint32_t grid_h, grid_w;  /* GH, GW: the readout map's height and width */
     uint32_t stride;          /* input pixels per grid cell */
     uint32_t in_h, in_w;      /* H, W: the input size (boxes are clamped to it) */
