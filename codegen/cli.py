@@ -139,6 +139,7 @@ def cmd_convert(args) -> int:
     number("--calib", args.calib, lambda v: v >= 2, "an integer of at least 2 (images)")
     number("--error-target", args.error_target, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
     number("--seed", args.seed, lambda v: v >= 0, "a non-negative integer")
+    number("--score-threshold", args.score_threshold, lambda v: abs(v) <= 1000, "a number in -1000..1000 (logits)")
     from codegen.frontend import voc
 
     detection_data = voc.is_detection_dataset(args.dataset)
@@ -163,6 +164,8 @@ def cmd_convert(args) -> int:
                         f"{'detection' if detection_data else 'classification'} dataset")
     if is_detector:
         return _convert_detector(args, net, input_shape, ann_meta, src, out)
+    if args.score_threshold is not None:
+        raise UserError("--score-threshold applies to detectors")
     # 4. the work
     xtr, _ = datasets.load(args.dataset, "train")
     rng = np.random.default_rng(args.seed)
@@ -204,6 +207,8 @@ def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) ->
     from codegen.frontend import voc
     from runtime import modelfile
 
+    if args.score_threshold is not None:
+        ann_meta = dict(ann_meta, head=dict(det_convert.head_of(ann_meta, src), score_threshold=args.score_threshold))
     conv, figures = det_convert.convert(
         net, input_shape, ann_meta, args.dataset, src, calib=args.calib, seed=args.seed, progress=not args.quiet,
         Q=args.Q, T=args.T, F=args.F, norm=args.norm, percentile=args.percentile, max_disagree=args.error_target,
@@ -325,6 +330,19 @@ def cmd_detect(args) -> int:
     m = modelfile.load(args.model)
     if m.task != "detect":
         raise UserError(f"{args.model} is a classifier; codegen detect needs a detector (codegen run classifies)")
+    if args.score_threshold is not None:
+        import dataclasses
+        import math
+
+        from runtime.spec import validate
+
+        unit = m.meta.get("readout_unit")
+        if not isinstance(unit, float) or not unit > 0:
+            raise UserError(f"{args.model} records no readout unit: --score-threshold needs a model made by codegen convert")
+        if not (math.isfinite(args.score_threshold) and abs(args.score_threshold) <= 1000):
+            raise UserError(f"--score-threshold must be a number in -1000..1000 (logits), not {args.score_threshold:g}")
+        m.head = dataclasses.replace(m.head, score_threshold=int(math.ceil(args.score_threshold / unit)))
+        validate(m)
     name = _model_name(Path(args.model))
     out = Path(args.output) if args.output else Path("build") / name / "detect"
     outputs.check_dir(out, "detect", [args.model] + list(args.images), force=args.force)
@@ -596,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max %% of held-out calibration images whose class differs from the ANN, in [0, 100] "
                         "(Q/T search; default 0.2)")
     c.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (non-negative)")
+    c.add_argument("--score-threshold", type=float, help="detectors: the decode's score threshold in logit units "
+                                                          "(default: the one training chose on val)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_convert)
 
@@ -621,6 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("images", nargs="+", metavar="IMAGE")
     d.add_argument("-o", "--output", help="output folder (default build/NAME/detect)")
     d.add_argument("--force", action="store_true", help="replace an earlier detect output even if it was modified")
+    d.add_argument("--score-threshold", type=float, help="score threshold in logit units for this run (default: the "
+                                                          "model's; a higher one gives fewer, surer detections)")
     d.set_defaults(func=cmd_detect)
 
     bo = sub.add_parser("boards", help="list the boards --board can name (MCU and FPGA), with their resources")

@@ -1,6 +1,7 @@
 """The detector through the command line on a tiny VOC folder: convert, run (the accuracy table, the
 report files and PNGs), detect (JSON and annotated PNGs), and their one-line errors."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,28 @@ def test_training_is_reproducible_from_the_seed(det_files):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert ma["task"] == "detect" and ma["head"]["classes"] == ["cat", "dog"] and ma["head"]["stride"] == 2
     assert ma["head"]["score_threshold"] in train_det.THRESHOLDS and ma["head"]["peak"] in (0, 1)
+
+
+def test_score_threshold_options(det_model, det_files, capsys, tmp_path):
+    """detect --score-threshold decodes with another threshold (fewer detections when higher); convert
+    --score-threshold records it in the head; a classifier refuses it."""
+    img = tmp_path / "i.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(img)
+    counts = []
+    for t in ("-100", "100"):
+        code, out, err = run_cli(capsys, "detect", det_model, img, "-o", tmp_path / f"d{t}", "--score-threshold", t)
+        assert code == 0, err
+        counts.append(len(json.loads((tmp_path / f"d{t}" / "i.json").read_text())["detections"]))
+    assert counts[0] > counts[1] == 0
+    name, ann_path, root = det_files
+    out = tmp_path / "t.pt"
+    code, _, err = run_cli(capsys, "convert", ann_path, "--dataset", name, "--Q", "1.5", "--T", "8", "-o", out, "-q",
+                           "--score-threshold", "0.75")
+    assert code == 0, err
+    m = modelfile.load(out)
+    assert m.head.score_threshold == int(np.ceil(0.75 / m.meta["readout_unit"]))
+    mlp = Path(__file__).resolve().parents[1] / "models" / "mnist-mlp.ann.pt"
+    one_line_error(*run_cli(capsys, "convert", mlp, "--dataset", "mnist", "-o", tmp_path / "c.pt",
+                            "--score-threshold", "1")[::2], "--score-threshold applies to detectors")
+    one_line_error(*run_cli(capsys, "detect", det_model, img, "-o", tmp_path / "e", "--score-threshold", "inf")[::2],
+                   "--score-threshold must be")
