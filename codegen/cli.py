@@ -207,10 +207,11 @@ def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) ->
     from codegen.frontend import voc
     from runtime import modelfile
 
-    if args.score_threshold is not None:
-        ann_meta = dict(ann_meta, head=dict(det_convert.head_of(ann_meta, src), score_threshold=args.score_threshold))
+    used = ann_meta
+    if args.score_threshold is not None:  # the ANN's own record (its val-chosen threshold) stays as it was
+        used = dict(ann_meta, head=dict(det_convert.head_of(ann_meta, src), score_threshold=args.score_threshold))
     conv, figures = det_convert.convert(
-        net, input_shape, ann_meta, args.dataset, src, calib=args.calib, seed=args.seed, progress=not args.quiet,
+        net, input_shape, used, args.dataset, src, calib=args.calib, seed=args.seed, progress=not args.quiet,
         Q=args.Q, T=args.T, F=args.F, norm=args.norm, percentile=args.percentile, max_disagree=args.error_target,
         input_Q=args.input_Q, input_T=args.input_T)
     m = conv.model
@@ -218,6 +219,7 @@ def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) ->
         "name": _model_name(Path(args.output)) if args.output else _model_name(src),
         "dataset": voc.canonical(args.dataset), "source_ann_sha256": modelfile.file_sha256(src),
         "ann_meta": ann_meta, "calibration_seed": args.seed, "search": conv.search,
+        "score_threshold_override": args.score_threshold,
         "figures": {split: {net_: evaluate.public(f) for net_, f in per.items()} for split, per in figures.items()},
     })
     modelfile.save(m, out)
@@ -336,8 +338,8 @@ def cmd_detect(args) -> int:
 
         from runtime.spec import validate
 
-        unit = m.meta.get("readout_unit")
-        if not isinstance(unit, float) or not unit > 0:
+        unit = det_report.readout_unit(m)
+        if unit is None:
             raise UserError(f"{args.model} records no readout unit: --score-threshold needs a model made by codegen convert")
         if not (math.isfinite(args.score_threshold) and abs(args.score_threshold) <= 1000):
             raise UserError(f"--score-threshold must be a number in -1000..1000 (logits), not {args.score_threshold:g}")
@@ -347,13 +349,17 @@ def cmd_detect(args) -> int:
     out = Path(args.output) if args.output else Path("build") / name / "detect"
     outputs.check_dir(out, "detect", [args.model] + list(args.images), force=args.force)
     stems = [Path(p).stem for p in args.images]
-    dup = sorted({s for s in stems if stems.count(s) > 1})
+    folded = [st.casefold() for st in stems]
+    dup = sorted({st for st, f in zip(stems, folded) if folded.count(f) > 1})
     if dup:
-        raise UserError(f"two images are named {dup[0]!r}: their outputs would collide; rename one")
+        raise UserError(f"two images are named {dup[0]!r} (letter case aside): their outputs would collide; rename one")
+    reserved = [st for st, f in zip(stems, folded) if f in ("detections", "manifest")]
+    if reserved:
+        raise UserError(f"an image named {reserved[0]!r} would overwrite the summary {reserved[0]}.json; rename it")
     x, sizes = images.load_pictures(args.images, m.input_shape)
     res = golden.run(m, x, keep_phases=False)
     c, h, w = m.input_shape
-    unit = m.meta.get("readout_unit")
+    unit = det_report.readout_unit(m)
     files, summary = {}, []
     for path, stem, img, size, dets in zip(args.images, stems, x, sizes, res.detections):
         rec = {"image": str(path), "size": list(size), "model_input": [w, h],

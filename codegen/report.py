@@ -151,7 +151,9 @@ def describe_model(m, path) -> str:
                      f"{h.score_threshold}; box px(v) = (v * {h.box_mult} + 2^{h.box_shift - 1}) >> {h.box_shift}; "
                      f"{'3x3 same-class peaks, then ' if h.peak else ''}suppression above {h.nms_iou_percent}% IoU; "
                      f"at most {h.max_detections} detections")
-        fig = (m.meta.get("figures") or {}).get("test", {}).get("integer")
-        if isinstance(fig, dict):
+        from .detection.report import _recorded
+
+        fig = (_recorded(m, "test") or {}).get("integer")
+        if isinstance(fig, dict) and isinstance(fig.get("map"), (int, float)):
             lines.append(f"recorded test mAP@0.5 {fig['map50']:.3f}, mAP@[.5:.95] {fig['map']:.3f} (integer model)")
     return "\n".join(lines)

@@ -116,8 +116,8 @@ def from_dict(obj: dict, source: str = "model") -> IntModel:
     if obj.get("format") != SCHEMA_FORMAT:
         raise UserError(f"{source}: not a one-spike model (format {obj.get('format')!r}, expected {SCHEMA_FORMAT!r})")
     ver = obj.get("schema_version")
-    if ver not in READABLE_SCHEMA_VERSIONS:
-        raise UserError(f"{source}: schema version {ver!r} is not supported (this codegen reads versions "
+    if type(ver) is not int or ver not in READABLE_SCHEMA_VERSIONS:
+        raise UserError(f"{source}: schema version {repr(ver)[:40]} is not supported (this codegen reads versions "
                         f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; a newer file needs a newer codegen)")
     for k in _TOP_KEYS:
         if k not in obj:

@@ -479,6 +479,8 @@ def check_head(head: DetectHead, model: "IntModel") -> None:
     if not isinstance(head.classes, (list, tuple)) or not head.classes or len(head.classes) > 64 \
             or not all(isinstance(c, str) and c for c in head.classes):
         raise SpecError("detection head: classes must be a list of 1..64 non-empty names")
+    if len(set(head.classes)) != len(head.classes):
+        raise SpecError(f"detection head: class names must be distinct, not {list(head.classes)!r}"[:200])
     last = model.layers[-1] if model.layers else None
     if last is None or last.kind != "conv2d" or len(last.out_shape) != 3:
         raise SpecError("detection head: the readout of a detector must be a conv2d map")

@@ -149,3 +149,17 @@ def test_score_threshold_options(det_model, det_files, capsys, tmp_path):
                             "--score-threshold", "1")[::2], "--score-threshold applies to detectors")
     one_line_error(*run_cli(capsys, "detect", det_model, img, "-o", tmp_path / "e", "--score-threshold", "inf")[::2],
                    "--score-threshold must be")
+
+
+def test_detect_refuses_names_that_would_collide(det_model, capsys, tmp_path):
+    """An image named like the summary or the manifest, or two names that differ only in case."""
+    for a, b, needle in (("detections.png", None, "would overwrite the summary"),
+                         ("Manifest.png", None, "would overwrite the summary"),
+                         ("A.png", "a.jpg", "letter case aside")):
+        files = []
+        for n in [a] + ([b] if b else []):
+            (tmp_path / n).parent.mkdir(exist_ok=True)
+            Image.new("RGB", (32, 24)).save(tmp_path / n)
+            files.append(tmp_path / n)
+        one_line_error(*run_cli(capsys, "detect", det_model, *files, "-o", tmp_path / "out")[::2], needle)
+        assert not (tmp_path / "out").exists()

@@ -98,12 +98,15 @@ def test_model_file_versions_and_bad_heads(tmp_path):
         (lambda o: o["head"].pop("box_shift"), "detection head lacks field 'box_shift'"),
         (lambda o: o["head"].update(box_mult=0), r"box_mult must be an integer in 1\.\."),
         (lambda o: o["head"].update(classes=["a"]), "the readout has 7 channels but 1 classes need 6"),
+        (lambda o: o["head"].update(classes=["a", "a"]), "class names must be distinct"),
+        (lambda o: o.update(schema_version=2.0), r"schema version 2\.0 is not supported"),
+        (lambda o: o.update(schema_version=True), "schema version True is not supported"),
         (lambda o: o.update(schema_version=1), "a one-spike model|must be"),  # v1: a classifier, no head read
     ]:
         o = modelfile.to_dict(m)
         change(o)
         torch.save(o, p)
-        if o["schema_version"] == 1:
+        if type(o["schema_version"]) is int and o["schema_version"] == 1:
             assert modelfile.load(p).task == "classify"  # a version-1 file is a classifier
             continue
         with pytest.raises(UserError, match=match):

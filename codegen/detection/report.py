@@ -7,6 +7,28 @@ import numpy as np
 
 from . import evaluate, plots
 
+def readout_unit(m) -> float | None:
+    """The real value of one readout accumulator unit that conversion recorded, or None (absent or not a
+    positive finite number: meta is free-form)."""
+    import math
+
+    u = m.meta.get("readout_unit") if isinstance(m.meta, dict) else None
+    if isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u) or u <= 0:
+        return None
+    return float(u)
+
+
+def _recorded(m, split: str):
+    """The figures conversion recorded for ``split`` (three networks), if they are well-formed."""
+    figs = m.meta.get("figures") if isinstance(m.meta, dict) else None
+    rec = figs.get(split) if isinstance(figs, dict) else None
+    if not isinstance(rec, dict):
+        return None
+    ok = all(isinstance(v, dict) and isinstance(v.get("map50"), (int, float)) and isinstance(v.get("per_class"), dict)
+             and isinstance(v.get("fomo"), dict) for v in rec.values())
+    return rec if ok else None
+
+
 COLUMNS = (("ann_float", "ANN float"), ("onespike_float", "one-spike float"), ("integer", "one-spike integer"))
 N_DRAWN = 8  # images drawn in detections.png
 
@@ -14,7 +36,7 @@ N_DRAWN = 8  # images drawn in detections.png
 def detection_report(m, ds, res, full_split: bool) -> tuple[dict, str, dict]:
     """(figures for report.json, the text table, PNGs {name: bytes}) of a golden run on ``ds``."""
     integer = evaluate.score(res.detections, ds)
-    recorded = (m.meta.get("figures") or {}).get(ds.split) if full_split and m.meta.get("dataset") == ds.name else None
+    recorded = _recorded(m, ds.split) if full_split and m.meta.get("dataset") == ds.name else None
     cols, notes = {}, []
     for key, label in COLUMNS:
         if key == "integer":
@@ -33,12 +55,12 @@ def detection_report(m, ds, res, full_split: bool) -> tuple[dict, str, dict]:
                                  title=f"detection on {ds.name} {ds.split} ({len(res.detections)} images)")
     text += "\n" + "\n".join(notes)
     k = min(N_DRAWN, len(ds.images))
-    unit = m.meta.get("readout_unit")
+    unit = readout_unit(m)
     drawn = []
     for d in res.detections[:k]:  # scores drawn in logit units when the conversion recorded the unit
         d = np.asarray(d, dtype=np.float64).copy()
         if unit:
-            d[:, 5] *= float(unit)
+            d[:, 5] *= unit
         drawn.append(d)
     figs = {
         "detections.png": plots.detections_png(ds.images[:k], list(zip(ds.boxes[:k], ds.labels[:k])),

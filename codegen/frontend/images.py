@@ -66,7 +66,7 @@ def load_pictures(paths, shape) -> tuple:
                     raise UserError(f"{p}: a {fmt} image; give JPEG or PNG files")
                 im.load()
                 opened.append(im.copy())
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
             raise UserError(f"{p}: not a readable JPEG or PNG image ({str(e).splitlines()[0][:100] if str(e) else type(e).__name__})") from None
     pixels, sizes = [], []
     for im in opened:

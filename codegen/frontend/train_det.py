@@ -1,11 +1,11 @@
 """Reproducible training of the example detectors (``codegen train bccd-det``, ``raccoon-det``).
 
-A detector is fully convolutional: 3x3 convolutions with stride 2 down to a grid of stride 8, one
-more 3x3 convolution, and a 1x1 readout with, per cell, background + K class scores and four box
+A detector is fully convolutional: 3x3 convolutions with stride 2 down to the grid (stride 8 for
+bccd-det, 16 for raccoon-det), ``body`` more 3x3 convolutions at stride 1, and a 1x1 readout with, per cell, background + K class scores and four box
 channels (dx, dy: the centre's offset in the cell; w, h: the size, in cells; see runtime/spec.py,
 "detection head"). Training (CenterNet-like, simplified to what the integer decode reads):
 cross-entropy over background + classes at every cell, with the eight neighbours of an object's
-centre cell ignored (the decode keeps only 3x3 local maxima, so they need not be background), and a
+centre cell ignored (they see most of the object; the decode keeps one detection per object), and a
 smooth-L1 box loss at the centre cells; object cells weigh more than background cells, the rare classes
 more than the common ones (``DetArch.obj_weight``). Input size, colour, depth, class weights and the
 score threshold were chosen on the ``val`` split (scripts/bench_det.py, docs/benchmarks.md); the

@@ -314,7 +314,7 @@ def load(name: str, split: str, size: tuple[int, int], channels: int = 3,
                 arr = np.asarray(im.convert(mode).resize((W, H), Image.Resampling.BILINEAR), dtype=np.uint8)
         except UserError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
             raise UserError(f"{img_path}: Pillow cannot read the image ({e.__class__.__name__})") from None
         images[n] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
         scale = np.array([W / ann.width, H / ann.height, W / ann.width, H / ann.height])
