@@ -309,7 +309,10 @@ def _run_detector(args, m, name: str, out: Path) -> int:
     st = report.stats(m, res, None)
     figs = report.plots(m, st, golden.run(m, x[: min(len(x), 64)]).phases)
     text = f"{sum(len(d) for d in res.detections)} detections in {len(x)} images"
-    if ds is not None:
+    if ds is None:  # the user's own images: the detections themselves go into report.json
+        st["detections"] = [det_report.detections_json(d, m.head.classes, unit=det_report.readout_unit(m))
+                            for d in res.detections]
+    else:
         st["detection"], text, det_figs = det_report.detection_report(m, ds, res, full_split=args.n is None)
         figs.update(det_figs)
     print(report.format_text(name, st))

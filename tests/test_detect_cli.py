@@ -163,3 +163,17 @@ def test_detect_refuses_names_that_would_collide(det_model, capsys, tmp_path):
             files.append(tmp_path / n)
         one_line_error(*run_cli(capsys, "detect", det_model, *files, "-o", tmp_path / "out")[::2], needle)
         assert not (tmp_path / "out").exists()
+
+
+def test_run_on_own_images_writes_the_detections(det_model, capsys, tmp_path):
+    from runtime import golden
+
+    m = modelfile.load(det_model)
+    x = np.random.default_rng(3).integers(0, 256, (3, 3, 24, 32), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    code, out, err = run_cli(capsys, "run", det_model, "--input", tmp_path / "x.npy", "--report", tmp_path / "r", "-q")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    want = golden.run(m, x).detections
+    assert [[[d["class_index"]] + d["box"] + [d["score"]] for d in img] for img in rep["detections"]] == \
+        [w.tolist() for w in want]
