@@ -115,7 +115,7 @@ def test_training_is_reproducible_from_the_seed(det_files):
     """Two short runs from one seed give identical weights and meta; another seed differs."""
     name = det_files[0]
     kw = dict(epochs=2, batch_size=2, size=(32, 24), channels=3, widths=(4, 8), body=1, dataset=name, progress=False,
-              obj_weight=(2.0, 4.0))
+              obj_weight=(2.0, 4.0), threads=1)
     a, ma = train_det.train("bccd-det", seed=0, **kw)
     b, mb = train_det.train("bccd-det", seed=0, **kw)
     c, _ = train_det.train("bccd-det", seed=1, **kw)
