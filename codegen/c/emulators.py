@@ -24,6 +24,7 @@ from boards import registry
 from runtime.errors import ToolError, UserError
 
 from .firmware import Firmware
+from . import timing
 from .toolchain import need, run_tool, tool_error
 
 
@@ -122,6 +123,7 @@ class UnicornRun:
     instructions: list[int]  # per inference (a detector: inference + decode)
     stack_peak_bytes: int
     detections: list | None = None  # a detector: per image int64 (n, 6)
+    cycles: list[int] | None = None  # per inference: the Cortex-M4 cycle ESTIMATE (codegen/c/timing.py)
 
 
 def run_unicorn(fw: Firmware, images: np.ndarray, n_logits: int) -> UnicornRun:
@@ -152,27 +154,24 @@ def run_unicorn(fw: Firmware, images: np.ndarray, n_logits: int) -> UnicornRun:
     tmp = tempfile.TemporaryDirectory()
     tdir = Path(tmp.name)
     (tdir / "images.bin").write_bytes(_images_file(images))
-    state = {"counting": False, "count": 0, "counts": [], "exit": None}
+    state = {"counting": False, "counts": [], "cycles": [], "exit": None}
     md = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB | capstone.CS_MODE_MCLASS)
-    block_cache: dict[tuple[int, int], int] = {}
+    counter = timing.Counter(md)  # instructions and the Cortex-M4 cycle estimate (codegen/c/timing.py)
 
     def on_block(uc_, addr, size, _):
         if state["counting"]:
-            key = (addr, size)
-            n = block_cache.get(key)
-            if n is None:
-                n = sum(1 for _ in md.disasm_lite(bytes(uc_.mem_read(addr, size)), addr))
-                block_cache[key] = n
-            state["count"] += n
+            counter.block(addr, size, bytes(uc_.mem_read(addr, size)))
 
     def on_mark(uc_, addr, size, _):
         what = uc_.reg_read(A.UC_ARM_REG_R0)
         if what == 1:
-            state["counting"], state["count"] = True, 0
+            state["counting"] = True
+            counter.reset()
         elif what == 2:
             state["counting"] = False
             # the block that called os_mark(2) was counted up to the call: exclude os_mark itself
-            state["counts"].append(state["count"])
+            state["counts"].append(counter.instructions)
+            state["cycles"].append(counter.cycles)
 
     def on_intr(uc_, intno, _):
         pc = uc_.reg_read(A.UC_ARM_REG_PC)
@@ -232,7 +231,7 @@ def run_unicorn(fw: Firmware, images: np.ndarray, n_logits: int) -> UnicornRun:
     painted = bytes(uc.mem_read(paint_lo, sp - paint_lo))
     untouched = len(painted) - len(painted.lstrip(b"\xa5"))
     logits, classes, dets = _parse(raw, len(images), n_logits, fw.max_detections)
-    return UnicornRun(logits, classes, state["counts"], (sp - paint_lo) - untouched, dets)
+    return UnicornRun(logits, classes, state["counts"], (sp - paint_lo) - untouched, dets, state["cycles"])
 
 
 def _round_up(x: int, a: int) -> int:

@@ -108,6 +108,10 @@ def emit_with_report(model: IntModel, model_sha256: str, name: str, out: Path, b
                 if gold.detections is not None:
                     entry["instructions_per_inference"].update(
                         includes_decode=True, detections_compared=int(sum(len(d) for d in gold.detections)))
+                cyc = run.cycles
+                entry["cycles_per_inference_estimate"] = {
+                    "median": statistics.median(cyc), "min": min(cyc), "max": max(cyc),
+                    "model": "Cortex-M4 TRM instruction timings, zero wait states (codegen/c/timing.py): an estimate"}
                 entry["stack_peak_bytes_measured"] = run.stack_peak_bytes
             builds[opt] = entry
     finally:
@@ -168,6 +172,10 @@ def format_text(rep: dict) -> str:
             dets = f", {ins['detections_compared']} detections compared" if ins.get("includes_decode") else ""
             lines.append(f"       {what}: median {ins['median']:,.0f} (min {ins['min']:,}, max {ins['max']:,}) "
                          f"over {ins['images']} {ins['dataset']} test images{dets}; outputs equal golden: {ins['outputs_equal_golden']}")
+            cyc = e.get("cycles_per_inference_estimate")
+            if cyc:
+                lines.append(f"       estimated cycles (Cortex-M4 timing model, zero wait states): median {cyc['median']:,.0f}; "
+                             f"{168e6 / cyc['median']:.1f} {'frames' if ins.get('includes_decode') else 'inferences'} per second at 168 MHz")
     if rep.get("synaptic_ops_per_inference"):
         lines.append(f"  synaptic operations per inference (same images): {rep['synaptic_ops_per_inference']:,.0f}")
     return "\n".join(lines)
