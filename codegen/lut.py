@@ -113,7 +113,11 @@ def emit(model: IntModel, model_sha256: str, model_name: str, out_dir: Path) -> 
         "spec": {"schema_version": SCHEMA_VERSION, "Q": model.Q, "T": model.T, "F": model.F,
                  "no_spike_code": model.T, "input_Q": model.input_Q, "input_T": model.input_T,
                  "input_no_spike_code": model.input_T, "input_shape": list(model.input_shape),
-                 "layers_reading_input_code": [i for i, x in enumerate(model.input_codes()) if x]},
+                 "layers_reading_input_code": [i for i, x in enumerate(model.input_codes()) if x],
+                 "task": model.task,
+                 # a detector's decode parameters (docs/spec.md §10): the readout map's tables alone do not say
+                 # how to turn it into boxes
+                 "head": None if model.head is None else model.head.to_dict()},
         "tools": tool_versions(),
         "layers": layer_summary(model),
         "tables": {name: {"entries": int(np.size(arr)), "bits": bits, "signed": signed}

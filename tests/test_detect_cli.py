@@ -177,3 +177,10 @@ def test_run_on_own_images_writes_the_detections(det_model, capsys, tmp_path):
     want = golden.run(m, x).detections
     assert [[[d["class_index"]] + d["box"] + [d["score"]] for d in img] for img in rep["detections"]] == \
         [w.tolist() for w in want]
+
+
+def test_lut_manifest_records_the_head(det_model, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "emit", det_model, "--target", "lut", "-o", tmp_path / "lut")
+    assert code == 0, err
+    man = json.loads((tmp_path / "lut" / "manifest.json").read_text())
+    assert man["spec"]["task"] == "detect" and man["spec"]["head"] == modelfile.load(det_model).head.to_dict()
