@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_c.py [--count 20] [--full-qemu] [--out build/bench_c]
 
 Per shipped model, both built with arm-none-eabi-gcc for mps2-an386 (-O2 and -Os):
-instructions per inference counted under Unicorn (median over the first --count test images;
+instructions per inference and the Cortex-M4 cycle estimate (codegen/c/timing.py) counted under Unicorn (median over the first --count test images;
 the same images for both), flash and RAM (arm-none-eabi-size), peak stack (measured), accuracy on
 the full test set (one-spike: the golden model, which the C equals; int8: its numpy reference,
 checked equal to its C on the counted images), and the ratio one-spike / int8.
@@ -67,11 +67,14 @@ def main():
             r8 = emulators.run_unicorn(fw8, imgs, m.num_classes)
             assert np.array_equal(r8.logits, int8_logits[:args.count]), "int8 C differs from its numpy reference"
             ours, base = statistics.median(r.instructions), statistics.median(r8.instructions)
-            row[opt] = {"onespike": {"instructions_median": ours, "flash": fw.sizes["flash_bytes"], "ram": fw.sizes["ram_bytes"],
+            ours_c, base_c = statistics.median(r.cycles), statistics.median(r8.cycles)
+            row[opt] = {"onespike": {"instructions_median": ours, "cycles_estimate_median": ours_c,
+                                     "flash": fw.sizes["flash_bytes"], "ram": fw.sizes["ram_bytes"],
                                      "stack_peak": r.stack_peak_bytes},
-                        "int8": {"instructions_median": base, "flash": fw8.sizes["flash_bytes"], "ram": fw8.sizes["ram_bytes"],
+                        "int8": {"instructions_median": base, "cycles_estimate_median": base_c,
+                                 "flash": fw8.sizes["flash_bytes"], "ram": fw8.sizes["ram_bytes"],
                                  "stack_peak": r8.stack_peak_bytes},
-                        "ratio_instructions": ours / base}
+                        "ratio_instructions": ours / base, "ratio_cycles_estimate": ours_c / base_c}
         if args.full_qemu:
             fw = firmware.build_firmware(m, name, b, out / name / "qemu", opt="-O2")
             t = time.perf_counter()
@@ -81,13 +84,16 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
     (out / "bench_c.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["| model | opt | one-spike instr/inf | int8 ANN instr/inf | ratio | one-spike flash / RAM (B) | int8 flash / RAM (B) | accuracy one-spike / int8 |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| model | opt | one-spike instr/inf | int8 ANN instr/inf | ratio | one-spike est. cycles | int8 est. cycles | "
+             "ratio | one-spike flash / RAM (B) | int8 flash / RAM (B) | accuracy one-spike / int8 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         for opt in ("-O2", "-Os"):
             o, i = r[opt]["onespike"], r[opt]["int8"]
             lines.append(f"| {r['model']} | {opt} | {o['instructions_median']:,.0f} | {i['instructions_median']:,.0f} | "
-                         f"{r[opt]['ratio_instructions']:.2f} | {o['flash']:,} / {o['ram']:,} | {i['flash']:,} / {i['ram']:,} | "
+                         f"{r[opt]['ratio_instructions']:.2f} | {o['cycles_estimate_median']:,.0f} | "
+                         f"{i['cycles_estimate_median']:,.0f} | {r[opt]['ratio_cycles_estimate']:.2f} | "
+                         f"{o['flash']:,} / {o['ram']:,} | {i['flash']:,} / {i['ram']:,} | "
                          f"{100 * r['accuracy']['onespike_integer']:.2f}% / {100 * r['accuracy']['int8_ann']:.2f}% |")
     (out / "bench_c.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
