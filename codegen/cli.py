@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a shipped example ANN reproducibly (ARCH: mnist-mlp, mnist-cnn, fmnist-cnn)")
+    t = sub.add_parser("train", help="train a shipped example ANN reproducibly (ARCH: mnist-mlp, mnist-cnn, fmnist-cnn; detectors bccd-det, raccoon-det)")
     t.add_argument("arch")
     t.add_argument("-o", "--output", help="ann.pt to write (default build/ARCH.ann.pt)")
     t.add_argument("--seed", type=int, default=0)
@@ -605,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert a trained ANN (ann.pt) into a one-spike model.pt")
     c.add_argument("ann")
-    c.add_argument("--dataset", required=True, help="mnist or fashion-mnist: calibration (train split) and report (test split)")
+    c.add_argument("--dataset", required=True, help="mnist or fashion-mnist (a detector: bccd, raccoon or voc:PATH): calibration (train split) and report (test split; val too for a detector)")
     c.add_argument("-o", "--output", help="model.pt to write (default build/NAME/model.pt)")
     c.add_argument("--force", action="store_true", help="replace an existing model file converted from another ANN")
     c.add_argument("--Q", type=float, help="phase base in (1, 2] (default: searched; alone, T is searched for it)")
