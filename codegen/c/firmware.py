@@ -81,10 +81,12 @@ def detect_defines(model: IntModel, sym: str) -> list[str]:
 
 
 def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_size: int, n_logits: int, b: McuBoard,
-              src: Path, opt: str, stem: str, extra_defs: list[str] = (), max_detections: int = 0) -> Firmware:
+              src: Path, opt: str, stem: str, extra_defs: list[str] = (), max_detections: int = 0,
+              include_dirs=(), libs=()) -> Firmware:
     """Compile ``files`` (their ``sources``) with the firmware main for board ``b`` into ``src/stem.elf``.
 
-    ``extra_defs``/``max_detections``: a detector's firmware (see fw_main.c and :func:`detect_defines`)."""
+    ``extra_defs``/``max_detections``: a detector's firmware (see fw_main.c and :func:`detect_defines`);
+    ``include_dirs``/``libs``: a baseline's headers and static libraries (CMSIS-NN)."""
     cc = need("arm-none-eabi-gcc", "gcc-arm-none-eabi")
     src = Path(src).resolve()
     if src.exists():
@@ -96,10 +98,12 @@ def build_elf(files: dict[str, bytes], sources: list[str], infer: str, input_siz
     cfiles = [src / f for f in sources] + [COMMON / "startup.c", COMMON / "semihost.c", COMMON / "fw_main.c"]
     defs = [f"-DOS_INFER={infer}", f"-DOS_INPUT_SIZE={input_size}", f"-DOS_N_LOGITS={n_logits}"] + list(extra_defs)
     cmd = ([cc] + list(b.cpu_flags) + ["-std=c99", "-Wall", "-Wextra", "-Werror", opt, "-ffunction-sections", "-fdata-sections",
-                                        "-fstack-usage", "-fcallgraph-info=su", "-I", str(src), "-I", str(COMMON)] + defs
+                                        "-fstack-usage", "-fcallgraph-info=su", "-I", str(src), "-I", str(COMMON)]
+           + [a for d in include_dirs for a in ("-I", str(d))] + defs
            + [str(f) for f in cfiles]
            + ["-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections", "-L", str(b.folder),
-              "-T", str(COMMON / "sections.ld"), "-Wl,-Map," + str(src / f"{stem}.map"), "-o", str(elf), "-lgcc"])
+              "-T", str(COMMON / "sections.ld"), "-Wl,-Map," + str(src / f"{stem}.map"), "-o", str(elf)]
+           + [str(x) for x in libs] + ["-lgcc"])
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=src)
     if r.returncode != 0:
         raise tool_error("arm-none-eabi-gcc on the generated C (a codegen bug, please report it)", cmd, r,
