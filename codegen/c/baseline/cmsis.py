@@ -2,10 +2,12 @@
 
 TFLite-style post-training quantisation: int8 activations (zero point -128: the input is pixel - 128,
 every hidden activation follows a ReLU), int8 weights per output channel, int32 bias, Q31 requantisation
-(``multiplier``, ``shift`` as TFLite's QuantizeMultiplier gives them; positive shift = left). Dense
-layers only for now (the MLP): ``arm_fully_connected_per_channel_s8``. :func:`forward` is a numpy
-reading of CMSIS-NN's arithmetic (``arm_nn_vec_mat_mult_t_per_ch_s8`` and the default
-``arm_nn_requantize``), which the firmware's output must equal exactly.
+(``multiplier``, ``shift`` as TFLite's QuantizeMultiplier gives them; positive shift = left); NHWC
+activations. Layers: ``arm_fully_connected_per_channel_s8``, ``arm_convolve_wrapper_s8`` and
+``arm_max_pool_s8``; one-channel inputs (the shipped classifiers; the RGB detector needs an NCHW ->
+NHWC input step, not written yet). :func:`forward` is a numpy reading of CMSIS-NN's arithmetic
+(sums of ``(x + input_offset) * w`` plus bias, the default ``arm_nn_requantize``, the output offset,
+the activation clamp), which the firmware's output must equal exactly.
 
 CMSIS-NN is built from ``../shared/vendor/cmsis-nn`` (``$ONESPIKE_CMSIS_NN`` overrides it) by
 :func:`build_library`; :func:`missing` says in one line why it cannot be (folder absent).
@@ -79,14 +81,22 @@ def build_library(cpu_flags, opt: str, work: Path) -> Path:
 
 @dataclass
 class FC:
-    weight: np.ndarray  # int8 (out, in)
-    bias: np.ndarray  # int32 (out,)
-    mult: np.ndarray  # int32 (out,)
-    shift: np.ndarray  # int32 (out,), positive = left
+    """One CMSIS-NN layer: ``kind`` dense, conv2d (weights [out][kh][kw][in], NHWC) or maxpool."""
+
+    weight: np.ndarray | None  # int8: dense (out, in) with NHWC input order; conv2d (out, kh, kw, in)
+    bias: np.ndarray | None  # int32 (out,)
+    mult: np.ndarray | None  # int32 (out,)
+    shift: np.ndarray | None  # int32 (out,), positive = left
     in_offset: int
     out_offset: int
     act_min: int
     act_max: int
+    kind: str = "dense"
+    in_shape: tuple = ()  # (C, H, W) or (N,)
+    out_shape: tuple = ()
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
 
 
 def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,30 +111,45 @@ def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantise(low: convert.Lowered, calib_u8: np.ndarray) -> list[FC]:
-    """Per-channel int8 quantisation of a dense-only network (the MLP); activation ranges from ``calib_u8``."""
-    if any(st.kind != "dense" for st in low.stages):
-        raise UserError("the CMSIS-NN baseline handles dense-only networks so far (the MLP)")
+    """Per-channel int8 quantisation of a dense / conv2d / maxpool network with one input channel (the
+    shipped classifiers); activation ranges from ``calib_u8``."""
+    if low.input_shape[0] != 1:
+        raise UserError("the CMSIS-NN baseline takes one-channel inputs so far (NCHW == NHWC)")
     with torch.no_grad():
         out, acts = convert.float_forward(low, torch.from_numpy(calib_u8.astype(np.float64) / 255.0), collect=True)
     s_in, zp_in = 1.0 / 255.0, -128  # int8 input = pixel - 128
-    layers = []
+    layers, k = [], 0
     for i, st in enumerate(low.stages):
         readout = i == len(low.stages) - 1
-        w = st.weight
+        if st.kind == "maxpool":
+            layers.append(FC(None, None, None, None, 0, 0, -128, 127, "maxpool", tuple(st.in_shape), tuple(st.out_shape),
+                             st.kernel, st.stride, st.padding))
+            continue
+        if st.kind not in ("dense", "conv2d"):
+            raise UserError(f"the CMSIS-NN baseline does not support {st.kind} layers")
+        w = st.weight.reshape(st.weight.shape[0], -1)
         sw = np.abs(w).max(1) / 127.0
         sw[sw == 0] = 1.0
-        wq = np.clip(np.round(w / sw[:, None]), -127, 127).astype(np.int8)
+        wq = np.clip(np.round(st.weight / sw.reshape((-1,) + (1,) * (st.weight.ndim - 1))), -127, 127).astype(np.int8)
+        if st.kind == "conv2d":
+            wq = np.ascontiguousarray(wq.transpose(0, 2, 3, 1))  # [out][kh][kw][in]
+        elif len(st.in_shape) == 3 or (i > 0 and len(low.stages[i - 1].out_shape) == 3):
+            c, h, ww = low.stages[i - 1].out_shape  # flattened (C, H, W) in torch: reorder the columns to NHWC
+            wq = np.ascontiguousarray(wq.reshape(-1, c, h, ww).transpose(0, 2, 3, 1).reshape(wq.shape[0], -1))
         bq = np.round(st.bias / (s_in * sw)).astype(np.int64)
+        if np.abs(bq).max(initial=0) >= 2 ** 31:
+            raise UserError("bias out of int32 range for the CMSIS-NN baseline")
         if readout:  # int8 logits over the calibration range, asymmetric
-            lo, hi = float(out.min()), float(out.max())
-            lo, hi = min(lo, 0.0), max(hi, 0.0)
+            lo, hi = min(float(out.min()), 0.0), max(float(out.max()), 0.0)
             s_out = max(hi - lo, 1e-12) / 255.0
             zp_out = int(np.clip(np.round(-128 - lo / s_out), -128, 127))
         else:
-            s_out = max(float(acts[i].max()), 1e-12) / 255.0
+            s_out = max(float(acts[k].max()), 1e-12) / 255.0
             zp_out = -128
+            k += 1
         mult, shift = quantize_multiplier(s_in * sw / s_out)
-        layers.append(FC(wq, bq.astype(np.int32), mult, shift, -zp_in, zp_out, zp_out if not readout else -128, 127))
+        layers.append(FC(wq, bq.astype(np.int32), mult, shift, -zp_in, zp_out, zp_out if not readout else -128, 127,
+                         st.kind, tuple(st.in_shape), tuple(st.out_shape), st.kernel, st.stride, st.padding))
         s_in, zp_in = s_out, zp_out
     return layers
 
@@ -145,13 +170,26 @@ def _requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndar
 
 
 def forward(layers: list[FC], images_u8: np.ndarray) -> np.ndarray:
-    """The int8 outputs (N, classes) CMSIS-NN computes, in numpy (exact)."""
-    x = images_u8.reshape(len(images_u8), -1).astype(np.int64) - 128
+    """The int8 outputs (N, classes) CMSIS-NN computes, in numpy (exact: integer sums in float64 stay
+    below 2**53)."""
+    n = len(images_u8)
+    x = images_u8.astype(np.int64).transpose(0, 2, 3, 1) - 128  # NHWC
     for q in layers:
-        acc = q.bias.astype(np.int64) + (x + q.in_offset) @ q.weight.astype(np.int64).T
+        if q.kind == "maxpool":
+            t = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))
+            t = torch.nn.functional.max_pool2d(t, q.kernel, q.stride, q.padding)
+            x = np.clip(t.numpy().astype(np.int64).transpose(0, 2, 3, 1), q.act_min, q.act_max)
+            continue
+        if q.kind == "dense":
+            acc = q.bias.astype(np.int64) + (x.reshape(n, -1) + q.in_offset) @ q.weight.astype(np.int64).T
+        else:
+            xin = torch.from_numpy((x + q.in_offset).transpose(0, 3, 1, 2).astype(np.float64))
+            wt = torch.from_numpy(q.weight.transpose(0, 3, 1, 2).astype(np.float64))
+            acc = torch.nn.functional.conv2d(xin, wt, torch.from_numpy(q.bias.astype(np.float64)), q.stride, q.padding)
+            acc = np.round(acc.numpy()).astype(np.int64).transpose(0, 2, 3, 1)  # NHWC
         v = _requantize(acc, q.mult, q.shift) + q.out_offset
         x = np.clip(v, q.act_min, q.act_max)
-    return x
+    return x.reshape(n, -1)
 
 
 def _arr(ctype, name, v):
@@ -162,19 +200,49 @@ def _arr(ctype, name, v):
 
 def generate(layers: list[FC], sym: str, input_size: int) -> dict[str, bytes]:
     """C calling CMSIS-NN: ``int SYM_infer(const uint8_t *pixels, int32_t *logits)`` (logits: the int8 outputs)."""
-    sizes = [input_size] + [q.weight.shape[0] for q in layers]
+    sizes = [input_size] + [int(np.prod(q.out_shape)) for q in layers]
+    scratch = max([4 * int(np.prod(q.weight.shape[1:])) for q in layers if q.kind == "conv2d"] + [4])
     parts = [f"/* BASELINE: CMSIS-NN int8 network {sym} (generated). */\n#include <stdint.h>\n#include \"arm_nnfunctions.h\"\n\n"]
     for i, q in enumerate(layers):
+        if q.weight is None:
+            continue
         parts.append(_arr("int8_t", f"w{i}", q.weight))
         parts.append(_arr("int32_t", f"b{i}", q.bias))
         parts.append(f"static int32_t m{i}[{len(q.mult)}] = {{ {', '.join(map(str, q.mult.tolist()))} }};\n")
         parts.append(f"static int32_t s{i}[{len(q.shift)}] = {{ {', '.join(map(str, q.shift.tolist()))} }};\n")
-    parts.append(f"static int8_t act0[{max(sizes[0::2])}];\nstatic int8_t act1[{max(sizes[1::2])}];\n\n")
+    parts.append(f"static int8_t act0[{max(sizes[0::2])}];\nstatic int8_t act1[{max(sizes[1::2])}];\n")
+    parts.append(f"static int16_t scratch[{scratch}];\n\n")
     body = [f"int {sym}_infer(const uint8_t *pixels, int32_t *logits)\n{{",
-            "    cmsis_nn_context ctx = { NULL, 0 };",
+            "    cmsis_nn_context ctx = { scratch, (int32_t)sizeof scratch };",
             f"    for (int i = 0; i < {input_size}; i++) act0[i] = (int8_t)((int)pixels[i] - 128);"]
     for i, q in enumerate(layers):
         src, dst = ("act0", "act1") if i % 2 == 0 else ("act1", "act0")
+        if q.kind == "maxpool":
+            c, h, w = q.in_shape
+            _, oh, ow = q.out_shape
+            body += [f"    {{ /* layer {i}: max-pool {q.kernel}x{q.kernel} */",
+                     f"        const cmsis_nn_pool_params pp = {{ {{ {q.stride}, {q.stride} }}, {{ {q.padding}, {q.padding} }}, "
+                     f"{{ {q.act_min}, {q.act_max} }} }};",
+                     f"        const cmsis_nn_dims in = {{ 1, {h}, {w}, {c} }}, fl = {{ 1, {q.kernel}, {q.kernel}, 1 }}, "
+                     f"od = {{ 1, {oh}, {ow}, {c} }};",
+                     f"        if (arm_max_pool_s8(&ctx, &pp, &in, {src}, &fl, &od, {dst}) != ARM_CMSIS_NN_SUCCESS) return -1;",
+                     "    }"]
+            continue
+        if q.kind == "conv2d":
+            o, kh, kw, c = q.weight.shape
+            _, h, w = q.in_shape
+            _, oh, ow = q.out_shape
+            body += [f"    {{ /* layer {i}: conv {kh}x{kw} {c} -> {o} */",
+                     f"        const cmsis_nn_conv_params cp = {{ {q.in_offset}, {q.out_offset}, {{ {q.stride}, {q.stride} }}, "
+                     f"{{ {q.padding}, {q.padding} }}, {{ 1, 1 }}, {{ {q.act_min}, {q.act_max} }} }};",
+                     f"        const cmsis_nn_per_channel_quant_params qp = {{ m{i}, s{i} }};",
+                     f"        const cmsis_nn_dims in = {{ 1, {h}, {w}, {c} }}, fl = {{ {o}, {kh}, {kw}, {c} }}, "
+                     f"bd = {{ 1, 1, 1, {o} }}, od = {{ 1, {oh}, {ow}, {o} }};",
+                     "        if (arm_convolve_wrapper_s8_get_buffer_size(&cp, &in, &fl, &od) > (int32_t)sizeof scratch) return -1;",
+                     f"        if (arm_convolve_wrapper_s8(&ctx, &cp, &qp, &in, {src}, &fl, w{i}, &bd, b{i}, &od, {dst}) "
+                     f"!= ARM_CMSIS_NN_SUCCESS) return -1;",
+                     "    }"]
+            continue
         o, n = q.weight.shape
         body += [f"    {{ /* layer {i}: fully connected {n} -> {o} */",
                  f"        const cmsis_nn_fc_params fc = {{ {q.in_offset}, 0, {q.out_offset}, {{ {q.act_min}, {q.act_max} }} }};",
@@ -185,8 +253,8 @@ def generate(layers: list[FC], sym: str, input_size: int) -> dict[str, bytes]:
                  f"!= ARM_CMSIS_NN_SUCCESS) return -1;",
                  "    }"]
     last = "act1" if len(layers) % 2 == 1 else "act0"
-    k = layers[-1].weight.shape[0]
-    body += [f"    int best = 0;",
+    k = int(np.prod(layers[-1].out_shape))
+    body += ["    int best = 0;",
              f"    for (int i = 0; i < {k}; i++) {{ logits[i] = {last}[i]; if ({last}[i] > {last}[best]) best = i; }}",
              "    return best;", "}\n"]
     parts.append("\n".join(body))
