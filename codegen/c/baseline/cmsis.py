@@ -9,7 +9,8 @@ NHWC input step, not written yet). :func:`forward` is a numpy reading of CMSIS-N
 (sums of ``(x + input_offset) * w`` plus bias, the default ``arm_nn_requantize``, the output offset,
 the activation clamp), which the firmware's output must equal exactly.
 
-CMSIS-NN is built from ``../shared/vendor/cmsis-nn`` (``$ONESPIKE_CMSIS_NN`` overrides it) by
+CMSIS-NN is built from ``../shared/vendor/cmsis-nn`` (beside the datasets; ``$ONESPIKE_CMSIS_NN``
+overrides it) by
 :func:`build_library`; :func:`missing` says in one line why it cannot be (folder absent).
 """
 from __future__ import annotations
@@ -32,7 +33,15 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def vendor() -> Path:
-    return Path(os.environ.get("ONESPIKE_CMSIS_NN") or ROOT.parent / "shared" / "vendor" / "cmsis-nn")
+    """``$ONESPIKE_CMSIS_NN``, else ``vendor/cmsis-nn`` in the same shared folder as the datasets
+    (``$ONESPIKE_DATA/../vendor``), else ``<repo>/../shared/vendor/cmsis-nn``."""
+    env = os.environ.get("ONESPIKE_CMSIS_NN")
+    if env:
+        return Path(env)
+    from ...frontend.datasets import data_root
+
+    beside_data = data_root().parent / "vendor" / "cmsis-nn"
+    return beside_data if beside_data.is_dir() else ROOT.parent / "shared" / "vendor" / "cmsis-nn"
 
 
 def missing() -> str | None:
