@@ -190,15 +190,19 @@ def cmd_convert(args) -> int:
         "spikes_per_neuron": st["spikes_per_neuron"],
     })
     modelfile.save(m, out)
-    if m.meta.get("error_target_met") is False:
-        best = min(r["disagreement_percent"] for r in conv.search if r["disagreement_percent"] is not None)
-        print(f"codegen: warning: no (Q, T) met the error target of {args.error_target}% disagreement; "
-              f"using the most faithful one tried ({best}%)", file=sys.stderr)
+    _warn_target_missed(m, conv, f"{args.error_target}% disagreement")
     print(f"converted {src} -> {out}: Q={m.Q:g} T={m.T} (input Q={m.input_Q:g} T={m.input_T}) F={m.F}, "
           f"accumulators {[l.acc_bits for l in m.layers if l.acc_bits]} bits")
     print(f"test accuracy ({len(yte)} images): ANN float {100 * ann_acc:.2f}% | one-spike float {100 * f1_acc:.2f}% | "
           f"one-spike integer {100 * st['accuracy']:.2f}% | spikes per neuron {st['spikes_per_neuron']:.4f}")
     return 0
+
+
+def _warn_target_missed(m, conv, target: str) -> None:
+    if m.meta.get("error_target_met") is False:
+        best = min(r["disagreement_percent"] for r in conv.search if r["disagreement_percent"] is not None)
+        print(f"codegen: warning: no (Q, T) met the error target of {target}; using the most faithful one tried "
+              f"({best}%)", file=sys.stderr)
 
 
 def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) -> int:
@@ -223,10 +227,7 @@ def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) ->
         "figures": {split: {net_: evaluate.public(f) for net_, f in per.items()} for split, per in figures.items()},
     })
     modelfile.save(m, out)
-    if m.meta.get("error_target_met") is False:
-        best = min(r["disagreement_percent"] for r in conv.search if r["disagreement_percent"] is not None)
-        print(f"codegen: warning: no (Q, T) met the error target of {args.error_target}% of the ANN's object cells; "
-              f"using the most faithful one tried ({best}%)", file=sys.stderr)
+    _warn_target_missed(m, conv, f"{args.error_target}% of the ANN's object cells")
     print(f"converted {src} -> {out}: detector, Q={m.Q:g} T={m.T} (input Q={m.input_Q:g} T={m.input_T}) F={m.F}, "
           f"accumulators {[l.acc_bits for l in m.layers if l.acc_bits]} bits, score threshold "
           f"{m.head.score_threshold} (units of {m.meta['readout_unit']:.3g})")

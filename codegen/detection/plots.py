@@ -27,6 +27,16 @@ def _plt():
     return plt
 
 
+def _finish(plt, fig, path):
+    """The figure as PNG bytes, closed; written atomically to ``path`` (then its Path) unless it is None."""
+    data = _png(fig)
+    plt.close(fig)
+    if path is None:
+        return data
+    atomic_write_bytes(path, data)
+    return Path(path)
+
+
 def _colour(k: int):
     import matplotlib
 
@@ -54,12 +64,7 @@ def pr_curves_png(pr50: dict, per_class: dict, path=None) -> Path | bytes:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    if path is None:
-        return data
-    atomic_write_bytes(path, data)
-    return Path(path)
+    return _finish(plt, fig, path)
 
 
 def detections_png(images: np.ndarray, gts: list, dets: list, classes, path=None, cols: int = 4,
@@ -120,9 +125,4 @@ def detections_png(images: np.ndarray, gts: list, dets: list, classes, path=None
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
-    data = _png(fig)
-    plt.close(fig)
-    if path is None:
-        return data
-    atomic_write_bytes(path, data)
-    return Path(path)
+    return _finish(plt, fig, path)

@@ -54,6 +54,16 @@ ARCHS = {
 }
 
 
+def seeded(seed: int, threads: int) -> torch.Generator:
+    """Every source of randomness from ``seed``, a fixed thread count, deterministic algorithms; the
+    generator that draws the data order and the augmentation (shared by the detector training)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    return torch.Generator().manual_seed(seed)
+
+
 def to_float(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 pixels (N,1,H,W) -> float32 in [0, 1], the ANN's input convention."""
     return torch.from_numpy(np.array(images_u8, dtype=np.float32)).div_(255.0)
@@ -97,11 +107,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     epochs = default_epochs if epochs is None else epochs
     if epochs < 1:
         raise UserError(f"epochs must be a positive integer, not {epochs}")
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed, threads)
 
     xtr_u8, ytr = datasets.load(dataset, "train")
     xte_u8, yte = datasets.load(dataset, "test")

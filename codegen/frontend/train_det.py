@@ -136,6 +136,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
 
     ``size``, ``channels``, ``widths``, ``body`` and ``dataset`` override the architecture's (for the
     input-size table of scripts/bench_det.py and for tests)."""
+    from . import train as train_cls
     from . import voc
 
     if arch not in ARCHS:
@@ -149,11 +150,7 @@ def train(arch: str, seed: int = 0, epochs: int | None = None, batch_size: int =
     epochs = a.epochs if epochs is None else epochs
     if epochs < 1:
         raise UserError(f"epochs must be a positive integer, not {epochs}")
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
+    gen = train_cls.seeded(seed, threads)
     dataset = dataset or a.dataset
     tr = voc.load(dataset, "train", size, channels, progress=progress)
     va = voc.load(dataset, "val", size, channels, classes=tr.classes, progress=progress)
