@@ -26,22 +26,29 @@ def _wide_random_model(rng):
     return random_model(rng, input_shape=(int(rng.integers(1, 4)), int(rng.integers(5, 12)), int(rng.integers(5, 12))), plan=plan)
 
 
+# Both kernels: the direct one (the host's and Cortex-M0+'s default) and the phase-bucket one
+# (Cortex-M4's; here its portable C reading of SXTAB16, -DOS_LANES=1).
+KERNELS = pytest.mark.parametrize("lanes", [False, True], ids=["direct", "lanes"])
+
+
+@KERNELS
 @pytest.mark.parametrize("seed", range(24))
-def test_c_equals_golden_on_random_models(seed, work):
+def test_c_equals_golden_on_random_models(seed, lanes, work):
     rng = np.random.default_rng(1000 + seed)
     model = _wide_random_model(rng)
     images = random_images(rng, model, 16)
-    matched, n, first = c_host.verify_host(model, f"rand{seed}", images, work, trace=True)
+    matched, n, first = c_host.verify_host(model, f"rand{seed}", images, work, trace=True, lanes=lanes)
     assert first is None, str(first)
     assert matched == n == 16
 
 
+@KERNELS
 @pytest.mark.parametrize("seed", range(6))
-def test_sanitizer_build_is_clean(seed, work):
+def test_sanitizer_build_is_clean(seed, lanes, work):
     rng = np.random.default_rng(2000 + seed)
     model = _wide_random_model(rng)
     images = random_images(rng, model, 8)
-    matched, n, first = c_host.verify_host(model, f"san{seed}", images, work, trace=True, sanitize=True)
+    matched, n, first = c_host.verify_host(model, f"san{seed}", images, work, trace=True, sanitize=True, lanes=lanes)
     assert first is None and matched == n
 
 
@@ -62,20 +69,22 @@ def test_corrupted_c_is_caught_and_located(work):
     assert first.layer in ("0:dense", "1:dense") or "readout" in first.layer
 
 
+@KERNELS
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_shipped_models_full_test_set_parity(name, work):
+def test_shipped_models_full_test_set_parity(name, lanes, work):
     m = modelfile.load(ROOT / "models" / f"{name}.pt")
     x, _ = datasets.load(SHIPPED[name], "test")
-    matched, n, first = c_host.verify_host(m, name, x, work, trace=True)
+    matched, n, first = c_host.verify_host(m, name, x, work, trace=True, lanes=lanes)
     assert first is None, str(first)
     assert matched == n == 10000
 
 
+@KERNELS
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_shipped_models_sanitizer_subset(name, work):
+def test_shipped_models_sanitizer_subset(name, lanes, work):
     m = modelfile.load(ROOT / "models" / f"{name}.pt")
     x, _ = datasets.load(SHIPPED[name], "test")
-    matched, n, first = c_host.verify_host(m, name, x[:50], work, trace=True, sanitize=True)
+    matched, n, first = c_host.verify_host(m, name, x[:50], work, trace=True, sanitize=True, lanes=lanes)
     assert first is None and matched == n
 
 
@@ -153,8 +162,9 @@ def _limit_model(input_shape, plan, T=4, F=4, Q=2.0, seed=0):
     return m
 
 
+@KERNELS
 @pytest.mark.parametrize("case", ["side-1024", "fan-in-65536", "logits-65540"])
-def test_c_target_works_at_its_size_limits(case, work):
+def test_c_target_works_at_its_size_limits(case, lanes, work):
     """Sides of 1024, a fan-in of exactly 65536 (uint16 event offsets 0..65535) and more than
     65535 outputs (sizes are uint32) compile with -Werror and equal golden."""
     shape, plan = {"side-1024": ((1, 1024, 1024), [("maxpool", 32, 32, 16), ("conv2d", 3, 3, 1, 1), ("avgpool", 2, 2, 1),
@@ -163,8 +173,49 @@ def test_c_target_works_at_its_size_limits(case, work):
                    "logits-65540": ((1, 1, 1), [("dense", 65540)])}[case]
     m = _limit_model(shape, plan)
     images = random_images(np.random.default_rng(3), m, 3)
-    matched, n, first = c_host.verify_host(m, f"lim_{case.replace('-', '_')}", images, work, trace=True)
+    matched, n, first = c_host.verify_host(m, f"lim_{case.replace('-', '_')}", images, work, trace=True, lanes=lanes)
     assert first is None and matched == n == 3, str(first)
+
+
+def _full_lane_model():
+    """A dense readout of 1024 inputs whose channels 0 and 1 hold only +127 and -127: 1024 spikes of one
+    phase sum to +-130048 in a channel, far beyond a 16-bit lane."""
+    w = np.random.default_rng(4).integers(-3, 4, size=(4, 1024)).astype(np.int8)
+    w[0], w[1] = 127, -127
+    return _limit_model((1, 32, 32), [("dense", 4)], T=4, F=4), w
+
+
+def test_lane_bound_is_the_largest_count_that_fits_int16():
+    from codegen.c import emit as emit_c
+
+    m, w = _full_lane_model()
+    m.layers[0].weight = w
+    assert emit_c.lane_max(m.layers[0]) == 258  # 258 * 127 = 32766; 259 * 127 > 32767
+    w2 = w.copy()
+    w2[0], w2[1] = 100, -100
+    w2[1, :40] = -127  # the 40 most negative weights come first: 40 * 127 + 287 * 100 = 33780 > 32768
+    m.layers[0].weight = w2
+    assert emit_c.lane_max(m.layers[0]) == 40 + (32768 - 40 * 127) // 100  # 316
+    m.layers[0].weight = np.ones((2, 1024), np.int8)
+    assert emit_c.lane_max(m.layers[0]) == 1024  # no lane can overflow: the fan-in
+
+
+def test_lanes_kernel_empties_a_lane_before_it_overflows(work, monkeypatch):
+    """Every pixel white: one phase bucket of 1024 events, emptied every 258; with the bound
+    disabled (lane_max = the fan-in) the same C wraps its lanes and differs from golden."""
+    from codegen.c import emit as emit_c
+    from runtime.spec import validate
+
+    m, w = _full_lane_model()
+    m.layers[0].weight = w
+    validate(m)
+    x = np.concatenate([np.full((2, 1, 32, 32), 255, np.uint8), random_images(np.random.default_rng(5), m, 6)])
+    assert "258 }, /* 0: dense */" in emit_c.generate(m, "lanefull")["lanefull_model.c"].decode()
+    matched, n, first = c_host.verify_host(m, "lanefull", x, work, trace=True, lanes=True, sanitize=True)
+    assert first is None and matched == n == 8, str(first)
+    monkeypatch.setattr(emit_c, "lane_max", lambda layer: 1024)
+    matched, n, first = c_host.verify_host(m, "lanefull_unbounded", x, work, trace=True, lanes=True)
+    assert matched < n and first is not None and first.image == 0
 
 
 def test_c_target_refuses_a_fan_in_beyond_uint16_offsets_before_compiling(work, monkeypatch):

@@ -54,6 +54,35 @@ def fan_in(layer) -> int:
     return int(np.prod(layer.weight.shape[1:])) if layer.weight is not None else 0
 
 
+# The phase-bucket kernel (onespike.c, OS_LANES) serves the dense/conv2d layers whose input code has at
+# most this many phases: it sorts every receptive field's spikes by phase, a pass over the phases.
+LANES_MAX_T = 64
+INT16_MAX = (1 << 15) - 1
+
+
+def lane_max(layer) -> int:
+    """The most events one 16-bit lane of the phase-bucket kernel may sum (the static bound of onespike.c).
+
+    For every output channel, the sum of its ``L`` largest positive weights must be at most 32767 and
+    the sum of its ``L`` most negative weights at least -32768; then any ``L`` distinct inputs' weights
+    sum within int16, whatever the spikes. The largest such ``L``, capped at the fan-in (no lane ever
+    holds more). At least 258, since ``|w| <= 127``."""
+    w = layer.weight.reshape(layer.weight.shape[0], -1).astype(np.int64)
+    n = w.shape[1]
+    pos = -np.sort(-np.clip(w, 0, None), axis=1).cumsum(axis=1)  # sums of the L largest positive weights
+    neg = np.sort(np.clip(w, None, 0), axis=1).cumsum(axis=1)  # sums of the L most negative weights
+    ok = (pos <= INT16_MAX) & (neg >= -INT16_MAX - 1)  # (O, n), monotone in L along each row
+    per_channel = ok.sum(axis=1)  # the number of prefixes that fit = the largest L
+    return int(min(int(per_channel.min()), n))
+
+
+def lanes_layers(model: IntModel) -> list[bool]:
+    """For each layer, True when the phase-bucket kernel serves it (see LANES_MAX_T)."""
+    codes = model.input_codes()
+    return [l.kind in ("dense", "conv2d") and (model.input_T if codes[i] else model.T) <= LANES_MAX_T
+            for i, l in enumerate(model.layers)]
+
+
 # Limits of the C target's own types (onespike.h), beyond the spec's (runtime.spec.MAX_*): spike-list
 # entries store a weight offset into the receptive field in uint16 (ev_off); kernel, stride, padding
 # and the phase codes are uint8; sizes are uint32.
@@ -86,6 +115,8 @@ class Memory:
     buf_sizes: tuple[int, int]
     event_entries: int
     logits: int
+    lane_entries: int = 1  # phase-bucket scratch: the largest fan-in ...
+    lane_phases: int = 1  # ... and input phase count of the layers the bucket kernel serves
     # a detector: os_cand_t entries (one per grid cell) and the bytes of the decode's RAM (the
     # candidate buffer and NAME_detect's readout map; included in ram_buffers)
     candidates: int = 0
@@ -93,7 +124,7 @@ class Memory:
     max_detections: int = 0
 
 
-OS_LAYER_T_BYTES = 52  # sizeof(os_layer_t) on a 32-bit target
+OS_LAYER_T_BYTES = 56  # sizeof(os_layer_t) on a 32-bit target
 OS_HEAD_T_BYTES = 40  # sizeof(os_head_t)
 OS_CAND_T_BYTES = 16  # sizeof(os_cand_t)
 OS_DETECTION_T_BYTES = 32  # sizeof(os_detection_t) (int64 score aligned to 8)
@@ -113,17 +144,22 @@ def plan_memory(model: IntModel) -> Memory:
         if l.theta is not None:
             flash += 4 * l.theta.size
         flash += OS_LAYER_T_BYTES
-    ram = buf[0] + buf[1] + 6 * ev
+    lanes = lanes_layers(model)
+    codes = model.input_codes()
+    lane_ev = max([fan_in(l) for l, b in zip(model.layers, lanes) if b] + [1])
+    lane_t = max([model.input_T if c else model.T for b, c in zip(lanes, codes) if b] + [1])
+    # ev_off + ev_d; ev_ph + ev_sorted; bk_pos (T + 1), bk_end, bk_f
+    ram = buf[0] + buf[1] + 6 * ev + 3 * lane_ev + 4 * (lane_t + 1) + 5 * lane_t
+    common = dict(buf_sizes=(buf[0], buf[1]), event_entries=int(ev), logits=model.num_classes,
+                  lane_entries=int(lane_ev), lane_phases=int(lane_t))
     if not is_detector(model):
-        return Memory(flash_tables=int(flash), ram_buffers=int(ram), buf_sizes=(buf[0], buf[1]),
-                      event_entries=int(ev), logits=model.num_classes)
+        return Memory(flash_tables=int(flash), ram_buffers=int(ram), **common)
     _, gh, gw = model.layers[-1].out_shape
     cells = int(gh * gw)
     det_ram = OS_CAND_T_BYTES * cells + 4 * model.num_classes
     flash += OS_HEAD_T_BYTES + sum(4 + len(c.encode()) + 1 for c in model.head.classes)
-    return Memory(flash_tables=int(flash), ram_buffers=int(ram + det_ram), buf_sizes=(buf[0], buf[1]),
-                  event_entries=int(ev), logits=model.num_classes, candidates=cells, detect_ram=int(det_ram),
-                  max_detections=int(model.head.max_detections))
+    return Memory(flash_tables=int(flash), ram_buffers=int(ram + det_ram), candidates=cells, detect_ram=int(det_ram),
+                  max_detections=int(model.head.max_detections), **common)
 
 
 def is_detector(model: IntModel) -> bool:
@@ -167,6 +203,7 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
         c_parts.append(_array("int32_t", f"{sym}_decode", model.decode))
     c_parts.append(_array("int32_t", f"{sym}_input_decode", model.input_decode))
     layer_inits = []
+    lanes = lanes_layers(model)
     for i, l in enumerate(model.layers):
         pre = f"{sym}_l{i}"
         w = b = th = "NULL"
@@ -190,16 +227,23 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
             oc, oh, ow = l.out_shape
         layer_inits.append(
             f"    {{ {KIND_ENUM[l.kind]}, {int(l.readout)}, {l.kernel}, {l.stride}, {l.padding}, {in_none}, {out_none}, "
-            f"{model.T}, {i % 2}, {(i + 1) % 2}, {ic}, {ih}, {iw}, {oc}, {oh}, {ow}, {dec}, {w}, {b}, {th} }}, /* {i}: {l.kind} */")
+            f"{model.T}, {i % 2}, {(i + 1) % 2}, {ic}, {ih}, {iw}, {oc}, {oh}, {ow}, {dec}, {w}, {b}, {th}, "
+            f"{lane_max(l) if lanes[i] else 0} }}, /* {i}: {l.kind} */")
     c_parts.append(f"\nstatic const os_layer_t {sym}_layers[{len(model.layers)}] = {{\n" + "\n".join(layer_inits) + "\n};\n\n")
     c_parts.append(f"static uint8_t {sym}_buf0[{max(1, mem.buf_sizes[0])}];\n")
     c_parts.append(f"static uint8_t {sym}_buf1[{max(1, mem.buf_sizes[1])}];\n")
     c_parts.append(f"static uint16_t {sym}_ev_off[{mem.event_entries}];\n")
-    c_parts.append(f"static int32_t {sym}_ev_d[{mem.event_entries}];\n\n")
+    c_parts.append(f"static int32_t {sym}_ev_d[{mem.event_entries}];\n")
+    c_parts.append(f"static uint8_t {sym}_ev_ph[{mem.lane_entries}];\n")
+    c_parts.append(f"static uint16_t {sym}_ev_sorted[{mem.lane_entries}];\n")
+    c_parts.append(f"static uint32_t {sym}_bk_pos[{mem.lane_phases + 1}];\n")
+    c_parts.append(f"static uint32_t {sym}_bk_end[{mem.lane_phases}];\n")
+    c_parts.append(f"static uint8_t {sym}_bk_f[{mem.lane_phases}];\n\n")
     C, H, W = model.input_shape
     c_parts.append(
         f"const os_model_t {sym}_model = {{\n    {len(model.layers)}, {sym}_layers, {sym}_encode, {C}, {H}, {W}, "
-        f"{model.num_classes},\n    {{ {sym}_buf0, {sym}_buf1 }}, {sym}_ev_off, {sym}_ev_d\n}};\n\n")
+        f"{model.num_classes},\n    {{ {sym}_buf0, {sym}_buf1 }}, {sym}_ev_off, {sym}_ev_d,\n    "
+        f"{sym}_ev_ph, {sym}_ev_sorted, {sym}_bk_pos, {sym}_bk_end, {sym}_bk_f\n}};\n\n")
     det = is_detector(model)
     if det:
         c_parts.append(_detector_c(model, sym, mem))
@@ -208,7 +252,8 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
     size_t i;
     for (i = 0; i < sizeof {sym}_buf0; i++) {sym}_buf0[i] = 0;
     for (i = 0; i < sizeof {sym}_buf1; i++) {sym}_buf1[i] = 0;
-    for (i = 0; i < sizeof {sym}_ev_d / sizeof {sym}_ev_d[0]; i++) {sym}_ev_off[i] = 0, {sym}_ev_d[i] = 0;{_detector_init(sym) if det else ""}
+    for (i = 0; i < sizeof {sym}_ev_d / sizeof {sym}_ev_d[0]; i++) {sym}_ev_off[i] = 0, {sym}_ev_d[i] = 0;
+    for (i = 0; i < sizeof {sym}_bk_pos / sizeof {sym}_bk_pos[0]; i++) {sym}_bk_pos[i] = 0;{_detector_init(sym) if det else ""}
 }}
 
 int {sym}_infer(const uint8_t *pixels, int32_t *logits)

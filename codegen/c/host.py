@@ -26,12 +26,18 @@ WARN_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
 
 
-def build_host(model: IntModel, name: str, work: Path, sanitize: bool = False, opt: str = "-O2") -> Path:
-    """Generate the C for ``model`` under ``work`` and compile the host runner; returns its path."""
+def build_host(model: IntModel, name: str, work: Path, sanitize: bool = False, opt: str = "-O2",
+               lanes: bool | None = None) -> Path:
+    """Generate the C for ``model`` under ``work`` and compile the host runner; returns its path.
+
+    ``lanes``: True builds the phase-bucket kernel (``-DOS_LANES=1``, the Cortex-M4 kernel's
+    portable reading), False the direct one, None the compiler's default (direct on the host)."""
     cc = need("gcc", "gcc")
     files = emit_c.generate(model, name)
     sym = emit_c.c_symbol(name)
     flags = WARN_FLAGS + [opt] + (SANITIZE_FLAGS if sanitize else []) + detect_defines(model, sym)
+    if lanes is not None:
+        flags.append(f"-DOS_LANES={int(lanes)}")
     key = hashlib.sha256(b"".join(files[k] for k in sorted(files)) + HOST_MAIN.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
     src = work / f"src-{key}"
     exe = work / f"host_runner-{key}{'-san' if sanitize else ''}"
@@ -217,8 +223,8 @@ def compare(model: IntModel, gold: golden.GoldenResult, got: HostRun) -> tuple[i
 
 
 def verify_host(model: IntModel, name: str, images: np.ndarray, work: Path, trace: bool = True,
-                sanitize: bool = False, batch: int = 2000) -> tuple[int, int, Mismatch | None]:
-    exe = build_host(model, name, work, sanitize=sanitize)
+                sanitize: bool = False, batch: int = 2000, lanes: bool | None = None) -> tuple[int, int, Mismatch | None]:
+    exe = build_host(model, name, work, sanitize=sanitize, lanes=lanes)
     matched, first = 0, None
     for s in range(0, len(images), batch):
         part = images[s:s + batch]

@@ -31,6 +31,17 @@
 #define OS_WORD_LOADS 1
 #endif
 
+/* The phase-bucket kernel (os_lanes4): on by default where the core has the DSP extension's SIMD
+ * instructions (Cortex-M4/M7/M33: SXTAB16), off elsewhere (Cortex-M0+, host); -DOS_LANES=1 forces it
+ * on with a portable C reading of the same lane arithmetic (the host tests run both kernels). */
+#ifndef OS_LANES
+#if defined(__ARM_FEATURE_SIMD32)
+#define OS_LANES 1
+#else
+#define OS_LANES 0
+#endif
+#endif
+
 /* The first phase f with acc >= theta[f], or T (no spike). theta is non-increasing, so this is
  * the number of entries greater than acc: one compare for the common silent case, then a
  * binary search. */
@@ -98,15 +109,144 @@ static OS_NOINLINE void os_events4(uint32_t *acc4, const int8_t *w, const uint16
     acc4[0] = a0, acc4[1] = a1, acc4[2] = a2, acc4[3] = a3;
 }
 
+#if OS_LANES
+/* ---- the phase-bucket kernel ----
+ * An input spike's value is one of T table entries D[f], so for one output channel
+ *     B + sum_e W[e] * D[f_e]  =  B + sum_f D[f] * (sum of the weights of the spikes of phase f).
+ * The spike list is sorted by phase (a counting sort, os_bucket), and each phase bucket's weights
+ * are summed four channels at a time: one 32-bit load fetches the four int8 weights of an event and
+ * two SXTAB16 add them, sign-extended, into two registers of two 16-bit lanes each (channels 0, 2 and
+ * 1, 3). Each lane sum is then multiplied by D[f] once and added to the channel's uint32
+ * accumulator (modulo 2^32, exact as above).
+ * A lane wraps modulo 2^16, so it must hold the exact sum: a lane is emptied into its accumulator
+ * after at most L->lane_max events. lane_max is proved at code generation (codegen/c/emit.py,
+ * lane_max): for every output channel, the sum of its lane_max largest positive weights is at most
+ * 32767 and that of its lane_max most negative weights at least -32768; the events of one list have
+ * distinct inputs, so any lane_max of them sum within int16. It is at least 258 (|w| <= 127). */
+
+/* The four bytes at p as a little-endian word (one load where the compiler merges them). */
+static uint32_t os_load4(const int8_t *p)
+{
+    return (uint32_t)(uint8_t)p[0] | (uint32_t)(uint8_t)p[1] << 8 | (uint32_t)(uint8_t)p[2] << 16 |
+           (uint32_t)(uint8_t)p[3] << 24;
+}
+
+#if defined(__ARM_FEATURE_SIMD32) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN)
+#include <arm_acle.h>
+/* lanes (lo, hi) += (sign-extended byte 0, byte 2) of w; the odd form: bytes 1 and 3 */
+#define OS_ADD_EVEN(s, w) __sxtab16((s), (w))
+static inline uint32_t os_add_odd(uint32_t s, uint32_t w)
+{
+    uint32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(s), "r"(w));
+    return r;
+}
+#define OS_ADD_ODD(s, w) os_add_odd((s), (w))
+/* the high lane, sign-extended (ASR #16 is an arithmetic shift on Arm) */
+static inline uint32_t os_hi16(uint32_t s)
+{
+    uint32_t r;
+    __asm__("asr %0, %1, #16" : "=r"(r) : "r"(s));
+    return r;
+}
+#else
+/* byte 0 of w, sign-extended, modulo 2^32 */
+static uint32_t os_sx8(uint32_t w)
+{
+    return ((w & 0xFFu) ^ 0x80u) - 0x80u;
+}
+/* SXTAB16 read in C: each 16-bit lane of s plus a sign-extended byte of w, modulo 2^16 */
+static uint32_t os_sxtab16(uint32_t s, uint32_t w)
+{
+    return ((s + os_sx8(w)) & 0xFFFFu) | (((s >> 16) + os_sx8(w >> 16)) & 0xFFFFu) << 16;
+}
+#define OS_ADD_EVEN(s, w) os_sxtab16((s), (w))
+#define OS_ADD_ODD(s, w) os_sxtab16((s), (w) >> 8)
+static uint32_t os_hi16(uint32_t s)
+{
+    return ((s >> 16) ^ 0x8000u) - 0x8000u;
+}
+#endif
+/* the low lane, sign-extended, modulo 2^32 (compiles to SXTH) */
+static uint32_t os_lo16(uint32_t s)
+{
+    return ((s & 0xFFFFu) ^ 0x8000u) - 0x8000u;
+}
+
+/* acc[0..3] += D[f] * (the sum of the bucket's weights at w[4 * sorted[e]]), over the nb buckets
+ * (bucket k: entries bk_end[k - 1] .. bk_end[k] - 1, phase bk_f[k]). */
+static OS_NOINLINE void os_lanes4(uint32_t *acc4, const int8_t *w, const uint16_t *sorted, const uint32_t *bk_end,
+                                  const uint8_t *bk_f, int nb, const int32_t *dec, uint32_t lane_max)
+{
+    uint32_t a0 = acc4[0], a1 = acc4[1], a2 = acc4[2], a3 = acc4[3];
+    uint32_t e = 0;
+    for (int k = 0; k < nb; k++) {
+        const uint32_t d = (uint32_t)dec[bk_f[k]], end = bk_end[k];
+        while (e < end) {
+            const uint32_t stop = end - e > lane_max ? e + lane_max : end;
+            uint32_t s02 = 0, s13 = 0;
+            for (; e < stop; e++) {
+                const uint32_t x = os_load4(w + 4 * (size_t)sorted[e]);
+                s02 = OS_ADD_EVEN(s02, x);
+                s13 = OS_ADD_ODD(s13, x);
+            }
+            a0 += OS_MULU(os_lo16(s02), d);
+            a2 += OS_MULU(os_hi16(s02), d);
+            a1 += OS_MULU(os_lo16(s13), d);
+            a3 += OS_MULU(os_hi16(s13), d);
+        }
+    }
+    acc4[0] = a0, acc4[1] = a1, acc4[2] = a2, acc4[3] = a3;
+}
+
+/* Counting sort of the n gathered entries (off[e], phase ph[e]) by phase, stable: ev_sorted gets the
+ * offsets; bk_end / bk_f the non-empty buckets in phase order; returns their number. On entry
+ * bk_pos[f] holds the count of phase f (f < T); on return it is all zero again. */
+static int os_bucket(const os_model_t *m, int n, int T)
+{
+    uint32_t *pos = m->bk_pos, at = 0;
+    int nb = 0;
+    for (int f = 0; f < T; f++) {
+        const uint32_t c = pos[f];
+        if (c) {
+            pos[f] = at;
+            at += c;
+            m->bk_end[nb] = at;
+            m->bk_f[nb++] = (uint8_t)f;
+        }
+    }
+    for (int e = 0; e < n; e++)
+        m->ev_sorted[pos[m->ev_ph[e]]++] = m->ev_off[e];
+    for (int k = 0; k < nb; k++)
+        pos[m->bk_f[k]] = 0;
+    return nb;
+}
+#endif /* OS_LANES */
+
+/* The accumulation of one block over the spike list: the direct events (off, d, n) or, when nb >= 0,
+ * the phase buckets of m. */
+typedef struct {
+    const uint16_t *off;
+    const int32_t *d;
+    int n;
+    int nb; /* -1: direct */
+} os_list_t;
+
 /* Accumulate the four channels of block ob over the spike list, then fire them or write logits. */
-static void os_block_out(const os_layer_t *L, int ob, const int8_t *wblock, const uint16_t *off, const int32_t *d,
-                         int n, size_t out_index, size_t out_stride, uint8_t *out, int32_t *logits)
+static void os_block_out(const os_model_t *m, const os_layer_t *L, int ob, const int8_t *wblock, const os_list_t *ls,
+                         size_t out_index, size_t out_stride, uint8_t *out, int32_t *logits)
 {
     const int O = (int)L->out_c;
     uint32_t acc4[4];
     for (int k = 0; k < 4; k++)
         acc4[k] = ob * 4 + k < O ? (uint32_t)L->bias[ob * 4 + k] : 0u;
-    os_events4(acc4, wblock, off, d, n);
+#if OS_LANES
+    if (ls->nb >= 0)
+        os_lanes4(acc4, wblock, m->ev_sorted, m->bk_end, m->bk_f, ls->nb, L->in_decode, L->lane_max);
+    else
+#endif
+        os_events4(acc4, wblock, ls->off, ls->d, ls->n);
+    (void)m;
     for (int k = 0; k < 4 && ob * 4 + k < O; k++) {
         const size_t idx = out_index + (size_t)(ob * 4 + k) * out_stride;
         const int32_t acc = os_s32(acc4[k]);
@@ -117,26 +257,49 @@ static void os_block_out(const os_layer_t *L, int ob, const int8_t *wblock, cons
     }
 }
 
-static OS_NOINLINE void os_dense(const os_layer_t *L, const uint8_t *in, uint8_t *out, uint16_t *off, int32_t *d,
+static OS_NOINLINE void os_dense(const os_model_t *m, const os_layer_t *L, const uint8_t *in, uint8_t *out,
                                  int32_t *logits)
 {
     const int n_in = (int)(L->in_c * L->in_h * L->in_w); /* <= 2^20 (runtime.spec.MAX_NEURONS) */
     const int blocks = (int)(L->out_c + 3) / 4;
+    uint16_t *off = m->ev_off;
+    os_list_t ls = { off, m->ev_d, 0, -1 };
     int n = 0;
-    for (int j = 0; j < n_in; j++) {
-        const uint8_t f = in[j];
-        if (f != L->in_none) {
-            off[n] = (uint16_t)j;
-            d[n++] = L->in_decode[f];
+#if OS_LANES
+    if (L->lane_max) {
+        uint8_t *ph = m->ev_ph;
+        uint32_t *cnt = m->bk_pos;
+        for (int j = 0; j < n_in; j++) {
+            const uint8_t f = in[j];
+            if (f != L->in_none) {
+                off[n] = (uint16_t)j;
+                ph[n++] = f;
+                cnt[f]++;
+            }
+        }
+        ls.nb = os_bucket(m, n, L->in_none);
+    } else
+#endif
+    {
+        int32_t *d = m->ev_d;
+        for (int j = 0; j < n_in; j++) {
+            const uint8_t f = in[j];
+            if (f != L->in_none) {
+                off[n] = (uint16_t)j;
+                d[n++] = L->in_decode[f];
+            }
         }
     }
+    ls.n = n;
     for (int ob = 0; ob < blocks; ob++)
-        os_block_out(L, ob, L->weight + (size_t)ob * 4 * n_in, off, d, n, 0, 1, out, logits);
+        os_block_out(m, L, ob, L->weight + (size_t)ob * 4 * n_in, &ls, 0, 1, out, logits);
 }
 
-static OS_NOINLINE void os_conv2d(const os_layer_t *L, const uint8_t *in, uint8_t *out, uint16_t *off, int32_t *d,
+static OS_NOINLINE void os_conv2d(const os_model_t *m, const os_layer_t *L, const uint8_t *in, uint8_t *out,
                                   int32_t *logits)
 {
+    uint16_t *off = m->ev_off;
+    int32_t *d = m->ev_d;
     const int K = L->kernel, S = L->stride, P = L->padding;
     const int C = (int)L->in_c, H = (int)L->in_h, W = (int)L->in_w;
     const int OH = (int)L->out_h, OW = (int)L->out_w;
@@ -150,21 +313,46 @@ static OS_NOINLINE void os_conv2d(const os_layer_t *L, const uint8_t *in, uint8_
             const int x0 = ox * S - P;
             const int kx_lo = x0 < 0 ? -x0 : 0, kx_hi = x0 + K > W ? W - x0 : K;
             int n = 0; /* the spikes of this receptive field */
-            for (int c = 0; c < C; c++) {
-                for (int ky = ky_lo; ky < ky_hi; ky++) {
-                    const uint8_t *row = in + ((size_t)c * H + (size_t)(y0 + ky)) * W;
-                    const int base = (c * K + ky) * K;
-                    for (int kx = kx_lo; kx < kx_hi; kx++) {
-                        const uint8_t f = row[x0 + kx];
-                        if (f != L->in_none) {
-                            off[n] = (uint16_t)(base + kx);
-                            d[n++] = L->in_decode[f];
+            os_list_t ls = { off, d, 0, -1 };
+#if OS_LANES
+            if (L->lane_max) {
+                uint8_t *ph = m->ev_ph;
+                uint32_t *cnt = m->bk_pos;
+                for (int c = 0; c < C; c++) {
+                    for (int ky = ky_lo; ky < ky_hi; ky++) {
+                        const uint8_t *row = in + ((size_t)c * H + (size_t)(y0 + ky)) * W;
+                        const int base = (c * K + ky) * K;
+                        for (int kx = kx_lo; kx < kx_hi; kx++) {
+                            const uint8_t f = row[x0 + kx];
+                            if (f != L->in_none) {
+                                off[n] = (uint16_t)(base + kx);
+                                ph[n++] = f;
+                                cnt[f]++;
+                            }
+                        }
+                    }
+                }
+                ls.nb = os_bucket(m, n, L->in_none);
+            } else
+#endif
+            {
+                for (int c = 0; c < C; c++) {
+                    for (int ky = ky_lo; ky < ky_hi; ky++) {
+                        const uint8_t *row = in + ((size_t)c * H + (size_t)(y0 + ky)) * W;
+                        const int base = (c * K + ky) * K;
+                        for (int kx = kx_lo; kx < kx_hi; kx++) {
+                            const uint8_t f = row[x0 + kx];
+                            if (f != L->in_none) {
+                                off[n] = (uint16_t)(base + kx);
+                                d[n++] = L->in_decode[f];
+                            }
                         }
                     }
                 }
             }
+            ls.n = n;
             for (int ob = 0; ob < blocks; ob++)
-                os_block_out(L, ob, L->weight + (size_t)ob * 4 * rf, off, d, n, (size_t)oy * OW + ox, plane, out, logits);
+                os_block_out(m, L, ob, L->weight + (size_t)ob * 4 * rf, &ls, (size_t)oy * OW + ox, plane, out, logits);
         }
     }
 }
@@ -219,10 +407,10 @@ int os_infer_phases(const os_model_t *m, const uint8_t *phases, int32_t *logits,
             in = m->buf[L->in_buf];
         switch (L->kind) {
         case OS_DENSE:
-            os_dense(L, in, out, m->ev_off, m->ev_d, logits);
+            os_dense(m, L, in, out, logits);
             break;
         case OS_CONV2D:
-            os_conv2d(L, in, out, m->ev_off, m->ev_d, logits);
+            os_conv2d(m, L, in, out, logits);
             break;
         default:
             os_pool(L, in, out);

@@ -7,7 +7,9 @@
  *   fire: the first f with acc >= Theta[c][f], else no spike; maxpool: earliest spike;
  *   the last layer (readout) does not fire: its accumulators are the logits.
  * The kernels are event-driven: each dense/conv2d output group gathers the list of spiking inputs it
- * can see, and only those cost multiply-accumulates. Accumulators are int32: the range analysis
+ * can see, and only those cost work: a multiply-accumulate per event and output channel, or, in the
+ * phase-bucket kernel (Cortex-M4 and other cores with the DSP extension, or -DOS_LANES=1), two 16-bit
+ * adds per event and four channels, and one multiply per phase and channel. Accumulators are int32: the range analysis
  * at lowering proves every accumulator fits for any input; the kernels sum modulo 2^32 in uint32_t,
  * which is exact then (a single product W * D[f] may exceed int32; see onespike.c).
  *
@@ -45,6 +47,9 @@ typedef struct {
                                * dense [out/4][in][4]; conv2d [out/4][in_c][ky][kx][4] */
     const int32_t *bias;      /* [out_c], accumulator units */
     const int32_t *theta;     /* [out_c][T], non-increasing in the phase */
+    uint32_t lane_max;        /* dense/conv2d: at most this many weights of one output channel sum within
+                               * int16 (proved at code generation); 0: the layer's input code has too many
+                               * phases for the phase-bucket kernel (see onespike.c, OS_LANES) */
 } os_layer_t;
 
 typedef struct {
@@ -56,6 +61,12 @@ typedef struct {
     uint8_t *buf[2];          /* activation (phase) buffers */
     uint16_t *ev_off;         /* spike list scratch: weight offsets of the spiking inputs (fan-in <= 65536) ... */
     int32_t *ev_d;            /* ... and their decoded values D[f] (largest fan-in entries each) */
+    /* phase-bucket scratch (layers with lane_max > 0; largest such fan-in / phase count entries) */
+    uint8_t *ev_ph;           /* the phase of each spike-list entry */
+    uint16_t *ev_sorted;      /* the weight offsets sorted by phase */
+    uint32_t *bk_pos;         /* per phase: spike count, then bucket start (T + 1 entries, zero between uses) */
+    uint32_t *bk_end;         /* per non-empty bucket: its end in ev_sorted ... */
+    uint8_t *bk_f;            /* ... and its phase */
 } os_model_t;
 
 /* Called after each layer with its output phases (debug / trace mode); may be NULL. */
