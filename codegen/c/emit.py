@@ -54,8 +54,9 @@ def fan_in(layer) -> int:
     return int(np.prod(layer.weight.shape[1:])) if layer.weight is not None else 0
 
 
-# The phase-bucket kernel (onespike.c, OS_LANES) serves the dense/conv2d layers whose input code has at
-# most this many phases: it sorts every receptive field's spikes by phase, a pass over the phases.
+# The phase-bucket kernel (onespike.c, OS_LANES) serves every dense layer (one sort per layer) and the
+# conv2d layers whose input code has at most this many phases: it sorts every receptive field's spikes
+# by phase, a pass over the phases.
 LANES_MAX_T = 64
 INT16_MAX = (1 << 15) - 1
 
@@ -79,7 +80,7 @@ def lane_max(layer) -> int:
 def lanes_layers(model: IntModel) -> list[bool]:
     """For each layer, True when the phase-bucket kernel serves it (see LANES_MAX_T)."""
     codes = model.input_codes()
-    return [l.kind in ("dense", "conv2d") and (model.input_T if codes[i] else model.T) <= LANES_MAX_T
+    return [l.kind == "dense" or (l.kind == "conv2d" and (model.input_T if codes[i] else model.T) <= LANES_MAX_T)
             for i, l in enumerate(model.layers)]
 
 
@@ -117,6 +118,7 @@ class Memory:
     logits: int
     lane_entries: int = 1  # phase-bucket scratch: the largest fan-in ...
     lane_phases: int = 1  # ... and input phase count of the layers the bucket kernel serves
+    lane_buckets: int = 1  # ... and their most buckets (os_bucket_t entries)
     # a detector: os_cand_t entries (one per grid cell) and the bytes of the decode's RAM (the
     # candidate buffer and NAME_detect's readout map; included in ram_buffers)
     candidates: int = 0
@@ -140,7 +142,7 @@ def plan_memory(model: IntModel) -> Memory:
     flash = 256 + 4 * (model.T + 1) * any(not c for c in model.input_codes()) + 4 * (model.input_T + 1)
     for l in model.layers:
         if l.weight is not None:
-            flash += 4 * ((l.weight.shape[0] + 3) // 4) * fan_in(l) + 4 * l.bias.size
+            flash += 4 * ((l.weight.shape[0] + 3) // 4) * (fan_in(l) + 4)
         if l.theta is not None:
             flash += 4 * l.theta.size
         flash += OS_LAYER_T_BYTES
@@ -148,10 +150,13 @@ def plan_memory(model: IntModel) -> Memory:
     codes = model.input_codes()
     lane_ev = max([fan_in(l) for l, b in zip(model.layers, lanes) if b] + [1])
     lane_t = max([model.input_T if c else model.T for b, c in zip(lanes, codes) if b] + [1])
-    # ev_off + ev_d; ev_ph + ev_sorted; bk_pos (T + 1), bk_end, bk_f
-    ram = buf[0] + buf[1] + 6 * ev + 3 * lane_ev + 4 * (lane_t + 1) + 5 * lane_t
+    # buckets: one per phase, plus one per lane_max (>= 258) spikes of a split phase
+    lane_bk = max([(model.input_T if c else model.T) + fan_in(l) // lane_max(l)
+                   for l, b, c in zip(model.layers, lanes, codes) if b] + [1])
+    # ev_off + ev_d; ev_ph + ev_sorted; bk_pos (T + 1); bk
+    ram = buf[0] + buf[1] + 6 * ev + 3 * lane_ev + 4 * (lane_t + 1) + 8 * lane_bk
     common = dict(buf_sizes=(buf[0], buf[1]), event_entries=int(ev), logits=model.num_classes,
-                  lane_entries=int(lane_ev), lane_phases=int(lane_t))
+                  lane_entries=int(lane_ev), lane_phases=int(lane_t), lane_buckets=int(lane_bk))
     if not is_detector(model):
         return Memory(flash_tables=int(flash), ram_buffers=int(ram), **common)
     _, gh, gw = model.layers[-1].out_shape
@@ -211,7 +216,7 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
             c_parts.append(_array("int8_t", f"{pre}_weight", blocked_weights(l)))  # [O/4][fan-in][4]
             w = f"{pre}_weight"
         if l.bias is not None:
-            c_parts.append(_array("int32_t", f"{pre}_bias", l.bias))
+            c_parts.append(_array("int32_t", f"{pre}_bias", np.pad(l.bias, (0, -len(l.bias) % 4))))  # zero-padded to blocks
             b = f"{pre}_bias"
         if l.theta is not None:
             c_parts.append(_array("int32_t", f"{pre}_theta", l.theta))
@@ -237,13 +242,12 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
     c_parts.append(f"static uint8_t {sym}_ev_ph[{mem.lane_entries}];\n")
     c_parts.append(f"static uint16_t {sym}_ev_sorted[{mem.lane_entries}];\n")
     c_parts.append(f"static uint32_t {sym}_bk_pos[{mem.lane_phases + 1}];\n")
-    c_parts.append(f"static uint32_t {sym}_bk_end[{mem.lane_phases}];\n")
-    c_parts.append(f"static uint8_t {sym}_bk_f[{mem.lane_phases}];\n\n")
+    c_parts.append(f"static os_bucket_t {sym}_bk[{mem.lane_buckets}];\n\n")
     C, H, W = model.input_shape
     c_parts.append(
         f"const os_model_t {sym}_model = {{\n    {len(model.layers)}, {sym}_layers, {sym}_encode, {C}, {H}, {W}, "
         f"{model.num_classes},\n    {{ {sym}_buf0, {sym}_buf1 }}, {sym}_ev_off, {sym}_ev_d,\n    "
-        f"{sym}_ev_ph, {sym}_ev_sorted, {sym}_bk_pos, {sym}_bk_end, {sym}_bk_f\n}};\n\n")
+        f"{sym}_ev_ph, {sym}_ev_sorted, {sym}_bk_pos, {sym}_bk\n}};\n\n")
     det = is_detector(model)
     if det:
         c_parts.append(_detector_c(model, sym, mem))

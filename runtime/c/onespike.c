@@ -31,7 +31,7 @@
 #define OS_WORD_LOADS 1
 #endif
 
-/* The phase-bucket kernel (os_lanes4): on by default where the core has the DSP extension's SIMD
+/* The phase-bucket kernel (os_lanes): on by default where the core has the DSP extension's SIMD
  * instructions (Cortex-M4/M7/M33: SXTAB16), off elsewhere (Cortex-M0+, host); -DOS_LANES=1 forces it
  * on with a portable C reading of the same lane arithmetic (the host tests run both kernels). */
 #ifndef OS_LANES
@@ -87,26 +87,34 @@ static int32_t os_s32(uint32_t u)
     return u <= 0x7FFFFFFFu ? (int32_t)u : (int32_t)(u - 0x80000000u) + INT32_MIN;
 }
 
-/* acc[0..3] += the four weights at w[4 * off[e]] times d[e], for every list entry e (mod 2^32). */
-static OS_NOINLINE void os_events4(uint32_t *acc4, const int8_t *w, const uint16_t *off, const int32_t *d, int n)
+/* Output channels per call of the accumulation kernels (their accumulators: a stack array). */
+#define OS_CHUNK 64
+
+/* The direct kernel: for each of the nblk blocks of four channels (weights w + b * wstride, biases
+ * bias[4b..4b+3], zero-padded), acc = bias + the four weights at w[4 * off[e]] times d[e], over
+ * every list entry e (mod 2^32). */
+static OS_NOINLINE void os_events(uint32_t *acc, const int8_t *w, size_t wstride, int nblk, const int32_t *bias,
+                                  const uint16_t *off, const int32_t *d, int n)
 {
-    uint32_t a0 = acc4[0], a1 = acc4[1], a2 = acc4[2], a3 = acc4[3];
-    for (int e = 0; e < n; e++) {
-        const int8_t *wp = w + 4 * (size_t)off[e];
-        const uint32_t de = (uint32_t)d[e];
+    for (int b = 0; b < nblk; b++, w += wstride, bias += 4, acc += 4) {
+        uint32_t a0 = (uint32_t)bias[0], a1 = (uint32_t)bias[1], a2 = (uint32_t)bias[2], a3 = (uint32_t)bias[3];
+        for (int e = 0; e < n; e++) {
+            const int8_t *wp = w + 4 * (size_t)off[e];
+            const uint32_t de = (uint32_t)d[e];
 #ifdef OS_WORD_LOADS
-        int8_t wb[4]; /* one 32-bit load */
-        memcpy(wb, wp, sizeof wb);
+            int8_t wb[4]; /* one 32-bit load */
+            memcpy(wb, wp, sizeof wb);
 #else
-        const int8_t *wb = wp;
+            const int8_t *wb = wp;
 #endif
-        /* (uint32_t) of a negative int8_t is defined: the value modulo 2^32 */
-        a0 += OS_MULU((uint32_t)wb[0], de);
-        a1 += OS_MULU((uint32_t)wb[1], de);
-        a2 += OS_MULU((uint32_t)wb[2], de);
-        a3 += OS_MULU((uint32_t)wb[3], de);
+            /* (uint32_t) of a negative int8_t is defined: the value modulo 2^32 */
+            a0 += OS_MULU((uint32_t)wb[0], de);
+            a1 += OS_MULU((uint32_t)wb[1], de);
+            a2 += OS_MULU((uint32_t)wb[2], de);
+            a3 += OS_MULU((uint32_t)wb[3], de);
+        }
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
     }
-    acc4[0] = a0, acc4[1] = a1, acc4[2] = a2, acc4[3] = a3;
 }
 
 #if OS_LANES
@@ -118,8 +126,8 @@ static OS_NOINLINE void os_events4(uint32_t *acc4, const int8_t *w, const uint16
  * two SXTAB16 add them, sign-extended, into two registers of two 16-bit lanes each (channels 0, 2 and
  * 1, 3). Each lane sum is then multiplied by D[f] once and added to the channel's uint32
  * accumulator (modulo 2^32, exact as above).
- * A lane wraps modulo 2^16, so it must hold the exact sum: a lane is emptied into its accumulator
- * after at most L->lane_max events. lane_max is proved at code generation (codegen/c/emit.py,
+ * A lane wraps modulo 2^16, so it must hold the exact sum: a bucket holds at most L->lane_max events
+ * (os_bucket splits a longer phase). lane_max is proved at code generation (codegen/c/emit.py,
  * lane_max): for every output channel, the sum of its lane_max largest positive weights is at most
  * 32767 and that of its lane_max most negative weights at least -32768; the events of one list have
  * distinct inputs, so any lane_max of them sum within int16. It is at least 258 (|w| <= 127). */
@@ -129,6 +137,12 @@ static uint32_t os_load4(const int8_t *p)
 {
     return (uint32_t)(uint8_t)p[0] | (uint32_t)(uint8_t)p[1] << 8 | (uint32_t)(uint8_t)p[2] << 16 |
            (uint32_t)(uint8_t)p[3] << 24;
+}
+
+/* byte 0 of w, sign-extended, modulo 2^32 */
+static uint32_t os_sx8(uint32_t w)
+{
+    return ((w & 0xFFu) ^ 0x80u) - 0x80u;
 }
 
 #if defined(__ARM_FEATURE_SIMD32) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN)
@@ -142,6 +156,14 @@ static inline uint32_t os_add_odd(uint32_t s, uint32_t w)
     return r;
 }
 #define OS_ADD_ODD(s, w) os_add_odd((s), (w))
+/* byte 3, sign-extended (ASR #24) */
+static inline uint32_t os_sx8_top(uint32_t w)
+{
+    uint32_t r;
+    __asm__("asr %0, %1, #24" : "=r"(r) : "r"(w));
+    return r;
+}
+#define OS_SX8_TOP(w) os_sx8_top(w)
 /* the high lane, sign-extended (ASR #16 is an arithmetic shift on Arm) */
 static inline uint32_t os_hi16(uint32_t s)
 {
@@ -150,11 +172,6 @@ static inline uint32_t os_hi16(uint32_t s)
     return r;
 }
 #else
-/* byte 0 of w, sign-extended, modulo 2^32 */
-static uint32_t os_sx8(uint32_t w)
-{
-    return ((w & 0xFFu) ^ 0x80u) - 0x80u;
-}
 /* SXTAB16 read in C: each 16-bit lane of s plus a sign-extended byte of w, modulo 2^16 */
 static uint32_t os_sxtab16(uint32_t s, uint32_t w)
 {
@@ -162,6 +179,7 @@ static uint32_t os_sxtab16(uint32_t s, uint32_t w)
 }
 #define OS_ADD_EVEN(s, w) os_sxtab16((s), (w))
 #define OS_ADD_ODD(s, w) os_sxtab16((s), (w) >> 8)
+#define OS_SX8_TOP(w) os_sx8((w) >> 24)
 static uint32_t os_hi16(uint32_t s)
 {
     return ((s >> 16) ^ 0x8000u) - 0x8000u;
@@ -173,87 +191,117 @@ static uint32_t os_lo16(uint32_t s)
     return ((s & 0xFFFFu) ^ 0x8000u) - 0x8000u;
 }
 
-/* acc[0..3] += D[f] * (the sum of the bucket's weights at w[4 * sorted[e]]), over the nb buckets
- * (bucket k: entries bk_end[k - 1] .. bk_end[k] - 1, phase bk_f[k]). */
-static OS_NOINLINE void os_lanes4(uint32_t *acc4, const int8_t *w, const uint16_t *sorted, const uint32_t *bk_end,
-                                  const uint8_t *bk_f, int nb, const int32_t *dec, uint32_t lane_max)
+/* The phase-bucket kernel: for each of the nblk blocks (as os_events), acc = bias + sum over the nb
+ * buckets k (entries bk[k - 1].end .. bk[k].end - 1 of sorted, each at most lane_max long) of bk[k].d times the sum of the bucket's weights, plus the ns single spikes of a phase that
+ * follow them in sorted (values sd[0..ns-1]), one multiply-accumulate each as in os_events. */
+static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride, int nblk, const int32_t *bias,
+                                 const uint16_t *sorted, const os_bucket_t *bk, int nb, const uint16_t *singles,
+                                 const int32_t *sd, int ns)
 {
-    uint32_t a0 = acc4[0], a1 = acc4[1], a2 = acc4[2], a3 = acc4[3];
-    uint32_t e = 0;
-    for (int k = 0; k < nb; k++) {
-        const uint32_t d = (uint32_t)dec[bk_f[k]], end = bk_end[k];
-        while (e < end) {
-            const uint32_t stop = end - e > lane_max ? e + lane_max : end;
+    const os_bucket_t *const bk_last = bk + nb;
+    for (int b = 0; b < nblk; b++, w += wstride, bias += 4, acc += 4) {
+        uint32_t a0 = (uint32_t)bias[0], a1 = (uint32_t)bias[1], a2 = (uint32_t)bias[2], a3 = (uint32_t)bias[3];
+        const uint16_t *p = sorted;
+        for (const os_bucket_t *k = bk; k != bk_last; k++) {
+            const uint32_t d = (uint32_t)k->d;
+            const uint16_t *const pe = sorted + k->end; /* buckets are never empty */
             uint32_t s02 = 0, s13 = 0;
-            for (; e < stop; e++) {
-                const uint32_t x = os_load4(w + 4 * (size_t)sorted[e]);
+            if ((pe - p) & 1) {
+                const uint32_t x = os_load4(w + 4 * (size_t)*p++);
                 s02 = OS_ADD_EVEN(s02, x);
                 s13 = OS_ADD_ODD(s13, x);
+            }
+            for (; p != pe; p += 2) {
+                const uint32_t x = os_load4(w + 4 * (size_t)p[0]), y = os_load4(w + 4 * (size_t)p[1]);
+                s02 = OS_ADD_EVEN(s02, x);
+                s13 = OS_ADD_ODD(s13, x);
+                s02 = OS_ADD_EVEN(s02, y);
+                s13 = OS_ADD_ODD(s13, y);
             }
             a0 += OS_MULU(os_lo16(s02), d);
             a2 += OS_MULU(os_hi16(s02), d);
             a1 += OS_MULU(os_lo16(s13), d);
             a3 += OS_MULU(os_hi16(s13), d);
         }
+        for (int e = 0; e < ns; e++) {
+            const uint32_t x = os_load4(w + 4 * (size_t)singles[e]), d = (uint32_t)sd[e];
+            a0 += OS_MULU(os_sx8(x), d);
+            a1 += OS_MULU(os_sx8(x >> 8), d);
+            a2 += OS_MULU(os_sx8(x >> 16), d);
+            a3 += OS_MULU(OS_SX8_TOP(x), d);
+        }
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
     }
-    acc4[0] = a0, acc4[1] = a1, acc4[2] = a2, acc4[3] = a3;
 }
 
-/* Counting sort of the n gathered entries (off[e], phase ph[e]) by phase, stable: ev_sorted gets the
- * offsets; bk_end / bk_f the non-empty buckets in phase order; returns their number. On entry
- * bk_pos[f] holds the count of phase f (f < T); on return it is all zero again. */
-static int os_bucket(const os_model_t *m, int n, int T)
+/* Counting sort of the n gathered entries (ev_off[e], phase ev_ph[e]) by phase: ev_sorted gets the
+ * offsets of the phases with two or more spikes from the front, bucket by bucket (bk: end, D[f]; a
+ * phase of more than lane_max spikes split into several), and those of the phases with one spike from
+ * the back (entry n - 1 - s for the s-th, its value D[f] in ev_d at the same index). Returns the number
+ * of buckets; *ns: of single spikes, entries n - ns .. n - 1. On entry bk_pos[f] holds the count of
+ * phase f (f < T); on return it is all zero. */
+static int os_bucket(const os_model_t *m, int n, int T, const int32_t *dec, uint32_t lane_max, int *ns)
 {
-    uint32_t *pos = m->bk_pos, at = 0;
+    uint32_t *pos = m->bk_pos, at = 0, single = (uint32_t)n;
     int nb = 0;
     for (int f = 0; f < T; f++) {
         const uint32_t c = pos[f];
-        if (c) {
+        if (c > 1) {
             pos[f] = at;
-            at += c;
-            m->bk_end[nb] = at;
-            m->bk_f[nb++] = (uint8_t)f;
+            for (uint32_t left = c; left; ) { /* pieces of at most lane_max */
+                const uint32_t piece = left > lane_max ? lane_max : left;
+                at += piece, left -= piece;
+                m->bk[nb].end = at;
+                m->bk[nb++].d = dec[f];
+            }
+        } else if (c) {
+            pos[f] = --single;
+            m->ev_d[single] = dec[f];
         }
     }
     for (int e = 0; e < n; e++)
         m->ev_sorted[pos[m->ev_ph[e]]++] = m->ev_off[e];
-    for (int k = 0; k < nb; k++)
-        pos[m->bk_f[k]] = 0;
+    for (int e = 0; e < n; e++)
+        pos[m->ev_ph[e]] = 0;
+    *ns = n - (int)single;
     return nb;
 }
 #endif /* OS_LANES */
 
-/* The accumulation of one block over the spike list: the direct events (off, d, n) or, when nb >= 0,
- * the phase buckets of m. */
+/* One receptive field's spike list: direct entries (ev_off, ev_d, n) or, when nb >= 0, the phase
+ * buckets in m's scratch. */
 typedef struct {
-    const uint16_t *off;
-    const int32_t *d;
     int n;
     int nb; /* -1: direct */
+    int ns; /* single spikes after the buckets */
 } os_list_t;
 
-/* Accumulate the four channels of block ob over the spike list, then fire them or write logits. */
-static void os_block_out(const os_model_t *m, const os_layer_t *L, int ob, const int8_t *wblock, const os_list_t *ls,
+/* Accumulate every output channel of one receptive field over its spike list, OS_CHUNK channels at a
+ * time, then fire them (output index out_index + c * out_stride) or write them as logits. */
+static void os_field_out(const os_model_t *m, const os_layer_t *L, const int8_t *weight, size_t wstride, os_list_t ls,
                          size_t out_index, size_t out_stride, uint8_t *out, int32_t *logits)
 {
-    const int O = (int)L->out_c;
-    uint32_t acc4[4];
-    for (int k = 0; k < 4; k++)
-        acc4[k] = ob * 4 + k < O ? (uint32_t)L->bias[ob * 4 + k] : 0u;
+    const int O = (int)L->out_c, T = L->T;
+    uint32_t acc[OS_CHUNK];
+    for (int c0 = 0; c0 < O; c0 += OS_CHUNK) {
+        const int nc = O - c0 < OS_CHUNK ? O - c0 : OS_CHUNK;
+        const int8_t *w = weight + (size_t)(c0 / 4) * wstride;
 #if OS_LANES
-    if (ls->nb >= 0)
-        os_lanes4(acc4, wblock, m->ev_sorted, m->bk_end, m->bk_f, ls->nb, L->in_decode, L->lane_max);
-    else
-#endif
-        os_events4(acc4, wblock, ls->off, ls->d, ls->n);
-    (void)m;
-    for (int k = 0; k < 4 && ob * 4 + k < O; k++) {
-        const size_t idx = out_index + (size_t)(ob * 4 + k) * out_stride;
-        const int32_t acc = os_s32(acc4[k]);
-        if (L->readout)
-            logits[idx] = acc;
+        if (ls.nb >= 0)
+            os_lanes(acc, w, wstride, (nc + 3) / 4, L->bias + c0, m->ev_sorted, m->bk, ls.nb,
+                     m->ev_sorted + (ls.n - ls.ns), m->ev_d + (ls.n - ls.ns), ls.ns);
         else
-            out[idx] = os_fire(acc, L->theta + (size_t)(ob * 4 + k) * L->T, L->T);
+#endif
+            os_events(acc, w, wstride, (nc + 3) / 4, L->bias + c0, m->ev_off, m->ev_d, ls.n);
+        if (L->readout) {
+            for (int c = 0; c < nc; c++)
+                logits[out_index + (size_t)(c0 + c) * out_stride] = os_s32(acc[c]);
+        } else {
+            const int32_t *th = L->theta + (size_t)c0 * T;
+            uint8_t *o = out + out_index + (size_t)c0 * out_stride;
+            for (int c = 0; c < nc; c++, th += T, o += out_stride)
+                *o = os_fire(os_s32(acc[c]), th, T);
+        }
     }
 }
 
@@ -261,9 +309,9 @@ static OS_NOINLINE void os_dense(const os_model_t *m, const os_layer_t *L, const
                                  int32_t *logits)
 {
     const int n_in = (int)(L->in_c * L->in_h * L->in_w); /* <= 2^20 (runtime.spec.MAX_NEURONS) */
-    const int blocks = (int)(L->out_c + 3) / 4;
+    const uint8_t none = L->in_none;
     uint16_t *off = m->ev_off;
-    os_list_t ls = { off, m->ev_d, 0, -1 };
+    os_list_t ls = { 0, -1, 0 };
     int n = 0;
 #if OS_LANES
     if (L->lane_max) {
@@ -271,79 +319,81 @@ static OS_NOINLINE void os_dense(const os_model_t *m, const os_layer_t *L, const
         uint32_t *cnt = m->bk_pos;
         for (int j = 0; j < n_in; j++) {
             const uint8_t f = in[j];
-            if (f != L->in_none) {
+            if (f != none) {
                 off[n] = (uint16_t)j;
                 ph[n++] = f;
                 cnt[f]++;
             }
         }
-        ls.nb = os_bucket(m, n, L->in_none);
+        ls.nb = os_bucket(m, n, none, L->in_decode, L->lane_max, &ls.ns);
     } else
 #endif
     {
         int32_t *d = m->ev_d;
         for (int j = 0; j < n_in; j++) {
             const uint8_t f = in[j];
-            if (f != L->in_none) {
+            if (f != none) {
                 off[n] = (uint16_t)j;
                 d[n++] = L->in_decode[f];
             }
         }
     }
     ls.n = n;
-    for (int ob = 0; ob < blocks; ob++)
-        os_block_out(m, L, ob, L->weight + (size_t)ob * 4 * n_in, &ls, 0, 1, out, logits);
+    os_field_out(m, L, L->weight, 4 * (size_t)n_in, ls, 0, 1, out, logits);
 }
 
 static OS_NOINLINE void os_conv2d(const os_model_t *m, const os_layer_t *L, const uint8_t *in, uint8_t *out,
                                   int32_t *logits)
 {
-    uint16_t *off = m->ev_off;
-    int32_t *d = m->ev_d;
     const int K = L->kernel, S = L->stride, P = L->padding;
     const int C = (int)L->in_c, H = (int)L->in_h, W = (int)L->in_w;
     const int OH = (int)L->out_h, OW = (int)L->out_w;
-    const int blocks = (int)(L->out_c + 3) / 4;
+    const uint8_t none = L->in_none;
     const size_t rf = (size_t)C * K * K;
     const size_t plane = (size_t)OH * OW;
+    const size_t cstride = (size_t)H * W;
+    uint16_t *off = m->ev_off;
     for (int oy = 0; oy < OH; oy++) {
         const int y0 = oy * S - P;
         const int ky_lo = y0 < 0 ? -y0 : 0, ky_hi = y0 + K > H ? H - y0 : K;
         for (int ox = 0; ox < OW; ox++) {
             const int x0 = ox * S - P;
             const int kx_lo = x0 < 0 ? -x0 : 0, kx_hi = x0 + K > W ? W - x0 : K;
-            int n = 0; /* the spikes of this receptive field */
-            os_list_t ls = { off, d, 0, -1 };
+            /* the spikes of this receptive field: channel c, rows ky_lo..ky_hi-1, columns kx_lo..kx_hi-1 */
+            const uint8_t *first = in + (size_t)(y0 + ky_lo) * W + (x0 + kx_lo);
+            const int rows = ky_hi - ky_lo, cols = kx_hi - kx_lo;
+            const int base0 = ky_lo * K + kx_lo;
+            int n = 0;
+            os_list_t ls = { 0, -1, 0 };
 #if OS_LANES
             if (L->lane_max) {
                 uint8_t *ph = m->ev_ph;
                 uint32_t *cnt = m->bk_pos;
                 for (int c = 0; c < C; c++) {
-                    for (int ky = ky_lo; ky < ky_hi; ky++) {
-                        const uint8_t *row = in + ((size_t)c * H + (size_t)(y0 + ky)) * W;
-                        const int base = (c * K + ky) * K;
-                        for (int kx = kx_lo; kx < kx_hi; kx++) {
-                            const uint8_t f = row[x0 + kx];
-                            if (f != L->in_none) {
-                                off[n] = (uint16_t)(base + kx);
+                    const uint8_t *row = first + c * cstride;
+                    for (int r = 0, base = c * K * K + base0; r < rows; r++, row += W, base += K) {
+                        for (int x = 0; x < cols; x++) {
+                            const uint8_t f = row[x];
+                            if (f != none) {
+                                off[n] = (uint16_t)(base + x);
                                 ph[n++] = f;
                                 cnt[f]++;
                             }
                         }
                     }
                 }
-                ls.nb = os_bucket(m, n, L->in_none);
+                ls.nb = os_bucket(m, n, none, L->in_decode, L->lane_max, &ls.ns);
             } else
 #endif
             {
+                int32_t *d = m->ev_d;
                 for (int c = 0; c < C; c++) {
-                    for (int ky = ky_lo; ky < ky_hi; ky++) {
-                        const uint8_t *row = in + ((size_t)c * H + (size_t)(y0 + ky)) * W;
-                        const int base = (c * K + ky) * K;
-                        for (int kx = kx_lo; kx < kx_hi; kx++) {
-                            const uint8_t f = row[x0 + kx];
-                            if (f != L->in_none) {
-                                off[n] = (uint16_t)(base + kx);
+                    const uint8_t *row = first + c * cstride;
+                    for (int r = 0, base = c * K * K + base0; r < rows; r++, row += W, base += K) {
+                        for (int x = 0; x < cols; x++) {
+                            const uint8_t f = row[x];
+                            if (f != none) {
+                                off[n] = (uint16_t)(base + x);
                                 d[n++] = L->in_decode[f];
                             }
                         }
@@ -351,8 +401,7 @@ static OS_NOINLINE void os_conv2d(const os_model_t *m, const os_layer_t *L, cons
                 }
             }
             ls.n = n;
-            for (int ob = 0; ob < blocks; ob++)
-                os_block_out(m, L, ob, L->weight + (size_t)ob * 4 * rf, &ls, (size_t)oy * OW + ox, plane, out, logits);
+            os_field_out(m, L, L->weight, 4 * rf, ls, (size_t)oy * OW + ox, plane, out, logits);
         }
     }
 }
@@ -362,6 +411,22 @@ static OS_NOINLINE void os_pool(const os_layer_t *L, const uint8_t *in, uint8_t 
     const int K = L->kernel, S = L->stride, P = L->padding;
     const int C = (int)L->in_c, H = (int)L->in_h, W = (int)L->in_w, OH = (int)L->out_h, OW = (int)L->out_w;
     const uint8_t none = L->in_none;
+    if (L->kind == OS_MAXPOOL && K == 2 && S == 2 && P == 0) {
+        /* the common 2x2 max-pool: every window inside the input (2 * OH <= H, 2 * OW <= W) */
+        for (int c = 0; c < C; c++) {
+            const uint8_t *inc = in + (size_t)c * H * W;
+            uint8_t *o = out + (size_t)c * OH * OW;
+            for (int oy = 0; oy < OH; oy++) {
+                const uint8_t *r0 = inc + (size_t)(2 * oy) * W, *r1 = r0 + W;
+                for (int ox = 0; ox < OW; ox++) {
+                    const uint8_t a = r0[2 * ox] < r0[2 * ox + 1] ? r0[2 * ox] : r0[2 * ox + 1];
+                    const uint8_t b = r1[2 * ox] < r1[2 * ox + 1] ? r1[2 * ox] : r1[2 * ox + 1];
+                    *o++ = a < b ? a : b;
+                }
+            }
+        }
+        return;
+    }
     for (int c = 0; c < C; c++) {
         const uint8_t *inc = in + (size_t)c * H * W;
         uint8_t *outc = out + (size_t)c * OH * OW;

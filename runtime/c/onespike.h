@@ -45,12 +45,18 @@ typedef struct {
     const int32_t *in_decode; /* decode table of the input's code, in_none + 1 entries, last = 0 */
     const int8_t *weight;     /* blocks of four output channels, zero-padded:
                                * dense [out/4][in][4]; conv2d [out/4][in_c][ky][kx][4] */
-    const int32_t *bias;      /* [out_c], accumulator units */
+    const int32_t *bias;      /* [out_c rounded up to 4], accumulator units, zero-padded */
     const int32_t *theta;     /* [out_c][T], non-increasing in the phase */
     uint32_t lane_max;        /* dense/conv2d: at most this many weights of one output channel sum within
                                * int16 (proved at code generation); 0: the layer's input code has too many
                                * phases for the phase-bucket kernel (see onespike.c, OS_LANES) */
 } os_layer_t;
+
+/* A phase bucket of the spike list (onespike.c, os_bucket): its end in ev_sorted and its value D[f]. */
+typedef struct {
+    uint32_t end;
+    int32_t d;
+} os_bucket_t;
 
 typedef struct {
     uint16_t n_layers;
@@ -65,8 +71,7 @@ typedef struct {
     uint8_t *ev_ph;           /* the phase of each spike-list entry */
     uint16_t *ev_sorted;      /* the weight offsets sorted by phase */
     uint32_t *bk_pos;         /* per phase: spike count, then bucket start (T + 1 entries, zero between uses) */
-    uint32_t *bk_end;         /* per non-empty bucket: its end in ev_sorted ... */
-    uint8_t *bk_f;            /* ... and its phase */
+    os_bucket_t *bk;          /* the buckets (T + fan-in / lane_max entries) */
 } os_model_t;
 
 /* Called after each layer with its output phases (debug / trace mode); may be NULL. */
