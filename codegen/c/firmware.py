@@ -33,13 +33,13 @@ DETECT_CODE_RESERVE = 2 << 10  # a detector's decode (os_detect, NAME_detect: me
 
 def firmware_ram(model: IntModel, mem: emit_c.Memory) -> int:
     """RAM of the parity firmware before compiling: the model's buffers (a detector's decode buffers
-    included), the stack reserve, and fw_main's buffers: a classifier's image and logits; a detector's
-    detections (it reads the image into the model's input buffer and writes the readout map from the
-    model's own, so neither is a second buffer)."""
+    included), the stack reserve, and fw_main's buffers: a classifier's logits; a detector's
+    detections. Both read the image into the model's input buffer (NAME_input), and a detector writes
+    the readout map from the model's own, so neither is a second buffer."""
     ram = mem.ram_buffers + STACK_RESERVE
     if mem.max_detections:
         return ram + mem.max_detections * (emit_c.OS_DETECTION_T_BYTES + 28) + 4
-    return ram + int(np.prod(model.input_shape)) + 4 * (model.num_classes + 1)
+    return ram + 4 * (model.num_classes + 1)
 
 
 def check_fit(model: IntModel, b: McuBoard) -> emit_c.Memory:
@@ -67,9 +67,11 @@ def build_firmware(model: IntModel, name: str, b: McuBoard, work: Path, opt: str
     """Generated C for ``model`` plus the board's start-up code and the parity firmware."""
     mem = check_fit(model, b)
     sym = emit_c.c_symbol(name)
+    # the image is read straight into the network's input buffer (NAME_input, encoded in place)
+    defs = detect_defines(model, sym) or [f"-DOS_INPUT_BUF={sym}_input"]
     return build_elf(emit_c.generate(model, name), [f"{sym}_model.c", "onespike.c"], f"{sym}_infer",
                      int(np.prod(model.input_shape)), model.num_classes, b, Path(work) / f"{b.name}{opt}", opt, sym,
-                     extra_defs=detect_defines(model, sym), max_detections=mem.max_detections)
+                     extra_defs=defs, max_detections=mem.max_detections)
 
 
 def detect_defines(model: IntModel, sym: str) -> list[str]:

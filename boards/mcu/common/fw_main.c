@@ -8,7 +8,11 @@
  * -DOS_MAX_DETECTIONS=<n>) reads each image into the model's own input buffer (no copy in RAM);
  * os_mark() brackets <sym>_detect, inference and decode; after the logits and class (the argmax of
  * the readout map, outside the bracket) each record holds int32 count and count rows of 7 words:
- * class, x0, y0, x1, y1, score (low word, high word of the int64). */
+ * class, x0, y0, x1, y1, score (low word, high word of the int64).
+ *
+ * A classifier-style build may define -DOS_INPUT_BUF=<fn> too (without OS_DETECT): each image is then
+ * read into <fn>() (the network's own buffer, e.g. the CMSIS-NN baseline's SYM_input) and OS_INFER
+ * gets that pointer, so the firmware holds no image buffer of its own. */
 #include <stdint.h>
 
 #include "semihost.h"
@@ -33,7 +37,11 @@ __attribute__((noinline)) void os_mark(int what)
 }
 
 #ifndef OS_DETECT
+#ifdef OS_INPUT_BUF
+uint8_t *OS_INPUT_BUF(void);
+#else
 static uint8_t pixels[OS_INPUT_SIZE];
+#endif
 static int32_t out[OS_N_LOGITS + 1];
 #endif
 
@@ -47,8 +55,8 @@ int main(void)
         return 2;
     }
     for (uint32_t i = 0; i < n; i++) {
-#ifdef OS_DETECT
-        /* a detector reads the image straight into the model's input buffer (encoded in place) */
+#if defined(OS_DETECT) || defined(OS_INPUT_BUF)
+        /* the image goes straight into the network's own input buffer (a detector encodes it in place) */
         uint8_t *pixels = OS_INPUT_BUF();
         if (sh_read(fi, pixels, OS_INPUT_SIZE) != 0) {
 #else
