@@ -181,3 +181,55 @@ def test_a_cross_compile_failure_is_one_line_with_its_log(tmp_path, monkeypatch,
     kept = log.parent.parent  # the build folder kept for the log
     assert kept.name.startswith("onespike-c-")
     shutil.rmtree(kept)
+
+
+def _lane_models():
+    """Random models of every layer plan (strides, paddings, odd channel counts), and a dense layer whose
+    one phase holds 1024 spikes of weight +-127: the Cortex-M4's phase-bucket kernel (Thumb-2 loop)
+    must split it at the lane bound."""
+    from randmodels import random_images, random_model
+    from runtime.spec import IntModel, Layer, decode_table, encode_table, validate
+
+    rng = np.random.default_rng(77)
+    plans = [["conv2d", "maxpool", "dense"], ["conv2d", "avgpool", "conv2d", "dense"], ["dense", "dense"],
+             ["conv2d", "conv2d"], ["maxpool", "conv2d", "dense", "dense"], ["conv2d", "conv2d", "conv2d"]]
+    out = []
+    for i, plan in enumerate(plans):
+        shape = (int(rng.integers(1, 4)), int(rng.integers(5, 12)), int(rng.integers(5, 12)))
+        m = random_model(rng, input_shape=shape, plan=plan)
+        out.append((f"rand{i}", m, random_images(rng, m, 12)))
+    w = rng.integers(-3, 4, size=(5, 1024)).astype(np.int8)
+    w[0], w[1] = 127, -127
+    full = IntModel(Q=2.0, T=4, F=4, input_shape=(1, 32, 32), decode=decode_table(2.0, 4, 4), encode=encode_table(2.0, 4),
+                    layers=[Layer("dense", (1, 32, 32), (5,), w, rng.integers(-8, 8, size=5).astype(np.int64), None,
+                                  readout=True)])
+    validate(full)
+    xf = np.concatenate([np.full((2, 1, 32, 32), 255, np.uint8), random_images(rng, full, 4)])
+    out.append(("lanefull", full, xf))
+    return out
+
+
+@pytest.mark.parametrize("opt", ["-O2", "-Os"])
+def test_phase_bucket_kernel_on_the_cortex_m4_equals_golden(opt, tmp_path):
+    from codegen.c import emit as emit_c
+
+    for name, m, x in _lane_models():
+        if name == "lanefull":
+            assert emit_c.lane_max(m.layers[0]) == 258 < 1024
+        fw = firmware.build_firmware(m, name, registry.mcu("mps2-an386"), tmp_path / name, opt=opt)
+        logits, classes = emulators.run_qemu(fw, x, m.num_classes)
+        gold = golden.run(m, x, keep_phases=False)
+        assert np.array_equal(logits, gold.logits) and np.array_equal(classes, gold.classes), name
+
+
+def test_phase_bucket_kernel_without_the_lane_bound_wraps_on_the_cortex_m4(tmp_path, monkeypatch):
+    """The same one-phase model with the bound switched off (lane_max = the fan-in): the M4's 16-bit
+    lanes wrap and the firmware differs from golden, so the test above can fail."""
+    from codegen.c import emit as emit_c
+
+    name, m, x = _lane_models()[-1]
+    monkeypatch.setattr(emit_c, "lane_max", lambda layer: 1024)
+    fw = firmware.build_firmware(m, name, registry.mcu("mps2-an386"), tmp_path, opt="-O2")
+    logits, _ = emulators.run_qemu(fw, x, m.num_classes)
+    gold = golden.run(m, x, keep_phases=False)
+    assert not np.array_equal(logits[:2], gold.logits[:2])

@@ -119,6 +119,8 @@ class Memory:
     lane_entries: int = 1  # phase-bucket scratch: the largest fan-in ...
     lane_phases: int = 1  # ... and input phase count of the layers the bucket kernel serves
     lane_buckets: int = 1  # ... and their most buckets (os_bucket_t entries)
+    band_entries: int = 1  # conv2d band scratch: the largest C * min(K, H) * W ...
+    band_columns: int = 1  # ... and input width + 1
     # a detector: os_cand_t entries (one per grid cell) and the bytes of the decode's RAM (the
     # candidate buffer and NAME_detect's readout map; included in ram_buffers)
     candidates: int = 0
@@ -153,10 +155,14 @@ def plan_memory(model: IntModel) -> Memory:
     # buckets: one per phase, plus one per lane_max (>= 258) spikes of a split phase
     lane_bk = max([(model.input_T if c else model.T) + fan_in(l) // lane_max(l)
                    for l, b, c in zip(model.layers, lanes, codes) if b] + [1])
-    # ev_off + ev_d; ev_ph + ev_sorted; bk_pos (T + 1); bk
-    ram = buf[0] + buf[1] + 6 * ev + 3 * lane_ev + 4 * (lane_t + 1) + 8 * lane_bk
+    convs = [l for l in model.layers if l.kind == "conv2d"]
+    band = max([l.in_shape[0] * min(l.kernel, l.in_shape[1]) * l.in_shape[2] for l in convs] + [1])
+    band_cols = max([l.in_shape[2] + 1 for l in convs] + [1])
+    # ev_off + ev_d; ev_ph + ev_sorted; bk_pos (T + 1); bk; band_off + band_ph; band_col
+    ram = buf[0] + buf[1] + 6 * ev + 3 * lane_ev + 4 * (lane_t + 1) + 8 * lane_bk + 3 * band + 4 * band_cols
     common = dict(buf_sizes=(buf[0], buf[1]), event_entries=int(ev), logits=model.num_classes,
-                  lane_entries=int(lane_ev), lane_phases=int(lane_t), lane_buckets=int(lane_bk))
+                  lane_entries=int(lane_ev), lane_phases=int(lane_t), lane_buckets=int(lane_bk),
+                  band_entries=int(band), band_columns=int(band_cols))
     if not is_detector(model):
         return Memory(flash_tables=int(flash), ram_buffers=int(ram), **common)
     _, gh, gw = model.layers[-1].out_shape
@@ -242,12 +248,16 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
     c_parts.append(f"static uint8_t {sym}_ev_ph[{mem.lane_entries}];\n")
     c_parts.append(f"static uint16_t {sym}_ev_sorted[{mem.lane_entries}];\n")
     c_parts.append(f"static uint32_t {sym}_bk_pos[{mem.lane_phases + 1}];\n")
-    c_parts.append(f"static os_bucket_t {sym}_bk[{mem.lane_buckets}];\n\n")
+    c_parts.append(f"static os_bucket_t {sym}_bk[{mem.lane_buckets}];\n")
+    c_parts.append(f"static uint16_t {sym}_band_off[{mem.band_entries}];\n")
+    c_parts.append(f"static uint8_t {sym}_band_ph[{mem.band_entries}];\n")
+    c_parts.append(f"static uint32_t {sym}_band_col[{mem.band_columns}];\n\n")
     C, H, W = model.input_shape
     c_parts.append(
         f"const os_model_t {sym}_model = {{\n    {len(model.layers)}, {sym}_layers, {sym}_encode, {C}, {H}, {W}, "
         f"{model.num_classes},\n    {{ {sym}_buf0, {sym}_buf1 }}, {sym}_ev_off, {sym}_ev_d,\n    "
-        f"{sym}_ev_ph, {sym}_ev_sorted, {sym}_bk_pos, {sym}_bk\n}};\n\n")
+        f"{sym}_ev_ph, {sym}_ev_sorted, {sym}_bk_pos, {sym}_bk,\n    "
+        f"{sym}_band_off, {sym}_band_ph, {sym}_band_col\n}};\n\n")
     det = is_detector(model)
     if det:
         c_parts.append(_detector_c(model, sym, mem))

@@ -147,6 +147,9 @@ static uint32_t os_sx8(uint32_t w)
 
 #if defined(__ARM_FEATURE_SIMD32) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN)
 #include <arm_acle.h>
+#if defined(__thumb2__)
+#define OS_LANES_ASM 1 /* os_lanes' bucket loop in Thumb-2 */
+#endif
 /* lanes (lo, hi) += (sign-extended byte 0, byte 2) of w; the odd form: bytes 1 and 3 */
 #define OS_ADD_EVEN(s, w) __sxtab16((s), (w))
 static inline uint32_t os_add_odd(uint32_t s, uint32_t w)
@@ -185,11 +188,13 @@ static uint32_t os_hi16(uint32_t s)
     return ((s >> 16) ^ 0x8000u) - 0x8000u;
 }
 #endif
+#ifndef OS_LANES_ASM
 /* the low lane, sign-extended, modulo 2^32 (compiles to SXTH) */
 static uint32_t os_lo16(uint32_t s)
 {
     return ((s & 0xFFFFu) ^ 0x8000u) - 0x8000u;
 }
+#endif
 
 /* The phase-bucket kernel: for each of the nblk blocks (as os_events), acc = bias + sum over the nb
  * buckets k (entries bk[k - 1].end .. bk[k].end - 1 of sorted, each at most lane_max long) of bk[k].d times the sum of the bucket's weights, plus the ns single spikes of a phase that
@@ -202,9 +207,59 @@ static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride,
     for (int b = 0; b < nblk; b++, w += wstride, bias += 4, acc += 4) {
         uint32_t a0 = (uint32_t)bias[0], a1 = (uint32_t)bias[1], a2 = (uint32_t)bias[2], a3 = (uint32_t)bias[3];
         const uint16_t *p = sorted;
+#ifdef OS_LANES_ASM
+        if (nb > 0) {
+            /* the loop below, in Thumb-2: a bucket costs 15 instructions (19 with an odd count) and two
+             * events 10; the compiler's reading of the C spills around the event loop */
+            const os_bucket_t *k = bk;
+            uint32_t s02, s13, t, d;
+            const uint16_t *pe;
+            __asm__ volatile(
+                "1:\n\t"
+                "ldrd %[pe], %[d], [%[k]], #8\n\t"
+                "movs %[s02], #0\n\t"
+                "movs %[s13], #0\n\t"
+                "subs %[t], %[pe], %[p]\n\t"
+                "tst %[t], #2\n\t"
+                "beq 2f\n\t"
+                "ldrh %[t], [%[p]], #2\n\t"
+                "ldr %[t], [%[w], %[t], lsl #2]\n\t"
+                "sxtab16 %[s02], %[s02], %[t]\n\t"
+                "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"
+                "2:\n\t"
+                "cmp %[p], %[pe]\n\t"
+                "beq 3f\n\t"
+                "4:\n\t"
+                "ldrh %[t], [%[p]], #2\n\t"
+                "ldr %[t], [%[w], %[t], lsl #2]\n\t"
+                "sxtab16 %[s02], %[s02], %[t]\n\t"
+                "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"
+                "ldrh %[t], [%[p]], #2\n\t"
+                "ldr %[t], [%[w], %[t], lsl #2]\n\t"
+                "sxtab16 %[s02], %[s02], %[t]\n\t"
+                "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"
+                "cmp %[p], %[pe]\n\t"
+                "bne 4b\n\t"
+                "3:\n\t"
+                "sxth %[t], %[s02]\n\t"
+                "mla %[a0], %[t], %[d], %[a0]\n\t"
+                "asrs %[t], %[s02], #16\n\t"
+                "mla %[a2], %[t], %[d], %[a2]\n\t"
+                "sxth %[t], %[s13]\n\t"
+                "mla %[a1], %[t], %[d], %[a1]\n\t"
+                "asrs %[t], %[s13], #16\n\t"
+                "mla %[a3], %[t], %[d], %[a3]\n\t"
+                "cmp %[k], %[kend]\n\t"
+                "bne 1b\n\t"
+                : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [p] "+r"(p), [k] "+r"(k),
+                  [s02] "=&r"(s02), [s13] "=&r"(s13), [t] "=&r"(t), [d] "=&r"(d), [pe] "=&r"(pe)
+                : [w] "r"(w), [kend] "r"(bk_last)
+                : "cc", "memory");
+        }
+#else
         for (const os_bucket_t *k = bk; k != bk_last; k++) {
             const uint32_t d = (uint32_t)k->d;
-            const uint16_t *const pe = sorted + k->end; /* buckets are never empty */
+            const uint16_t *const pe = k->end; /* buckets are never empty */
             uint32_t s02 = 0, s13 = 0;
             if ((pe - p) & 1) {
                 const uint32_t x = os_load4(w + 4 * (size_t)*p++);
@@ -223,6 +278,7 @@ static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride,
             a1 += OS_MULU(os_lo16(s13), d);
             a3 += OS_MULU(os_hi16(s13), d);
         }
+#endif
         for (int e = 0; e < ns; e++) {
             const uint32_t x = os_load4(w + 4 * (size_t)singles[e]), d = (uint32_t)sd[e];
             a0 += OS_MULU(os_sx8(x), d);
@@ -234,13 +290,14 @@ static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride,
     }
 }
 
-/* Counting sort of the n gathered entries (ev_off[e], phase ev_ph[e]) by phase: ev_sorted gets the
- * offsets of the phases with two or more spikes from the front, bucket by bucket (bk: end, D[f]; a
- * phase of more than lane_max spikes split into several), and those of the phases with one spike from
- * the back (entry n - 1 - s for the s-th, its value D[f] in ev_d at the same index). Returns the number
- * of buckets; *ns: of single spikes, entries n - ns .. n - 1. On entry bk_pos[f] holds the count of
- * phase f (f < T); on return it is all zero. */
-static int os_bucket(const os_model_t *m, int n, int T, const int32_t *dec, uint32_t lane_max, int *ns)
+/* Counting sort of the n entries (offset off[e] - adj modulo 2^16, phase ph[e]) by phase: ev_sorted
+ * gets the offsets of the phases with two or more spikes from the front, bucket by bucket (bk: end,
+ * D[f]; a phase of more than lane_max spikes split into several), and those of the phases with one
+ * spike from the back (entry n - 1 - s for the s-th, its value D[f] in ev_d at the same index).
+ * Returns the number of buckets; *ns: of single spikes, entries n - ns .. n - 1. On entry bk_pos[f]
+ * holds the count of phase f (f < T); on return it is all zero. */
+static int os_bucket(const os_model_t *m, const uint16_t *off, const uint8_t *ph, int n, unsigned adj, int T,
+                     const int32_t *dec, uint32_t lane_max, int *ns)
 {
     uint32_t *pos = m->bk_pos, at = 0, single = (uint32_t)n;
     int nb = 0;
@@ -251,7 +308,7 @@ static int os_bucket(const os_model_t *m, int n, int T, const int32_t *dec, uint
             for (uint32_t left = c; left; ) { /* pieces of at most lane_max */
                 const uint32_t piece = left > lane_max ? lane_max : left;
                 at += piece, left -= piece;
-                m->bk[nb].end = at;
+                m->bk[nb].end = m->ev_sorted + at;
                 m->bk[nb++].d = dec[f];
             }
         } else if (c) {
@@ -260,9 +317,9 @@ static int os_bucket(const os_model_t *m, int n, int T, const int32_t *dec, uint
         }
     }
     for (int e = 0; e < n; e++)
-        m->ev_sorted[pos[m->ev_ph[e]]++] = m->ev_off[e];
+        m->ev_sorted[pos[ph[e]]++] = (uint16_t)(off[e] - adj);
     for (int e = 0; e < n; e++)
-        pos[m->ev_ph[e]] = 0;
+        pos[ph[e]] = 0;
     *ns = n - (int)single;
     return nb;
 }
@@ -325,7 +382,7 @@ static OS_NOINLINE void os_dense(const os_model_t *m, const os_layer_t *L, const
                 cnt[f]++;
             }
         }
-        ls.nb = os_bucket(m, n, none, L->in_decode, L->lane_max, &ls.ns);
+        ls.nb = os_bucket(m, off, ph, n, 0, none, L->in_decode, L->lane_max, &ls.ns);
     } else
 #endif
     {
@@ -342,6 +399,12 @@ static OS_NOINLINE void os_dense(const os_model_t *m, const os_layer_t *L, const
     os_field_out(m, L, L->weight, 4 * (size_t)n_in, ls, 0, 1, out, logits);
 }
 
+/* conv2d, one output row at a time. The band of input rows that row reads (every channel) is listed
+ * once, column by column, as (offset, phase) entries whose offset (c * K + ky) * K + x holds the
+ * absolute column x; the spikes of the window at x0 are then the contiguous slice of columns
+ * max(x0, 0) .. min(x0 + K, W) - 1, and offset - x0 (modulo 2^16: the true value is a weight offset,
+ * 0 .. C * K * K - 1) is the weight offset in the window. Each input is read once per output row, not
+ * once per window. */
 static OS_NOINLINE void os_conv2d(const os_model_t *m, const os_layer_t *L, const uint8_t *in, uint8_t *out,
                                   int32_t *logits)
 {
@@ -352,55 +415,53 @@ static OS_NOINLINE void os_conv2d(const os_model_t *m, const os_layer_t *L, cons
     const size_t rf = (size_t)C * K * K;
     const size_t plane = (size_t)OH * OW;
     const size_t cstride = (size_t)H * W;
-    uint16_t *off = m->ev_off;
+    uint16_t *const boff = m->band_off;
+    uint8_t *const bph = m->band_ph;
+    uint32_t *const col = m->band_col;
     for (int oy = 0; oy < OH; oy++) {
         const int y0 = oy * S - P;
         const int ky_lo = y0 < 0 ? -y0 : 0, ky_hi = y0 + K > H ? H - y0 : K;
-        for (int ox = 0; ox < OW; ox++) {
-            const int x0 = ox * S - P;
-            const int kx_lo = x0 < 0 ? -x0 : 0, kx_hi = x0 + K > W ? W - x0 : K;
-            /* the spikes of this receptive field: channel c, rows ky_lo..ky_hi-1, columns kx_lo..kx_hi-1 */
-            const uint8_t *first = in + (size_t)(y0 + ky_lo) * W + (x0 + kx_lo);
-            const int rows = ky_hi - ky_lo, cols = kx_hi - kx_lo;
-            const int base0 = ky_lo * K + kx_lo;
-            int n = 0;
-            os_list_t ls = { 0, -1, 0 };
-#if OS_LANES
-            if (L->lane_max) {
-                uint8_t *ph = m->ev_ph;
-                uint32_t *cnt = m->bk_pos;
-                for (int c = 0; c < C; c++) {
-                    const uint8_t *row = first + c * cstride;
-                    for (int r = 0, base = c * K * K + base0; r < rows; r++, row += W, base += K) {
-                        for (int x = 0; x < cols; x++) {
-                            const uint8_t f = row[x];
-                            if (f != none) {
-                                off[n] = (uint16_t)(base + x);
-                                ph[n++] = f;
-                                cnt[f]++;
-                            }
-                        }
-                    }
-                }
-                ls.nb = os_bucket(m, n, none, L->in_decode, L->lane_max, &ls.ns);
-            } else
-#endif
-            {
-                int32_t *d = m->ev_d;
-                for (int c = 0; c < C; c++) {
-                    const uint8_t *row = first + c * cstride;
-                    for (int r = 0, base = c * K * K + base0; r < rows; r++, row += W, base += K) {
-                        for (int x = 0; x < cols; x++) {
-                            const uint8_t f = row[x];
-                            if (f != none) {
-                                off[n] = (uint16_t)(base + x);
-                                d[n++] = L->in_decode[f];
-                            }
-                        }
+        const int rows = ky_hi - ky_lo;
+        uint32_t nband = 0;
+        for (int x = 0; x < W; x++) {
+            col[x] = nband;
+            const uint8_t *px = in + (size_t)(y0 + ky_lo) * W + x;
+            for (int c = 0; c < C; c++, px += cstride) {
+                const uint8_t *q = px;
+                unsigned o = (unsigned)((c * K + ky_lo) * K + x);
+                for (int r = 0; r < rows; r++, q += W, o += (unsigned)K) {
+                    const uint8_t f = *q;
+                    if (f != none) {
+                        boff[nband] = (uint16_t)o; /* modulo 2^16 */
+                        bph[nband++] = f;
                     }
                 }
             }
-            ls.n = n;
+        }
+        col[W] = nband;
+        for (int ox = 0; ox < OW; ox++) {
+            const int x0 = ox * S - P;
+            const int xa = x0 < 0 ? 0 : x0, xb = x0 + K > W ? W : x0 + K;
+            const uint32_t e0 = col[xa];
+            const int n = (int)(col[xb] - e0);
+            const unsigned adj = (unsigned)x0 & 0xFFFFu; /* x0 modulo 2^16 */
+            os_list_t ls = { n, -1, 0 };
+#if OS_LANES
+            if (L->lane_max) {
+                uint32_t *cnt = m->bk_pos;
+                for (int e = 0; e < n; e++)
+                    cnt[bph[e0 + e]]++;
+                ls.nb = os_bucket(m, boff + e0, bph + e0, n, adj, none, L->in_decode, L->lane_max, &ls.ns);
+            } else
+#endif
+            {
+                uint16_t *off = m->ev_off;
+                int32_t *d = m->ev_d;
+                for (int e = 0; e < n; e++) {
+                    off[e] = (uint16_t)(boff[e0 + e] - adj);
+                    d[e] = L->in_decode[bph[e0 + e]];
+                }
+            }
             os_field_out(m, L, L->weight, 4 * rf, ls, (size_t)oy * OW + ox, plane, out, logits);
         }
     }

@@ -54,7 +54,7 @@ typedef struct {
 
 /* A phase bucket of the spike list (onespike.c, os_bucket): its end in ev_sorted and its value D[f]. */
 typedef struct {
-    uint32_t end;
+    const uint16_t *end;
     int32_t d;
 } os_bucket_t;
 
@@ -72,6 +72,10 @@ typedef struct {
     uint16_t *ev_sorted;      /* the weight offsets sorted by phase */
     uint32_t *bk_pos;         /* per phase: spike count, then bucket start (T + 1 entries, zero between uses) */
     os_bucket_t *bk;          /* the buckets (T + fan-in / lane_max entries) */
+    /* conv2d scratch: one output row's band of input rows, column by column (largest C * K * W) */
+    uint16_t *band_off;       /* (c * K + ky) * K + x, modulo 2^16 */
+    uint8_t *band_ph;         /* the phase */
+    uint32_t *band_col;       /* per column x: its first entry (largest input width + 1 entries) */
 } os_model_t;
 
 /* Called after each layer with its output phases (debug / trace mode); may be NULL. */
