@@ -31,16 +31,6 @@
 #define OS_WORD_LOADS 1
 #endif
 
-/* The phase-bucket kernel (os_lanes): on by default where the core has the DSP extension's SIMD
- * instructions (Cortex-M4/M7/M33: SXTAB16), off elsewhere (Cortex-M0+, host); -DOS_LANES=1 forces it
- * on with a portable C reading of the same lane arithmetic (the host tests run both kernels). */
-#ifndef OS_LANES
-#if defined(__ARM_FEATURE_SIMD32)
-#define OS_LANES 1
-#else
-#define OS_LANES 0
-#endif
-#endif
 
 /* The first phase f with acc >= theta[f], or T (no spike). theta is non-increasing, so this is
  * the number of entries greater than acc: one compare for the common silent case, then a
@@ -280,7 +270,7 @@ static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride,
         }
 #endif
         for (int e = 0; e < ns; e++) {
-            const uint32_t x = os_load4(w + 4 * (size_t)singles[e]), d = (uint32_t)sd[e];
+            const uint32_t x = os_load4(w + 4 * (size_t)singles[-e]), d = (uint32_t)sd[e];
             a0 += OS_MULU(os_sx8(x), d);
             a1 += OS_MULU(os_sx8(x >> 8), d);
             a2 += OS_MULU(os_sx8(x >> 16), d);
@@ -293,7 +283,7 @@ static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride,
 /* Counting sort of the n entries (offset off[e] - adj modulo 2^16, phase ph[e]) by phase: ev_sorted
  * gets the offsets of the phases with two or more spikes from the front, bucket by bucket (bk: end,
  * D[f]; a phase of more than lane_max spikes split into several), and those of the phases with one
- * spike from the back (entry n - 1 - s for the s-th, its value D[f] in ev_d at the same index).
+ * spike from the back (entry n - 1 - s for the s-th, its value D[f] in bk_sd[s]).
  * Returns the number of buckets; *ns: of single spikes, entries n - ns .. n - 1. On entry bk_pos[f]
  * holds the count of phase f (f < T); on return it is all zero. */
 static int os_bucket(const os_model_t *m, const uint16_t *off, const uint8_t *ph, int n, unsigned adj, int T,
@@ -313,7 +303,7 @@ static int os_bucket(const os_model_t *m, const uint16_t *off, const uint8_t *ph
             }
         } else if (c) {
             pos[f] = --single;
-            m->ev_d[single] = dec[f];
+            m->bk_sd[n - 1 - single] = dec[f];
         }
     }
     for (int e = 0; e < n; e++)
@@ -346,7 +336,7 @@ static void os_field_out(const os_model_t *m, const os_layer_t *L, const int8_t 
 #if OS_LANES
         if (ls.nb >= 0)
             os_lanes(acc, w, wstride, (nc + 3) / 4, L->bias + c0, m->ev_sorted, m->bk, ls.nb,
-                     m->ev_sorted + (ls.n - ls.ns), m->ev_d + (ls.n - ls.ns), ls.ns);
+                     m->ev_sorted + (ls.ns ? ls.n - 1 : 0), m->bk_sd, ls.ns);
         else
 #endif
             os_events(acc, w, wstride, (nc + 3) / 4, L->bias + c0, m->ev_off, m->ev_d, ls.n);

@@ -30,6 +30,18 @@
 extern "C" {
 #endif
 
+/* The phase-bucket kernel (onespike.c, os_lanes): on by default where the core has the DSP
+ * extension's SIMD instructions (Cortex-M4/M7/M33: SXTAB16), off elsewhere (Cortex-M0+, host);
+ * -DOS_LANES=1 forces it on with a portable C reading of the same lane arithmetic (the host tests run
+ * both kernels). Defined here so that generated code sizes its scratch for the kernel compiled. */
+#ifndef OS_LANES
+#if defined(__ARM_FEATURE_SIMD32)
+#define OS_LANES 1
+#else
+#define OS_LANES 0
+#endif
+#endif
+
 enum { OS_DENSE = 0, OS_CONV2D = 1, OS_MAXPOOL = 2, OS_AVGPOOL = 3 };
 
 typedef struct {
@@ -66,12 +78,13 @@ typedef struct {
     uint32_t n_logits;
     uint8_t *buf[2];          /* activation (phase) buffers */
     uint16_t *ev_off;         /* spike list scratch: weight offsets of the spiking inputs (fan-in <= 65536) ... */
-    int32_t *ev_d;            /* ... and their decoded values D[f] (largest fan-in entries each) */
+    int32_t *ev_d;            /* ... and their decoded values D[f] (the direct kernel's layers only) */
     /* phase-bucket scratch (layers with lane_max > 0; largest such fan-in / phase count entries) */
     uint8_t *ev_ph;           /* the phase of each spike-list entry */
     uint16_t *ev_sorted;      /* the weight offsets sorted by phase */
     uint32_t *bk_pos;         /* per phase: spike count, then bucket start (T + 1 entries, zero between uses) */
     os_bucket_t *bk;          /* the buckets (T + fan-in / lane_max entries) */
+    int32_t *bk_sd;           /* the values D[f] of the single spikes (T entries) */
     /* conv2d scratch: one output row's band of input rows, column by column (largest C * K * W) */
     uint16_t *band_off;       /* (c * K + ky) * K + x, modulo 2^16 */
     uint8_t *band_ph;         /* the phase */
