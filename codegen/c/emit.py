@@ -160,10 +160,10 @@ def plan_memory(model: IntModel) -> Memory:
     band = max([l.in_shape[0] * min(l.kernel, l.in_shape[1]) * l.in_shape[2] for l in convs] + [1])
     band_cols = max([l.in_shape[2] + 1 for l in convs] + [1])
     direct_ev = max([fan_in(l) for l, b in zip(model.layers, lanes) if not b and l.weight is not None] + [1])
-    # ev_off; then the larger of the two kernels' scratch: the direct one's ev_d, or the bucket kernel's
-    # ev_d (its direct layers), ev_ph + ev_sorted, bk_pos (T + 1), bk, bk_sd; band_off + band_ph; band_col
-    lanes_ram = 4 * direct_ev + 3 * lane_ev + 4 * (lane_t + 1) + 8 * lane_bk + 4 * lane_t
-    ram = buf[0] + buf[1] + 2 * ev + max(4 * ev, lanes_ram) + 3 * band + 4 * band_cols
+    # the larger of the two kernels' scratch: the direct one's ev_off + ev_d, or the bucket kernel's
+    # ev_off + ev_d (its direct layers), ev_sorted, bk_pos (T + 1), bk, bk_sd; then band_off + band_ph, band_col
+    lanes_ram = 6 * direct_ev + 2 * lane_ev + 4 * (lane_t + 1) + 8 * lane_bk + 4 * lane_t
+    ram = buf[0] + buf[1] + max(6 * ev, lanes_ram) + 3 * band + 4 * band_cols
     common = dict(buf_sizes=(buf[0], buf[1]), event_entries=int(ev), logits=model.num_classes,
                   lane_entries=int(lane_ev), lane_phases=int(lane_t), lane_buckets=int(lane_bk),
                   band_entries=int(band), band_columns=int(band_cols), direct_entries=int(direct_ev))
@@ -247,16 +247,16 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
     c_parts.append(f"\nstatic const os_layer_t {sym}_layers[{len(model.layers)}] = {{\n" + "\n".join(layer_inits) + "\n};\n\n")
     c_parts.append(f"static uint8_t {sym}_buf0[{max(1, mem.buf_sizes[0])}];\n")
     c_parts.append(f"static uint8_t {sym}_buf1[{max(1, mem.buf_sizes[1])}];\n")
-    c_parts.append(f"static uint16_t {sym}_ev_off[{mem.event_entries}];\n")
     # scratch of the kernel compiled (onespike.h, OS_LANES): the bucket kernel's, or the direct one's
-    c_parts.append(f"#if OS_LANES\nstatic int32_t {sym}_ev_d[{mem.direct_entries}];\n"
-                   f"static uint8_t {sym}_ev_ph[{mem.lane_entries}];\n"
+    c_parts.append(f"#if OS_LANES\nstatic uint16_t {sym}_ev_off[{mem.direct_entries}];\n"
+                   f"static int32_t {sym}_ev_d[{mem.direct_entries}];\n"
                    f"static uint16_t {sym}_ev_sorted[{mem.lane_entries}];\n"
                    f"static uint32_t {sym}_bk_pos[{mem.lane_phases + 1}];\n"
                    f"static os_bucket_t {sym}_bk[{mem.lane_buckets}];\n"
                    f"static int32_t {sym}_bk_sd[{mem.lane_phases}];\n#else\n"
+                   f"static uint16_t {sym}_ev_off[{mem.event_entries}];\n"
                    f"static int32_t {sym}_ev_d[{mem.event_entries}];\n"
-                   f"static uint8_t {sym}_ev_ph[1];\nstatic uint16_t {sym}_ev_sorted[1];\nstatic uint32_t {sym}_bk_pos[1];\n"
+                   f"static uint16_t {sym}_ev_sorted[1];\nstatic uint32_t {sym}_bk_pos[1];\n"
                    f"static os_bucket_t {sym}_bk[1];\nstatic int32_t {sym}_bk_sd[1];\n#endif\n")
     c_parts.append(f"static uint16_t {sym}_band_off[{mem.band_entries}];\n")
     c_parts.append(f"static uint8_t {sym}_band_ph[{mem.band_entries}];\n")
@@ -265,7 +265,7 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
     c_parts.append(
         f"const os_model_t {sym}_model = {{\n    {len(model.layers)}, {sym}_layers, {sym}_encode, {C}, {H}, {W}, "
         f"{model.num_classes},\n    {{ {sym}_buf0, {sym}_buf1 }}, {sym}_ev_off, {sym}_ev_d,\n    "
-        f"{sym}_ev_ph, {sym}_ev_sorted, {sym}_bk_pos, {sym}_bk, {sym}_bk_sd,\n    "
+        f"{sym}_ev_sorted, {sym}_bk_pos, {sym}_bk, {sym}_bk_sd,\n    "
         f"{sym}_band_off, {sym}_band_ph, {sym}_band_col\n}};\n\n")
     det = is_detector(model)
     if det:

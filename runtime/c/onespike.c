@@ -129,6 +129,11 @@ static uint32_t os_load4(const int8_t *p)
            (uint32_t)(uint8_t)p[3] << 24;
 }
 
+static uint32_t os_load4u(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 /* byte 0 of w, sign-extended, modulo 2^32 */
 static uint32_t os_sx8(uint32_t w)
 {
@@ -280,14 +285,12 @@ static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride,
     }
 }
 
-/* Counting sort of the n entries (offset off[e] - adj modulo 2^16, phase ph[e]) by phase: ev_sorted
- * gets the offsets of the phases with two or more spikes from the front, bucket by bucket (bk: end,
- * D[f]; a phase of more than lane_max spikes split into several), and those of the phases with one
- * spike from the back (entry n - 1 - s for the s-th, its value D[f] in bk_sd[s]).
- * Returns the number of buckets; *ns: of single spikes, entries n - ns .. n - 1. On entry bk_pos[f]
- * holds the count of phase f (f < T); on return it is all zero. */
-static int os_bucket(const os_model_t *m, const uint16_t *off, const uint8_t *ph, int n, unsigned adj, int T,
-                     const int32_t *dec, uint32_t lane_max, int *ns)
+/* The bucket plan of a counting sort by phase, from the counts bk_pos[f] (f < T) of n spikes: the
+ * phases with two or more spikes get places from the front of ev_sorted, bucket by bucket (bk: end,
+ * D[f]; a phase of more than lane_max spikes split into several), those with one spike from the back
+ * (place n - 1 - s for the s-th, its value D[f] in bk_sd[s]). bk_pos[f] becomes the place of the
+ * phase's first spike. Returns the number of buckets; *ns: of single spikes (places n - ns .. n - 1). */
+static int os_bucket_plan(const os_model_t *m, int n, int T, const int32_t *dec, uint32_t lane_max, int *ns)
 {
     uint32_t *pos = m->bk_pos, at = 0, single = (uint32_t)n;
     int nb = 0;
@@ -306,11 +309,21 @@ static int os_bucket(const os_model_t *m, const uint16_t *off, const uint8_t *ph
             m->bk_sd[n - 1 - single] = dec[f];
         }
     }
+    *ns = n - (int)single;
+    return nb;
+}
+
+/* The counting sort of n listed entries (offset off[e] - adj modulo 2^16, phase ph[e]) whose phase
+ * counts are in bk_pos: the plan, the offsets into ev_sorted, and bk_pos back to all zero. */
+static int os_bucket(const os_model_t *m, const uint16_t *off, const uint8_t *ph, int n, unsigned adj, int T,
+                     const int32_t *dec, uint32_t lane_max, int *ns)
+{
+    uint32_t *pos = m->bk_pos;
+    const int nb = os_bucket_plan(m, n, T, dec, lane_max, ns);
     for (int e = 0; e < n; e++)
         m->ev_sorted[pos[ph[e]]++] = (uint16_t)(off[e] - adj);
     for (int e = 0; e < n; e++)
         pos[ph[e]] = 0;
-    *ns = n - (int)single;
     return nb;
 }
 #endif /* OS_LANES */
@@ -362,17 +375,35 @@ static OS_NOINLINE void os_dense(const os_model_t *m, const os_layer_t *L, const
     int n = 0;
 #if OS_LANES
     if (L->lane_max) {
-        uint8_t *ph = m->ev_ph;
+        /* sorted straight from the input, in two passes (no list: the widest dense fan-in sets the
+         * RAM); four silent inputs cost one compare */
         uint32_t *cnt = m->bk_pos;
-        for (int j = 0; j < n_in; j++) {
-            const uint8_t f = in[j];
-            if (f != none) {
-                off[n] = (uint16_t)j;
-                ph[n++] = f;
-                cnt[f]++;
-            }
+        uint16_t *sorted = m->ev_sorted;
+        const uint32_t none4 = none * 0x01010101u;
+        int j = 0;
+        for (; j + 4 <= n_in; j += 4) {
+            const uint32_t x = os_load4u(in + j);
+            if (x != none4)
+                for (int k = 0; k < 32; k += 8)
+                    if ((uint8_t)(x >> k) != none)
+                        cnt[(uint8_t)(x >> k)]++, n++;
         }
-        ls.nb = os_bucket(m, off, ph, n, 0, none, L->in_decode, L->lane_max, &ls.ns);
+        for (; j < n_in; j++)
+            if (in[j] != none)
+                cnt[in[j]]++, n++;
+        ls.nb = os_bucket_plan(m, n, none, L->in_decode, L->lane_max, &ls.ns);
+        for (j = 0; j + 4 <= n_in; j += 4) {
+            const uint32_t x = os_load4u(in + j);
+            if (x != none4)
+                for (int k = 0; k < 4; k++)
+                    if ((uint8_t)(x >> 8 * k) != none)
+                        sorted[cnt[(uint8_t)(x >> 8 * k)]++] = (uint16_t)(j + k);
+        }
+        for (; j < n_in; j++)
+            if (in[j] != none)
+                sorted[cnt[in[j]]++] = (uint16_t)j;
+        for (int f = 0; f < none; f++)
+            cnt[f] = 0;
     } else
 #endif
     {

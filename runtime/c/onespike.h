@@ -77,10 +77,9 @@ typedef struct {
     uint32_t in_c, in_h, in_w;
     uint32_t n_logits;
     uint8_t *buf[2];          /* activation (phase) buffers */
-    uint16_t *ev_off;         /* spike list scratch: weight offsets of the spiking inputs (fan-in <= 65536) ... */
+    uint16_t *ev_off;         /* the direct kernel's spike list: weight offsets of the spiking inputs (fan-in <= 65536) ... */
     int32_t *ev_d;            /* ... and their decoded values D[f] (the direct kernel's layers only) */
     /* phase-bucket scratch (layers with lane_max > 0; largest such fan-in / phase count entries) */
-    uint8_t *ev_ph;           /* the phase of each spike-list entry */
     uint16_t *ev_sorted;      /* the weight offsets sorted by phase */
     uint32_t *bk_pos;         /* per phase: spike count, then bucket start (T + 1 entries, zero between uses) */
     os_bucket_t *bk;          /* the buckets (T + fan-in / lane_max entries) */
