@@ -196,7 +196,7 @@ def _lane_models():
     out = []
     for i, plan in enumerate(plans):
         shape = (int(rng.integers(1, 4)), int(rng.integers(5, 12)), int(rng.integers(5, 12)))
-        m = random_model(rng, input_shape=shape, plan=plan)
+        m = random_model(rng, input_shape=shape, plan=plan, F=15 if i % 2 else None)  # F = 15: D[0] beyond int16
         out.append((f"rand{i}", m, random_images(rng, m, 12)))
     w = rng.integers(-3, 4, size=(5, 1024)).astype(np.int8)
     w[0], w[1] = 127, -127

@@ -195,47 +195,55 @@ static uint32_t os_lo16(uint32_t s)
  * buckets k (entries bk[k - 1].end .. bk[k].end - 1 of sorted, each at most lane_max long) of bk[k].d times the sum of the bucket's weights, plus the ns single spikes of a phase that
  * follow them in sorted (values sd[0..ns-1]), one multiply-accumulate each as in os_events. */
 static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride, int nblk, const int32_t *bias,
-                                 const uint16_t *sorted, const os_bucket_t *bk, int nb, const uint16_t *singles,
-                                 const int32_t *sd, int ns)
+                                 const uint16_t *sorted, const os_bucket_t *bk, int nb, int nwide,
+                                 const uint16_t *singles, const int32_t *sd, int ns)
 {
     const os_bucket_t *const bk_last = bk + nb;
     for (int b = 0; b < nblk; b++, w += wstride, bias += 4, acc += 4) {
         uint32_t a0 = (uint32_t)bias[0], a1 = (uint32_t)bias[1], a2 = (uint32_t)bias[2], a3 = (uint32_t)bias[3];
         const uint16_t *p = sorted;
 #ifdef OS_LANES_ASM
-        if (nb > 0) {
-            /* the loop below, in Thumb-2: a bucket costs 15 instructions (19 with an odd count) and two
-             * events 10; the compiler's reading of the C spills around the event loop */
-            const os_bucket_t *k = bk;
-            uint32_t s02, s13, t, d;
-            const uint16_t *pe;
+        /* the loops below, in Thumb-2: a bucket costs 15 instructions (19 with an odd count), 11 when
+         * its value fits int16 (SMLABB / SMLATB: no lane extraction), and two events 10; the
+         * compiler's reading of the C spills around the event loop */
+        const os_bucket_t *k = bk, *const bk_wide = bk + nwide;
+        uint32_t s02, s13, t, d;
+        const uint16_t *pe;
+#define OS_BUCKET_SUMS                                  \
+        "ldrd %[pe], %[d], [%[k]], #8\n\t"             \
+        "movs %[s02], #0\n\t"                           \
+        "movs %[s13], #0\n\t"                           \
+        "subs %[t], %[pe], %[p]\n\t"                    \
+        "tst %[t], #2\n\t"                              \
+        "beq 2f\n\t"                                    \
+        "ldrh %[t], [%[p]], #2\n\t"                     \
+        "ldr %[t], [%[w], %[t], lsl #2]\n\t"            \
+        "sxtab16 %[s02], %[s02], %[t]\n\t"              \
+        "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"      \
+        "2:\n\t"                                        \
+        "cmp %[p], %[pe]\n\t"                           \
+        "beq 3f\n\t"                                    \
+        "4:\n\t"                                        \
+        "ldrh %[t], [%[p]], #2\n\t"                     \
+        "ldr %[t], [%[w], %[t], lsl #2]\n\t"            \
+        "sxtab16 %[s02], %[s02], %[t]\n\t"              \
+        "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"      \
+        "ldrh %[t], [%[p]], #2\n\t"                     \
+        "ldr %[t], [%[w], %[t], lsl #2]\n\t"            \
+        "sxtab16 %[s02], %[s02], %[t]\n\t"              \
+        "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"      \
+        "cmp %[p], %[pe]\n\t"                           \
+        "bne 4b\n\t"                                    \
+        "3:\n\t"
+#define OS_BUCKET_OPERANDS                                                                                    \
+        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [p] "+r"(p), [k] "+r"(k),               \
+          [s02] "=&r"(s02), [s13] "=&r"(s13), [t] "=&r"(t), [d] "=&r"(d), [pe] "=&r"(pe)                      \
+        : [w] "r"(w), [kend] "r"(kend)                                                                        \
+        : "cc", "memory"
+        if (nwide > 0) {
+            const os_bucket_t *const kend = bk_wide;
             __asm__ volatile(
-                "1:\n\t"
-                "ldrd %[pe], %[d], [%[k]], #8\n\t"
-                "movs %[s02], #0\n\t"
-                "movs %[s13], #0\n\t"
-                "subs %[t], %[pe], %[p]\n\t"
-                "tst %[t], #2\n\t"
-                "beq 2f\n\t"
-                "ldrh %[t], [%[p]], #2\n\t"
-                "ldr %[t], [%[w], %[t], lsl #2]\n\t"
-                "sxtab16 %[s02], %[s02], %[t]\n\t"
-                "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"
-                "2:\n\t"
-                "cmp %[p], %[pe]\n\t"
-                "beq 3f\n\t"
-                "4:\n\t"
-                "ldrh %[t], [%[p]], #2\n\t"
-                "ldr %[t], [%[w], %[t], lsl #2]\n\t"
-                "sxtab16 %[s02], %[s02], %[t]\n\t"
-                "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"
-                "ldrh %[t], [%[p]], #2\n\t"
-                "ldr %[t], [%[w], %[t], lsl #2]\n\t"
-                "sxtab16 %[s02], %[s02], %[t]\n\t"
-                "sxtab16 %[s13], %[s13], %[t], ror #8\n\t"
-                "cmp %[p], %[pe]\n\t"
-                "bne 4b\n\t"
-                "3:\n\t"
+                "1:\n\t" OS_BUCKET_SUMS
                 "sxth %[t], %[s02]\n\t"
                 "mla %[a0], %[t], %[d], %[a0]\n\t"
                 "asrs %[t], %[s02], #16\n\t"
@@ -246,12 +254,24 @@ static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride,
                 "mla %[a3], %[t], %[d], %[a3]\n\t"
                 "cmp %[k], %[kend]\n\t"
                 "bne 1b\n\t"
-                : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [p] "+r"(p), [k] "+r"(k),
-                  [s02] "=&r"(s02), [s13] "=&r"(s13), [t] "=&r"(t), [d] "=&r"(d), [pe] "=&r"(pe)
-                : [w] "r"(w), [kend] "r"(bk_last)
-                : "cc", "memory");
+                OS_BUCKET_OPERANDS);
         }
+        if (nb > nwide) {
+            const os_bucket_t *const kend = bk_last;
+            __asm__ volatile(
+                "1:\n\t" OS_BUCKET_SUMS
+                "smlabb %[a0], %[s02], %[d], %[a0]\n\t"
+                "smlatb %[a2], %[s02], %[d], %[a2]\n\t"
+                "smlabb %[a1], %[s13], %[d], %[a1]\n\t"
+                "smlatb %[a3], %[s13], %[d], %[a3]\n\t"
+                "cmp %[k], %[kend]\n\t"
+                "bne 1b\n\t"
+                OS_BUCKET_OPERANDS);
+        }
+#undef OS_BUCKET_SUMS
+#undef OS_BUCKET_OPERANDS
 #else
+        (void)nwide;
         for (const os_bucket_t *k = bk; k != bk_last; k++) {
             const uint32_t d = (uint32_t)k->d;
             const uint16_t *const pe = k->end; /* buckets are never empty */
@@ -289,11 +309,14 @@ static OS_NOINLINE void os_lanes(uint32_t *acc, const int8_t *w, size_t wstride,
  * phases with two or more spikes get places from the front of ev_sorted, bucket by bucket (bk: end,
  * D[f]; a phase of more than lane_max spikes split into several), those with one spike from the back
  * (place n - 1 - s for the s-th, its value D[f] in bk_sd[s]). bk_pos[f] becomes the place of the
- * phase's first spike. Returns the number of buckets; *ns: of single spikes (places n - ns .. n - 1). */
-static int os_bucket_plan(const os_model_t *m, int n, int T, const int32_t *dec, uint32_t lane_max, int *ns)
+ * phase's first spike. Returns the number of buckets; *ns: of single spikes (places n - ns .. n - 1);
+ * *nwide: of the first buckets, those whose D[f] exceeds int16 (the others' are below it). */
+static int os_bucket_plan(const os_model_t *m, int n, int T, const int32_t *dec, uint32_t lane_max, int *ns,
+                          int *nwide)
 {
     uint32_t *pos = m->bk_pos, at = 0, single = (uint32_t)n;
     int nb = 0;
+    *nwide = 0;
     for (int f = 0; f < T; f++) {
         const uint32_t c = pos[f];
         if (c > 1) {
@@ -304,6 +327,10 @@ static int os_bucket_plan(const os_model_t *m, int n, int T, const int32_t *dec,
                 m->bk[nb].end = m->ev_sorted + at;
                 m->bk[nb++].d = dec[f];
             }
+            /* the specification's decode tables are positive and non-increasing (runtime.spec.validate):
+             * the buckets beyond int16 are the first ones */
+            if (dec[f] > 32767)
+                *nwide = nb;
         } else if (c) {
             pos[f] = --single;
             m->bk_sd[n - 1 - single] = dec[f];
@@ -316,10 +343,10 @@ static int os_bucket_plan(const os_model_t *m, int n, int T, const int32_t *dec,
 /* The counting sort of n listed entries (offset off[e] - adj modulo 2^16, phase ph[e]) whose phase
  * counts are in bk_pos: the plan, the offsets into ev_sorted, and bk_pos back to all zero. */
 static int os_bucket(const os_model_t *m, const uint16_t *off, const uint8_t *ph, int n, unsigned adj, int T,
-                     const int32_t *dec, uint32_t lane_max, int *ns)
+                     const int32_t *dec, uint32_t lane_max, int *ns, int *nwide)
 {
     uint32_t *pos = m->bk_pos;
-    const int nb = os_bucket_plan(m, n, T, dec, lane_max, ns);
+    const int nb = os_bucket_plan(m, n, T, dec, lane_max, ns, nwide);
     for (int e = 0; e < n; e++)
         m->ev_sorted[pos[ph[e]]++] = (uint16_t)(off[e] - adj);
     for (int e = 0; e < n; e++)
@@ -334,6 +361,7 @@ typedef struct {
     int n;
     int nb; /* -1: direct */
     int ns; /* single spikes after the buckets */
+    int nwide; /* the first buckets, whose D[f] lies outside int16 */
 } os_list_t;
 
 /* Accumulate every output channel of one receptive field over its spike list, OS_CHUNK channels at a
@@ -348,7 +376,7 @@ static void os_field_out(const os_model_t *m, const os_layer_t *L, const int8_t 
         const int8_t *w = weight + (size_t)(c0 / 4) * wstride;
 #if OS_LANES
         if (ls.nb >= 0)
-            os_lanes(acc, w, wstride, (nc + 3) / 4, L->bias + c0, m->ev_sorted, m->bk, ls.nb,
+            os_lanes(acc, w, wstride, (nc + 3) / 4, L->bias + c0, m->ev_sorted, m->bk, ls.nb, ls.nwide,
                      m->ev_sorted + (ls.ns ? ls.n - 1 : 0), m->bk_sd, ls.ns);
         else
 #endif
@@ -371,7 +399,7 @@ static OS_NOINLINE void os_dense(const os_model_t *m, const os_layer_t *L, const
     const int n_in = (int)(L->in_c * L->in_h * L->in_w); /* <= 2^20 (runtime.spec.MAX_NEURONS) */
     const uint8_t none = L->in_none;
     uint16_t *off = m->ev_off;
-    os_list_t ls = { 0, -1, 0 };
+    os_list_t ls = { 0, -1, 0, 0 };
     int n = 0;
 #if OS_LANES
     if (L->lane_max) {
@@ -391,7 +419,7 @@ static OS_NOINLINE void os_dense(const os_model_t *m, const os_layer_t *L, const
         for (; j < n_in; j++)
             if (in[j] != none)
                 cnt[in[j]]++, n++;
-        ls.nb = os_bucket_plan(m, n, none, L->in_decode, L->lane_max, &ls.ns);
+        ls.nb = os_bucket_plan(m, n, none, L->in_decode, L->lane_max, &ls.ns, &ls.nwide);
         for (j = 0; j + 4 <= n_in; j += 4) {
             const uint32_t x = os_load4u(in + j);
             if (x != none4)
@@ -481,13 +509,13 @@ static OS_NOINLINE void os_conv2d(const os_model_t *m, const os_layer_t *L, cons
                     *o = empty[c];
                 continue;
             }
-            os_list_t ls = { n, -1, 0 };
+            os_list_t ls = { n, -1, 0, 0 };
 #if OS_LANES
             if (L->lane_max) {
                 uint32_t *cnt = m->bk_pos;
                 for (int e = 0; e < n; e++)
                     cnt[bph[e0 + e]]++;
-                ls.nb = os_bucket(m, boff + e0, bph + e0, n, adj, none, L->in_decode, L->lane_max, &ls.ns);
+                ls.nb = os_bucket(m, boff + e0, bph + e0, n, adj, none, L->in_decode, L->lane_max, &ls.ns, &ls.nwide);
             } else
 #endif
             {
