@@ -6,5 +6,5 @@
 * :mod:`.firmware` -- the Cortex-M build for a board (``boards.registry``): fit, sizes, stack;
 * :mod:`.emulators` -- the firmware under QEMU and under Unicorn (instruction counts);
 * :mod:`.report` -- the target's report (flash, RAM, stack, instructions per inference);
-* :mod:`.baseline` -- BASELINE ONLY: a straightforward int8 ANN for the benchmark.
+* :mod:`.baseline` -- BASELINE ONLY: the same ANN through Arm's CMSIS-NN, for the benchmark.
 """

@@ -1,1 +1,1 @@
-"""BASELINE ONLY: a straightforward int8 ANN of the same network, for the C-target benchmark."""
+"""BASELINE ONLY: the same ANN through Arm's CMSIS-NN (:mod:`.cmsis`), for the C-target benchmark."""

@@ -4,14 +4,19 @@ TFLite-style post-training quantisation: int8 activations (zero point -128: the 
 every hidden activation follows a ReLU), int8 weights per output channel, int32 bias, Q31 requantisation
 (``multiplier``, ``shift`` as TFLite's QuantizeMultiplier gives them; positive shift = left); NHWC
 activations. Layers: ``arm_fully_connected_per_channel_s8``, ``arm_convolve_wrapper_s8`` and
-``arm_max_pool_s8``; one-channel inputs (the shipped classifiers; the RGB detector needs an NCHW ->
-NHWC input step, not written yet). :func:`forward` is a numpy reading of CMSIS-NN's arithmetic
-(sums of ``(x + input_offset) * w`` plus bias, the default ``arm_nn_requantize``, the output offset,
-the activation clamp), which the firmware's output must equal exactly.
+``arm_max_pool_s8``. The uint8 image (C, H, W) becomes the int8 NHWC input (pixel - 128) in the
+generated C, read from the network's own buffer (``SYM_input``, so no second image buffer): a
+one-channel image is converted in place, a multi-channel one (the RGB detector) is transposed from
+the other activation buffer. :func:`forward` is a numpy reading of CMSIS-NN's arithmetic (the same
+input step, sums of ``(x + input_offset) * w`` plus bias, the default ``arm_nn_requantize``, the
+output offset, the activation clamp), which the firmware's output must equal exactly. The outputs
+are the readout's int8 values in (C, H, W) order (a classifier's logits; a detector's readout map in
+the one-spike map's order); :func:`dequantise` gives their real values (a detector's map for the
+float decode and mAP).
 
 CMSIS-NN is built from ``../shared/vendor/cmsis-nn`` (beside the datasets; ``$ONESPIKE_CMSIS_NN``
-overrides it) by
-:func:`build_library`; :func:`missing` says in one line why it cannot be (folder absent).
+overrides it) by :func:`build_library`; :func:`missing` says in one line why it cannot be (folder
+absent).
 """
 from __future__ import annotations
 
@@ -106,6 +111,7 @@ class FC:
     kernel: int = 1
     stride: int = 1
     padding: int = 0
+    out_scale: float = 1.0  # real value of one output unit: real = (q - out_offset) * out_scale
 
 
 def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,10 +126,13 @@ def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantise(low: convert.Lowered, calib_u8: np.ndarray) -> list[FC]:
-    """Per-channel int8 quantisation of a dense / conv2d / maxpool network with one input channel (the
-    shipped classifiers); activation ranges from ``calib_u8``."""
-    if low.input_shape[0] != 1:
-        raise UserError("the CMSIS-NN baseline takes one-channel inputs so far (NCHW == NHWC)")
+    """Per-channel int8 quantisation of a dense / conv2d / maxpool network (the shipped classifiers and
+    the detector); activation ranges from ``calib_u8`` (uint8 (N, C, H, W)); the readout is one
+    asymmetric int8 scale over its calibration range (a detector's class and box channels alike)."""
+    calib_u8 = np.asarray(calib_u8)
+    if calib_u8.dtype != np.uint8 or len(calib_u8) < 1 or tuple(calib_u8.shape[1:]) != tuple(low.input_shape):
+        raise UserError(f"CMSIS-NN calibration images must be uint8 (N, {', '.join(map(str, low.input_shape))}), "
+                        f"not {tuple(calib_u8.shape)}")
     with torch.no_grad():
         out, acts = convert.float_forward(low, torch.from_numpy(calib_u8.astype(np.float64) / 255.0), collect=True)
     s_in, zp_in = 1.0 / 255.0, -128  # int8 input = pixel - 128
@@ -132,7 +141,7 @@ def quantise(low: convert.Lowered, calib_u8: np.ndarray) -> list[FC]:
         readout = i == len(low.stages) - 1
         if st.kind == "maxpool":
             layers.append(FC(None, None, None, None, 0, 0, -128, 127, "maxpool", tuple(st.in_shape), tuple(st.out_shape),
-                             st.kernel, st.stride, st.padding))
+                             st.kernel, st.stride, st.padding, s_in))
             continue
         if st.kind not in ("dense", "conv2d"):
             raise UserError(f"the CMSIS-NN baseline does not support {st.kind} layers")
@@ -140,10 +149,11 @@ def quantise(low: convert.Lowered, calib_u8: np.ndarray) -> list[FC]:
         sw = np.abs(w).max(1) / 127.0
         sw[sw == 0] = 1.0
         wq = np.clip(np.round(st.weight / sw.reshape((-1,) + (1,) * (st.weight.ndim - 1))), -127, 127).astype(np.int8)
+        prev = tuple(low.input_shape) if i == 0 else tuple(low.stages[i - 1].out_shape)
         if st.kind == "conv2d":
             wq = np.ascontiguousarray(wq.transpose(0, 2, 3, 1))  # [out][kh][kw][in]
-        elif len(st.in_shape) == 3 or (i > 0 and len(low.stages[i - 1].out_shape) == 3):
-            c, h, ww = low.stages[i - 1].out_shape  # flattened (C, H, W) in torch: reorder the columns to NHWC
+        elif len(prev) == 3:
+            c, h, ww = prev  # flattened (C, H, W) in torch: reorder the columns to NHWC
             wq = np.ascontiguousarray(wq.reshape(-1, c, h, ww).transpose(0, 2, 3, 1).reshape(wq.shape[0], -1))
         bq = np.round(st.bias / (s_in * sw)).astype(np.int64)
         if np.abs(bq).max(initial=0) >= 2 ** 31:
@@ -158,7 +168,7 @@ def quantise(low: convert.Lowered, calib_u8: np.ndarray) -> list[FC]:
             k += 1
         mult, shift = quantize_multiplier(s_in * sw / s_out)
         layers.append(FC(wq, bq.astype(np.int32), mult, shift, -zp_in, zp_out, zp_out if not readout else -128, 127,
-                         st.kind, tuple(st.in_shape), tuple(st.out_shape), st.kernel, st.stride, st.padding))
+                         st.kind, tuple(st.in_shape), tuple(st.out_shape), st.kernel, st.stride, st.padding, s_out))
         s_in, zp_in = s_out, zp_out
     return layers
 
@@ -178,11 +188,13 @@ def _requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndar
     return res + (rem > thr)
 
 
-def forward(layers: list[FC], images_u8: np.ndarray) -> np.ndarray:
-    """The int8 outputs (N, classes) CMSIS-NN computes, in numpy (exact: integer sums in float64 stay
-    below 2**53)."""
+def forward(layers: list[FC], images_u8: np.ndarray, batch: int = 500) -> np.ndarray:
+    """The int8 outputs CMSIS-NN computes, (N, readout size) in the readout's (C, H, W) order, in numpy
+    (exact: integer sums in float64 stay below 2**53); ``batch`` images at a time."""
+    if len(images_u8) > batch:
+        return np.concatenate([forward(layers, images_u8[i:i + batch], batch) for i in range(0, len(images_u8), batch)])
     n = len(images_u8)
-    x = images_u8.astype(np.int64).transpose(0, 2, 3, 1) - 128  # NHWC
+    x = images_u8.astype(np.int64).transpose(0, 2, 3, 1) - 128  # the C's input step: NCHW uint8 -> NHWC int8
     for q in layers:
         if q.kind == "maxpool":
             t = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))
@@ -198,7 +210,16 @@ def forward(layers: list[FC], images_u8: np.ndarray) -> np.ndarray:
             acc = np.round(acc.numpy()).astype(np.int64).transpose(0, 2, 3, 1)  # NHWC
         v = _requantize(acc, q.mult, q.shift) + q.out_offset
         x = np.clip(v, q.act_min, q.act_max)
-    return x.reshape(n, -1)
+    if x.ndim == 4:
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> the readout's (C, H, W) order, as the C writes it
+    return np.ascontiguousarray(x.reshape(n, -1))
+
+
+def dequantise(layers: list[FC], out: np.ndarray) -> np.ndarray:
+    """Real values of :func:`forward`'s (or the firmware's) int8 outputs, (N, *readout shape) float64."""
+    q = layers[-1]
+    real = (np.asarray(out, dtype=np.float64) - q.out_offset) * q.out_scale
+    return real.reshape((len(real),) + tuple(q.out_shape))
 
 
 def _arr(ctype, name, v):
@@ -208,8 +229,20 @@ def _arr(ctype, name, v):
 
 
 def generate(layers: list[FC], sym: str, input_size: int) -> dict[str, bytes]:
-    """C calling CMSIS-NN: ``int SYM_infer(const uint8_t *pixels, int32_t *logits)`` (logits: the int8 outputs)."""
+    """C calling CMSIS-NN: ``int SYM_infer(const uint8_t *pixels, int32_t *logits)``: ``pixels`` uint8
+    (C, H, W), ``logits`` the readout's int8 values in (C, H, W) order; returns their argmax. Weights,
+    biases and the requantisation multipliers and shifts are ``const`` (flash; CMSIS-NN only reads them).
+
+    The input step writes ``pixel - 128`` into the first activation buffer in NHWC order.
+    ``uint8_t *SYM_input(void)`` is where the image may be written before ``SYM_infer(SYM_input(),
+    logits)``, so the firmware needs no image buffer of its own: the first activation buffer itself
+    for a one-channel image (converted in place), the other one (sized for the image) for a
+    multi-channel image (transposed from there)."""
+    c0, h0, w0 = layers[0].in_shape if len(layers[0].in_shape) == 3 else (1, 1, input_size)
+    if c0 * h0 * w0 != input_size:
+        raise UserError(f"CMSIS-NN input size {input_size} differs from the first layer's input {layers[0].in_shape}")
     sizes = [input_size] + [int(np.prod(q.out_shape)) for q in layers]
+    in_buf = c0 > 1
     scratch = max([4 * int(np.prod(q.weight.shape[1:])) for q in layers if q.kind == "conv2d"] + [4])
     parts = [f"/* BASELINE: CMSIS-NN int8 network {sym} (generated). */\n#include <stdint.h>\n#include \"arm_nnfunctions.h\"\n\n"]
     for i, q in enumerate(layers):
@@ -217,13 +250,21 @@ def generate(layers: list[FC], sym: str, input_size: int) -> dict[str, bytes]:
             continue
         parts.append(_arr("int8_t", f"w{i}", q.weight))
         parts.append(_arr("int32_t", f"b{i}", q.bias))
-        parts.append(f"static int32_t m{i}[{len(q.mult)}] = {{ {', '.join(map(str, q.mult.tolist()))} }};\n")
-        parts.append(f"static int32_t s{i}[{len(q.shift)}] = {{ {', '.join(map(str, q.shift.tolist()))} }};\n")
-    parts.append(f"static int8_t act0[{max(sizes[0::2])}];\nstatic int8_t act1[{max(sizes[1::2])}];\n")
+        parts.append(_arr("int32_t", f"m{i}", q.mult))
+        parts.append(_arr("int32_t", f"s{i}", q.shift))
+    act1 = max(sizes[1::2] + ([input_size] if in_buf else []))
+    parts.append(f"static int8_t act0[{max(sizes[0::2])}];\nstatic int8_t act1[{act1}];\n")
     parts.append(f"static int16_t scratch[{scratch}];\n\n")
+    how = f"{sym}_infer transposes it into act0" if in_buf else f"{sym}_infer converts it in place"
+    parts.append(f"uint8_t *{sym}_input(void)\n{{\n    return (uint8_t *){'act1' if in_buf else 'act0'}; "
+                 f"/* the image (C, H, W); {how} */\n}}\n\n")
     body = [f"int {sym}_infer(const uint8_t *pixels, int32_t *logits)\n{{",
-            "    cmsis_nn_context ctx = { scratch, (int32_t)sizeof scratch };",
-            f"    for (int i = 0; i < {input_size}; i++) act0[i] = (int8_t)((int)pixels[i] - 128);"]
+            "    cmsis_nn_context ctx = { scratch, (int32_t)sizeof scratch };"]
+    if in_buf:
+        body += [f"    for (int p = 0, j = 0; p < {h0 * w0}; p++) /* (C, H, W) uint8 -> NHWC int8 */",
+                 f"        for (int c = 0; c < {c0}; c++, j++) act0[j] = (int8_t)((int)pixels[c * {h0 * w0} + p] - 128);"]
+    else:
+        body.append(f"    for (int i = 0; i < {input_size}; i++) act0[i] = (int8_t)((int)pixels[i] - 128);")
     for i, q in enumerate(layers):
         src, dst = ("act0", "act1") if i % 2 == 0 else ("act1", "act0")
         if q.kind == "maxpool":
@@ -244,7 +285,7 @@ def generate(layers: list[FC], sym: str, input_size: int) -> dict[str, bytes]:
             body += [f"    {{ /* layer {i}: conv {kh}x{kw} {c} -> {o} */",
                      f"        const cmsis_nn_conv_params cp = {{ {q.in_offset}, {q.out_offset}, {{ {q.stride}, {q.stride} }}, "
                      f"{{ {q.padding}, {q.padding} }}, {{ 1, 1 }}, {{ {q.act_min}, {q.act_max} }} }};",
-                     f"        const cmsis_nn_per_channel_quant_params qp = {{ m{i}, s{i} }};",
+                     f"        const cmsis_nn_per_channel_quant_params qp = {{ (int32_t *)m{i}, (int32_t *)s{i} }};",
                      f"        const cmsis_nn_dims in = {{ 1, {h}, {w}, {c} }}, fl = {{ {o}, {kh}, {kw}, {c} }}, "
                      f"bd = {{ 1, 1, 1, {o} }}, od = {{ 1, {oh}, {ow}, {o} }};",
                      "        if (arm_convolve_wrapper_s8_get_buffer_size(&cp, &in, &fl, &od) > (int32_t)sizeof scratch) return -1;",
@@ -255,7 +296,7 @@ def generate(layers: list[FC], sym: str, input_size: int) -> dict[str, bytes]:
         o, n = q.weight.shape
         body += [f"    {{ /* layer {i}: fully connected {n} -> {o} */",
                  f"        const cmsis_nn_fc_params fc = {{ {q.in_offset}, 0, {q.out_offset}, {{ {q.act_min}, {q.act_max} }} }};",
-                 f"        const cmsis_nn_per_channel_quant_params qp = {{ m{i}, s{i} }};",
+                 f"        const cmsis_nn_per_channel_quant_params qp = {{ (int32_t *)m{i}, (int32_t *)s{i} }};",
                  f"        const cmsis_nn_dims in = {{ 1, 1, 1, {n} }}, fl = {{ {n}, 1, 1, {o} }}, bd = {{ 1, 1, 1, {o} }}, "
                  f"od = {{ 1, 1, 1, {o} }};",
                  f"        if (arm_fully_connected_per_channel_s8(&ctx, &fc, &qp, &in, {src}, &fl, w{i}, &bd, b{i}, &od, {dst}) "
@@ -263,8 +304,14 @@ def generate(layers: list[FC], sym: str, input_size: int) -> dict[str, bytes]:
                  "    }"]
     last = "act1" if len(layers) % 2 == 1 else "act0"
     k = int(np.prod(layers[-1].out_shape))
+    if len(layers[-1].out_shape) == 3 and layers[-1].out_shape[1] * layers[-1].out_shape[2] > 1:
+        c, h, w = layers[-1].out_shape  # a readout map: NHWC -> (C, H, W)
+        body += [f"    for (int p = 0, j = 0; p < {h * w}; p++) /* the NHWC readout map -> (C, H, W) */",
+                 f"        for (int c = 0; c < {c}; c++, j++) logits[c * {h * w} + p] = {last}[j];"]
+    else:
+        body.append(f"    for (int i = 0; i < {k}; i++) logits[i] = {last}[i];")
     body += ["    int best = 0;",
-             f"    for (int i = 0; i < {k}; i++) {{ logits[i] = {last}[i]; if ({last}[i] > {last}[best]) best = i; }}",
+             f"    for (int i = 1; i < {k}; i++) if (logits[i] > logits[best]) best = i;",
              "    return best;", "}\n"]
     parts.append("\n".join(body))
     return {f"{sym}.c": "".join(parts).encode()}
