@@ -210,7 +210,8 @@ def test_lanes_kernel_empties_a_lane_before_it_overflows(work, monkeypatch):
     m.layers[0].weight = w
     validate(m)
     x = np.concatenate([np.full((2, 1, 32, 32), 255, np.uint8), random_images(np.random.default_rng(5), m, 6)])
-    assert "258 }, /* 0: dense */" in emit_c.generate(m, "lanefull")["lanefull_model.c"].decode()
+    row, top = emit_c.theta_layout(m.T)
+    assert f"258, {row}, {top} }}, /* 0: dense */" in emit_c.generate(m, "lanefull")["lanefull_model.c"].decode()
     matched, n, first = c_host.verify_host(m, "lanefull", x, work, trace=True, lanes=True, sanitize=True)
     assert first is None and matched == n == 8, str(first)
     monkeypatch.setattr(emit_c, "lane_max", lambda layer: 1024)

@@ -77,6 +77,19 @@ def lane_max(layer) -> int:
     return int(min(int(per_channel.min()), n))
 
 
+def theta_layout(T: int) -> tuple[int, int]:
+    """(row length, first step) of the C threshold rows (onespike.c, os_fire): the search by powers of
+    two from ``top``, the largest power of two <= T - 1, reads up to entry 2 * top - 2."""
+    top = 1 << ((T - 1).bit_length() - 1) if T >= 2 else 0
+    return max(T, 2 * top - 1), top
+
+
+def padded_theta(theta: np.ndarray) -> np.ndarray:
+    """Threshold rows padded to theta_layout's length with copies of their last entry."""
+    row, _ = theta_layout(theta.shape[1])
+    return np.concatenate([theta, np.repeat(theta[:, -1:], row - theta.shape[1], axis=1)], axis=1)
+
+
 def lanes_layers(model: IntModel) -> list[bool]:
     """For each layer, True when the phase-bucket kernel serves it (see LANES_MAX_T)."""
     codes = model.input_codes()
@@ -129,7 +142,7 @@ class Memory:
     max_detections: int = 0
 
 
-OS_LAYER_T_BYTES = 56  # sizeof(os_layer_t) on a 32-bit target
+OS_LAYER_T_BYTES = 60  # sizeof(os_layer_t) on a 32-bit target
 OS_HEAD_T_BYTES = 40  # sizeof(os_head_t)
 OS_CAND_T_BYTES = 16  # sizeof(os_cand_t)
 OS_DETECTION_T_BYTES = 32  # sizeof(os_detection_t) (int64 score aligned to 8)
@@ -147,7 +160,7 @@ def plan_memory(model: IntModel) -> Memory:
         if l.weight is not None:
             flash += 4 * ((l.weight.shape[0] + 3) // 4) * (fan_in(l) + 4)
         if l.theta is not None:
-            flash += 4 * l.theta.size
+            flash += 4 * l.theta.shape[0] * theta_layout(l.theta.shape[1])[0]
         flash += OS_LAYER_T_BYTES
     lanes = lanes_layers(model)
     codes = model.input_codes()
@@ -229,7 +242,7 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
             c_parts.append(_array("int32_t", f"{pre}_bias", np.pad(l.bias, (0, -len(l.bias) % 4))))  # zero-padded to blocks
             b = f"{pre}_bias"
         if l.theta is not None:
-            c_parts.append(_array("int32_t", f"{pre}_theta", l.theta))
+            c_parts.append(_array("int32_t", f"{pre}_theta", padded_theta(l.theta)))
             th = f"{pre}_theta"
         in_none = model.input_T if codes[i] else model.T
         out_none = model.T if l.fires else in_none
@@ -243,7 +256,7 @@ def generate(model: IntModel, name: str) -> dict[str, bytes]:
         layer_inits.append(
             f"    {{ {KIND_ENUM[l.kind]}, {int(l.readout)}, {l.kernel}, {l.stride}, {l.padding}, {in_none}, {out_none}, "
             f"{model.T}, {i % 2}, {(i + 1) % 2}, {ic}, {ih}, {iw}, {oc}, {oh}, {ow}, {dec}, {w}, {b}, {th}, "
-            f"{lane_max(l) if lanes[i] else 0} }}, /* {i}: {l.kind} */")
+            f"{lane_max(l) if lanes[i] else 0}, {theta_layout(model.T)[0]}, {theta_layout(model.T)[1]} }}, /* {i}: {l.kind} */")
     c_parts.append(f"\nstatic const os_layer_t {sym}_layers[{len(model.layers)}] = {{\n" + "\n".join(layer_inits) + "\n};\n\n")
     c_parts.append(f"static uint8_t {sym}_buf0[{max(1, mem.buf_sizes[0])}];\n")
     c_parts.append(f"static uint8_t {sym}_buf1[{max(1, mem.buf_sizes[1])}];\n")

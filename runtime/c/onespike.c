@@ -22,8 +22,10 @@
  * (measured on Cortex-M4: twice the instructions per synaptic operation). */
 #if defined(__GNUC__)
 #define OS_NOINLINE __attribute__((noinline))
+#define OS_INLINE __inline__ __attribute__((always_inline))
 #else
 #define OS_NOINLINE
+#define OS_INLINE
 #endif
 
 /* Targets where a 4-byte memcpy from any address is one load (not on strict-alignment cores). */
@@ -33,21 +35,30 @@
 
 
 /* The first phase f with acc >= theta[f], or T (no spike). theta is non-increasing, so this is
- * the number of entries greater than acc: one compare for the common silent case, then a
- * binary search. */
-static uint8_t os_fire(int32_t acc, const int32_t *theta, int T)
+ * the number of entries greater than acc: one compare for the common silent case, then a binary
+ * search by powers of two from top (the largest power of two <= T - 1), unrolled: a step is five
+ * Cortex-M4 instructions. The rows are padded by code generation (codegen/c/emit.py, theta_layout)
+ * to at least 2 * top - 1 entries with copies of theta[T - 1], which no acc that got here exceeds, so
+ * the search never reads past its row and never counts a pad. */
+static OS_INLINE uint8_t os_fire(int32_t acc, const int32_t *theta, int T, int top)
 {
     if (acc < theta[T - 1])
         return (uint8_t)T;
-    int lo = 0, hi = T - 1;
-    while (lo < hi) {
-        int mid = (lo + hi) >> 1;
-        if (theta[mid] > acc)
-            lo = mid + 1;
-        else
-            hi = mid;
+    const int32_t *p = theta; /* theta[0 .. p - theta - 1] > acc */
+#define OS_STEP(k) if (p[(k) - 1] > acc) p += (k)
+    switch (top) {
+    case 128: OS_STEP(128); /* fall through */
+    case 64: OS_STEP(64); /* fall through */
+    case 32: OS_STEP(32); /* fall through */
+    case 16: OS_STEP(16); /* fall through */
+    case 8: OS_STEP(8); /* fall through */
+    case 4: OS_STEP(4); /* fall through */
+    case 2: OS_STEP(2); /* fall through */
+    case 1: OS_STEP(1); /* fall through */
+    default: break;
     }
-    return (uint8_t)lo;
+#undef OS_STEP
+    return (uint8_t)(p - theta);
 }
 
 int os_argmax(const int32_t *v, int n)
@@ -385,10 +396,11 @@ static void os_field_out(const os_model_t *m, const os_layer_t *L, const int8_t 
             for (int c = 0; c < nc; c++)
                 logits[out_index + (size_t)(c0 + c) * out_stride] = os_s32(acc[c]);
         } else {
-            const int32_t *th = L->theta + (size_t)c0 * T;
+            const int row = L->theta_row, top = L->theta_top; /* locals: the byte stores below may alias *L */
+            const int32_t *th = L->theta + (size_t)c0 * row;
             uint8_t *o = out + out_index + (size_t)c0 * out_stride;
-            for (int c = 0; c < nc; c++, th += T, o += out_stride)
-                *o = os_fire(os_s32(acc[c]), th, T);
+            for (int c = 0; c < nc; c++, th += row, o += out_stride)
+                *o = os_fire(os_s32(acc[c]), th, T, top);
         }
     }
 }
@@ -501,7 +513,7 @@ static OS_NOINLINE void os_conv2d(const os_model_t *m, const os_layer_t *L, cons
             if (n == 0 && !L->readout && O <= OS_CHUNK) {
                 if (!have_empty) {
                     for (int c = 0; c < O; c++)
-                        empty[c] = os_fire(L->bias[c], L->theta + (size_t)c * L->T, L->T);
+                        empty[c] = os_fire(L->bias[c], L->theta + (size_t)c * L->theta_row, L->T, L->theta_top);
                     have_empty = 1;
                 }
                 uint8_t *o = out + (size_t)oy * OW + ox;
@@ -580,7 +592,7 @@ static OS_NOINLINE void os_pool(const os_layer_t *L, const uint8_t *in, uint8_t 
                             if (r[x0 + kx] != none)
                                 acc += L->in_decode[r[x0 + kx]];
                     }
-                    outc[oy * OW + ox] = os_fire(acc, L->theta + (size_t)c * L->T, L->T);
+                    outc[oy * OW + ox] = os_fire(acc, L->theta + (size_t)c * L->theta_row, L->T, L->theta_top);
                 }
             }
         }

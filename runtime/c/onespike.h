@@ -58,10 +58,12 @@ typedef struct {
     const int8_t *weight;     /* blocks of four output channels, zero-padded:
                                * dense [out/4][in][4]; conv2d [out/4][in_c][ky][kx][4] */
     const int32_t *bias;      /* [out_c rounded up to 4], accumulator units, zero-padded */
-    const int32_t *theta;     /* [out_c][T], non-increasing in the phase */
+    const int32_t *theta;     /* [out_c][theta_row], non-increasing in the phase (entries T.. repeat T-1) */
     uint32_t lane_max;        /* dense/conv2d: at most this many weights of one output channel sum within
                                * int16 (proved at code generation); 0: the layer's input code has too many
                                * phases for the phase-bucket kernel (see onespike.c, OS_LANES) */
+    uint16_t theta_row;       /* entries per threshold row: max(T, 2 * theta_top - 1) */
+    uint8_t theta_top;        /* the largest power of two <= T - 1 (0 when T = 1): the search's first step */
 } os_layer_t;
 
 /* A phase bucket of the spike list (onespike.c, os_bucket): its end in ev_sorted and its value D[f]. */
