@@ -72,7 +72,7 @@ def build_library(cpu_flags, opt: str, work: Path) -> Path:
                                str(vendor() / "Include"), "-DARM_NN_ENABLE_F32=0", "-DARM_NN_ENABLE_F16=0"]
     srcs = sources()
     key = hashlib.sha256(" ".join(flags).encode() + b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
-    out = Path(work) / f"cmsisnn-{key}"
+    out = Path(work).resolve() / f"cmsisnn-{key}"  # absolute: the firmware links from its own folder
     lib = out / "libcmsisnn.a"
     if lib.is_file():
         return lib
