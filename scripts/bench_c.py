@@ -265,7 +265,13 @@ def main() -> int:
     if why:
         print(why)
     out = Path(args.out)
+    marker = out / ".bench_c"  # the folder is this script's: its build folders are replaced on every run
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not marker.is_file())):
+        print(f"bench_c: --out {out} already holds files this script did not write; give an empty or new folder",
+              file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by scripts/bench_c.py\n")
     b = registry.mcu(BOARD)
     rows = []
     try:
