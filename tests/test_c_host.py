@@ -31,8 +31,8 @@ def _wide_random_model(rng):
 KERNELS = pytest.mark.parametrize("lanes", [False, True], ids=["direct", "lanes"])
 
 
-@KERNELS
-@pytest.mark.parametrize("seed", range(24))
+@pytest.mark.parametrize("seed,lanes", [(s, False) for s in range(24)] + [(s, True) for s in range(12)],
+                         ids=[f"{s}-direct" for s in range(24)] + [f"{s}-lanes" for s in range(12)])
 def test_c_equals_golden_on_random_models(seed, lanes, work):
     rng = np.random.default_rng(1000 + seed)
     model = _wide_random_model(rng)
@@ -42,8 +42,8 @@ def test_c_equals_golden_on_random_models(seed, lanes, work):
     assert matched == n == 16
 
 
-@KERNELS
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed,lanes", [(s, False) for s in range(6)] + [(s, True) for s in range(3)],
+                         ids=[f"{s}-direct" for s in range(6)] + [f"{s}-lanes" for s in range(3)])
 def test_sanitizer_build_is_clean(seed, lanes, work):
     rng = np.random.default_rng(2000 + seed)
     model = _wide_random_model(rng)

@@ -326,21 +326,24 @@ def test_progress_bars_only_on_a_terminal_or_when_asked(capsys, tmp_path, monkey
     assert code == 0 and err == ""
 
 
-def test_bench_c_refuses_bad_values_and_a_folder_of_someone_elses_files(tmp_path):
+def test_bench_c_refuses_bad_values_and_a_folder_of_someone_elses_files(tmp_path, monkeypatch, capsys):
     """scripts/bench_c.py: one-line errors, exit 2, before any work; a foreign --out is left untouched."""
-    import subprocess
+    import importlib.util
     import sys
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_c.py"
+    spec = importlib.util.spec_from_file_location("bench_c", Path(__file__).resolve().parent.parent / "scripts" / "bench_c.py")
+    bench_c = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_c)
     own = tmp_path / "own"
     (own / "mnist-mlp" / "mps2-an386-O2").mkdir(parents=True)
     (own / "mnist-mlp" / "mps2-an386-O2" / "keep.c").write_text("mine")
     (own / "bench_c.md").write_text("mine")
     for args, needle in ((["--count", "0"], "--count must be at least 1"), (["--models", "bogus"], "unknown model bogus"),
                          (["--out", str(own)], "already holds files this script did not write")):
-        r = subprocess.run([sys.executable, str(script), *args] + ([] if "--out" in args else ["--out", str(tmp_path / "new")]),
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
-        assert "Traceback" not in r.stderr
+        argv = ["bench_c.py", *args] + ([] if "--out" in args else ["--out", str(tmp_path / "new")])
+        monkeypatch.setattr(sys, "argv", argv)
+        assert bench_c.main() == 2, args
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, (args, err)
     assert (own / "bench_c.md").read_text() == "mine" and (own / "mnist-mlp" / "mps2-an386-O2" / "keep.c").read_text() == "mine"
     assert not (tmp_path / "new").exists()

@@ -17,15 +17,18 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
+def test_cmsis_nn_equals_its_reference_on_every_shipped_kind(tmp_path):
+    """One test, so that one worker builds libcmsisnn.a once (about 10 s) for all three networks."""
     from boards import registry
 
-    return cmsis.build_library(registry.mcu("mps2-an386").cpu_flags, "-O2", tmp_path_factory.mktemp("cmsis"))
+    lib = cmsis.build_library(registry.mcu("mps2-an386").cpu_flags, "-O2", tmp_path / "lib")
+    for name, n_img in (("mnist-mlp", 8), ("mnist-cnn", 2)):
+        _classifier(tmp_path / name, lib, name, n_img)
+    _detector(tmp_path / "det", lib)
 
 
-@pytest.mark.parametrize("name,n_img", [("mnist-mlp", 8), ("mnist-cnn", 2)])
-def test_cmsis_nn_equals_its_reference(tmp_path, lib, name, n_img):
+def _classifier(tmp_path, lib, name, n_img):
+    """A classifier through CMSIS-NN == its numpy reading on n_img test images."""
     from boards import registry
     from codegen.c import emulators, firmware
     from codegen.frontend import ann, convert, datasets
@@ -48,7 +51,7 @@ def test_cmsis_nn_equals_its_reference(tmp_path, lib, name, n_img):
     assert all(c >= i for c, i in zip(run.cycles, run.instructions)) and min(run.instructions) > 100_000
 
 
-def test_cmsis_nn_detector_map_equals_its_reference(tmp_path, lib):
+def _detector(tmp_path, lib):
     """The RGB detector: the image read into CMSIS-NN's activation buffer, transposed to NHWC int8 in
     the C, its readout map (C, H, W) equal to the numpy reading; the dequantised map decodes to a real
     mAP@0.5."""
