@@ -4,7 +4,7 @@ from amaranth import *
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .coords import unflatten, window_runs
+from .coords import div_const, ring_plan, window_runs
 from .fire import FireUnit, check_fits
 from .layouts import event_layout, logit_layout
 
@@ -28,38 +28,47 @@ class ConvEngine(wiring.Component):
     channels (``o = g * lanes + l``); all lanes of a group are updated in the same cycle.
 
     Memories (all synchronous-read, block-RAM friendly)
-        weights: ``C_in * k * k * groups`` words of ``lanes`` int8 (word ``((c*k + ky)*k + kx)*G + g``);
-        accumulators: ``OH * OW * groups`` words of ``lanes`` signed ``acc_bits`` (word
-        ``pos * G + g``, ``pos = oy * OW + ox``); biases ``groups`` words; the decode table ``D``;
-        for a firing layer one :class:`~rtl.fire.FireUnit` per lane with the threshold rows of the
-        channels of its lane.
+        weights: ``k * k * C_in * groups`` words of ``lanes`` int8 (word ``((ky*k + kx)*C_in + c)*G + g``);
+        accumulators: a ring of ``ring_rows`` output rows, ``ring_rows * OW * groups`` words of
+        ``lanes`` signed ``acc_bits`` (word ``(slot * OW + ox) * G + g``, output row ``oy`` in slot
+        ``oy % ring_rows``; a dense layer has one row of ``groups`` words); biases ``groups`` words;
+        the decode table ``D``; for a firing layer one :class:`~rtl.fire.FireUnit` per lane with
+        the threshold rows of the channels of its lane.
 
-    Frame behaviour
-        1. *Accumulate.* An input event is registered (its flat index split into ``(c, y, x)`` by
-           constant reciprocal multiplication, :mod:`rtl.coords`), then the engine spends one cycle
-           per (covered output position, group), adding to the accumulators in a pipeline
-           (issue the weight read; multiply and read the accumulator; add and write back). The next event is taken in the last cycle of the previous
-           one, so back-to-back events cost no bubble. Input gaps are idle cycles; events with
-           the no-spike phase add 0.
-        2. *Drain*, on the end-of-frame marker. Word by word (position-major, then group) the
-           accumulators are read and reset to the bias, so every frame starts from the bias. A
-           firing layer hands each lane to its FireUnit; a collector waits for a word's answers
-           and forwards its spikes, one per cycle, skipping silent lanes (a silent word costs one
-           cycle), then the end-of-frame marker. A readout emits ``{index, value, last}`` for every
-           neuron. Output back-pressure stalls the drain.
+    Frame behaviour (streams: :mod:`rtl.layouts`, raster order with end-of-row markers)
+        1. *Accumulate.* An input event is registered, its coordinates taken from the row counter
+           (end-of-row markers) and its offset in the row, ``x * C_in + c`` (a shift when ``C_in``
+           is a power of two, else one constant reciprocal multiply, :mod:`rtl.coords`); then the
+           engine spends one cycle per (covered output position, group), adding to the
+           accumulators in a pipeline (issue the weight read; multiply and read the accumulator;
+           add and write back). The next event is taken in the last cycle of the previous one, so
+           back-to-back events cost no bubble. Input gaps are idle cycles; events with the
+           no-spike phase add 0.
+        2. *Drain*, row by row (:func:`rtl.coords.ring_plan`): the end-of-row marker of input row
+           ``y`` completes ``close_rows[y]`` output rows (for a 5x5 stride-1 conv, one per input
+           row from row 4 on). Each is drained word by word (position, then group): read and
+           reset to the bias, so the ring slot is ready for the row that reuses it. A firing layer
+           hands each lane to its FireUnit; a collector waits for a word's answers and forwards
+           its spikes, one per cycle, skipping silent lanes (a silent word costs one cycle), then
+           the output row's end-of-row marker; at the end-of-frame marker it sends its own. A
+           readout emits ``{index, value, last}`` for every neuron of the row (``last`` on the
+           frame's final one). Output back-pressure stalls the drain. A dense layer
+           (``frame=True``) ignores end-of-row markers and drains its one row at the end of the
+           frame. While an engine drains it takes no events (beyond the one in its input
+           register), but the next layer already works on the rows sent, so all layers of a
+           network work on the same frame at once.
 
-        After reset the engine spends ``2 * OH * OW * groups`` cycles loading the biases before it
-        starts accumulating (memories have no reset); events may queue in the input register.
+        After reset the engine spends ``2 * words`` cycles loading the biases before it starts
+        accumulating (memories have no reset); events may queue in the input register.
 
     Event order
-        Output events leave in *drain order*: increasing ``(pos, o)`` with ``pos = oy * OW + ox``,
-        i.e. position-major; the flat index is ``o * OH * OW + pos``. For a dense layer
-        (``OH = OW = 1``) this is increasing index. :meth:`order_key` gives the sort key.
+        Output events leave in raster order (:mod:`rtl.layouts`): increasing index
+        ``(oy * OW + ox) * C_out + o``, with an end-of-row marker after each output row.
 
     Cycles: ``n_pos * groups`` per input event, ``n_pos`` the number of output positions it feeds
     (``k*k`` inside the image for stride 1, 1 for a dense layer). Drain: per word about
     ``max(steps + 1, spikes in the word)`` for a firing layer (``steps = T.bit_length()``) and
-    ``lanes`` for a readout, plus 2 to read the first word.
+    ``lanes`` for a readout, plus a few cycles per row.
 
     Parameters
     ----------
@@ -76,6 +85,8 @@ class ConvEngine(wiring.Component):
         The decode table of the layer's input code (its last entry, the no-spike code's, is 0).
     acc_bits : int
         Signed accumulator width (``Layer.acc_bits``): every partial sum, bias and threshold fits.
+    frame : bool
+        Frame-buffered (dense layers, :class:`~rtl.dense.DenseEngine`) instead of row-buffered.
     store : ``"rom"`` or ``"ram"``
         ``"rom"``: weights and thresholds are ROMs initialised by the bitstream (block RAM).
         ``"ram"``: they share one *uninitialised, single-port* RAM of ``lanes * 8``-bit words
@@ -101,7 +112,7 @@ class ConvEngine(wiring.Component):
     """
 
     def __init__(self, in_shape, kernel: int, stride: int, padding: int, lanes: int,
-                 weights, bias, theta, decode, acc_bits: int, store: str = "rom"):
+                 weights, bias, theta, decode, acc_bits: int, store: str = "rom", frame: bool = False):
         in_shape = tuple(int(v) for v in in_shape)
         if len(in_shape) != 3 or min(in_shape) < 1:
             raise ValueError(f"Input shape must be (C, H, W) of positive sizes, not {in_shape!r}")
@@ -147,7 +158,15 @@ class ConvEngine(wiring.Component):
         self.n_in, self.n_out, self.n_pos = C * H * W, C_out * OH * OW, OH * OW
         self.lanes = int(lanes)
         self.groups = -(-C_out // self.lanes)
-        self.words = self.n_pos * self.groups
+        #: Frame-buffered (a dense layer): every accumulator is kept until the end-of-frame marker,
+        #: and end-of-row markers are ignored. Otherwise row-buffered: a ring of ``ring_rows``
+        #: output rows, output row ``o`` complete after input row ``y`` when ``close_rows[y]`` says so.
+        self.frame = bool(frame)
+        if self.frame:
+            self.ring_rows, self.close_rows = OH, None
+        else:
+            self.ring_rows, self.close_rows = ring_plan(H, k, s, p, OH)
+        self.words = self.ring_rows * OW * self.groups
         self.weights = weights.astype(np.int64)
         self.bias = bias.astype(np.int64)
         self.theta = None if theta is None else theta.astype(np.int64)
@@ -180,11 +199,6 @@ class ConvEngine(wiring.Component):
             ports["loaded"] = In(1)
         super().__init__(ports)
 
-    def order_key(self, index):
-        """Sort key of output neuron ``index`` (int or array) in the order the engine emits it."""
-        index = np.asarray(index)
-        return (index % self.n_pos) * self.out_shape[0] + index // self.n_pos
-
     def _lane_words(self, per_channel):
         """Per-channel values (C_out, ...) as ``groups`` words of ``lanes`` (zero-padded)."""
         C_out, G, L = self.out_shape[0], self.groups, self.lanes
@@ -197,7 +211,7 @@ class ConvEngine(wiring.Component):
         w = self._lane_words(self.weights)                      # (G, L, C_in, k, k)
         C, k = self.in_shape[0], self.kernel
         return [[int(v) for v in w[g, :, c, ky, kx]]
-                for c in range(C) for ky in range(k) for kx in range(k) for g in range(self.groups)]
+                for ky in range(k) for kx in range(k) for c in range(C) for g in range(self.groups)]
 
     def store_words(self) -> list[int]:
         """The RAM store's contents (``store="ram"``), one ``lanes * 8``-bit unsigned int per word.
@@ -216,7 +230,9 @@ class ConvEngine(wiring.Component):
         m = Module()
         G, L, P = self.groups, self.lanes, self.n_pos
         C_out, OH, OW = self.out_shape
+        C_in, H, W = self.in_shape
         k, s = self.kernel, self.stride
+        R, RW = self.ring_rows, OW * self.groups          # ring rows, words per output row
         acc_word = data.ArrayLayout(signed(self.acc_bits), L)
         reset_bias = np.zeros_like(self.bias) if self.fold_bias else self.bias
         bias_words = [[int(x) for x in w] for w in self._lane_words(reset_bias)]
@@ -236,7 +252,8 @@ class ConvEngine(wiring.Component):
             m.submodules.wmem = wmem = memory.Memory(
                 shape=data.ArrayLayout(signed(8), L), depth=len(w_init), init=w_init)
             w_rd = wmem.read_port()
-        m.submodules.accmem = accmem = memory.Memory(shape=acc_word, depth=self.words, init=bias_words * P)
+        m.submodules.accmem = accmem = memory.Memory(shape=acc_word, depth=self.words,
+                                                     init=bias_words * (self.words // G))
         if not self.fold_bias:
             m.submodules.biasmem = biasmem = memory.Memory(shape=acc_word, depth=G, init=bias_words)
         d_bits = max(1, int(self.decode.max()).bit_length())
@@ -250,15 +267,27 @@ class ConvEngine(wiring.Component):
         for i, fu in enumerate(self.fire_units):
             m.submodules[f"fire{i}"] = fu
 
-        # ---- input register: the event split into (c, y, x)
-        C_in, H, W = self.in_shape
-        c_in, y_in, x_in = unflatten(self.i.payload.index, self.in_shape)
-        r_valid, r_eof = Signal(), Signal()
+        # ---- input register: the event's (c, y, x). A frame-buffered (dense) engine reads its
+        # input as one row of C_in neurons; a row-buffered one counts rows by their markers, so
+        # the event's offset in its row is x * C_in + c (raster index, rtl.layouts).
+        r_valid, r_eof, r_eol = Signal(), Signal(), Signal()
         r_c, r_y, r_x = Signal(range(C_in)), Signal(range(H)), Signal(range(W))
         r_f = Signal.like(self.i.payload.phase)
+        row_y = Signal(range(H))                 # the input row being received
+        row_base = Signal(range(C_in * H * W))   # raster index of its first neuron
+        if self.frame:
+            c_in, x_in = self.i.payload.index, 0
+        else:
+            off = (self.i.payload.index - row_base)[:max(1, (W * C_in - 1).bit_length())]
+            if C_in & (C_in - 1) == 0:
+                cb = C_in.bit_length() - 1
+                c_in, x_in = off[:cb] if cb else 0, off[cb:]
+            else:
+                x_in = div_const(off, C_in, W * C_in - 1)
+                c_in = (off - x_in * C_in)[:(C_in - 1).bit_length()]
 
         # ---- issue stage: walk the covered outputs of one event, one (position, group) per cycle
-        w_span = C_in * k * k * G
+        w_span = self.weight_depth
         busy = Signal()
         g = Signal(range(G))
         ox_left, oy_left, nx = Signal(range(k + 1)), Signal(range(k + 1)), Signal(range(k + 1))
@@ -273,13 +302,18 @@ class ConvEngine(wiring.Component):
         prod = Signal(data.ArrayLayout(prod_shape, L))
         last_issue = busy & (g == G - 1) & (ox_left == 0) & (oy_left == 0)
 
-        # ---- drain
+        # ---- drain (one output row at a time)
         init = Signal(init=1)                    # draining only to load the biases (after reset)
         word = Signal(acc_word)                  # the word being dispatched
         d_addr, d_g, d_pos = Signal(range(self.words)), Signal(range(G)), Signal(range(P))
+        d_w = Signal(range(RW))                  # word within the output row
+        rows_left = Signal(range(max(OH, 1) + 1))   # output rows still to drain in this run
+        eof_after = Signal()                     # the drain was started by the end-of-frame marker
         pending = Signal(L)                      # lanes not yet handed to their FireUnit / sent
         lane = Signal(range(L))                  # readout: lane being sent
+        row_done = Signal()                      # collector: a row's end-of-row marker left
         frame_done = Signal()                    # collector: the end-of-frame marker left
+        eof_req = Signal()                       # FSM: the collector is to send the marker
         full_mask = (1 << L) - 1
         last_mask = (1 << (C_out - (G - 1) * L)) - 1
 
@@ -302,18 +336,31 @@ class ConvEngine(wiring.Component):
         take = Signal()                          # the issue stage takes the registered event
         m.d.comb += self.i.ready.eq(~r_valid | take)
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [r_valid.eq(1), r_eof.eq(self.i.payload.eof), r_f.eq(self.i.payload.phase),
-                         r_c.eq(c_in), r_y.eq(y_in), r_x.eq(x_in)]
+            p_ = self.i.payload
+            m.d.sync += [r_valid.eq(1), r_eof.eq(p_.eof), r_eol.eq(p_.eol), r_f.eq(p_.phase),
+                         r_c.eq(c_in), r_y.eq(row_y), r_x.eq(x_in)]
+            with m.If(p_.eof):
+                m.d.sync += [row_y.eq(0), row_base.eq(0)]
+            with m.Elif(p_.eol & (row_y != H - 1)):
+                m.d.sync += [row_y.eq(row_y + 1), row_base.eq(row_base + W * C_in)]
         with m.Elif(take):
             m.d.sync += r_valid.eq(0)
 
-        # The run of outputs fed by (r_y, r_x), and the first word of the walk.
-        ry = [Array(Const(int(v), _uint(self.runs_y[:, j].max())) for v in self.runs_y[:, j]) for j in range(3)]
-        rx = [Array(Const(int(v), _uint(self.runs_x[:, j].max())) for v in self.runs_x[:, j]) for j in range(3)]
-        oy_lo, ny, ky0 = (t[r_y] for t in ry)
-        ox_lo, nx_, kx0 = (t[r_x] for t in rx)
-        first_acc = (oy_lo * OW + ox_lo) * G
-        first_w = ((r_c * k + ky0) * k + kx0) * G
+        # The run of outputs fed by (r_y, r_x), and the first word of the walk: accumulator word
+        # (slot * OW + ox) * G + g, slot = oy % R; weight word ((ky * k + kx) * C_in + c) * G + g.
+        def table(values):
+            values = [int(v) for v in values]
+            return Array(Const(v, _uint(max(values))) for v in values)
+
+        oy_lo = self.runs_y[:, 0]
+        slot_base = table((oy_lo % R) * RW)[r_y]
+        ny, nx_ = table(self.runs_y[:, 1])[r_y], table(self.runs_x[:, 1])[r_x]
+        col_base = table(self.runs_x[:, 0] * G)[r_x]
+        tap_y = table(self.runs_y[:, 2] * k * C_in * G)[r_y]
+        tap_x = table(self.runs_x[:, 2] * C_in * G)[r_x]
+        first_acc = slot_base + col_base
+        first_w = tap_y + tap_x + (r_c * G if G > 1 else r_c)
+        next_row = acc_row + RW
 
         if self.fold_bias:
             # The store serves the FireUnit's threshold reads while the engine drains.
@@ -327,12 +374,13 @@ class ConvEngine(wiring.Component):
                 m.d.sync += [g.eq(g + 1), acc_addr.eq(acc_addr + 1), w_addr.eq(w_addr + 1)]
             with m.Elif(ox_left != 0):
                 m.d.sync += [g.eq(0), acc_addr.eq(acc_addr + 1), ox_left.eq(ox_left - 1),
-                             w_base.eq(w_base - s * G), w_addr.eq(w_base - s * G)]
+                             w_base.eq(w_base - s * C_in * G), w_addr.eq(w_base - s * C_in * G)]
             with m.Elif(oy_left != 0):
+                wrapped = Mux(next_row >= self.words, next_row - self.words, next_row)
                 m.d.sync += [g.eq(0), oy_left.eq(oy_left - 1), ox_left.eq(nx - 1),
-                             acc_row.eq(acc_row + OW * G), acc_addr.eq(acc_row + OW * G),
-                             w_row.eq(w_row - s * k * G), w_base.eq(w_row - s * k * G),
-                             w_addr.eq(w_row - s * k * G)]
+                             acc_row.eq(wrapped), acc_addr.eq(wrapped),
+                             w_row.eq(w_row - s * k * C_in * G), w_base.eq(w_row - s * k * C_in * G),
+                             w_addr.eq(w_row - s * k * C_in * G)]
             with m.Else():
                 m.d.sync += busy.eq(0)
 
@@ -344,13 +392,25 @@ class ConvEngine(wiring.Component):
         else:
             may_take = 1
 
+        close = None if self.frame else table(self.close_rows)[r_y]
+        reset_drain = [d_addr.eq(0), d_g.eq(0), d_pos.eq(0), d_w.eq(0)]
         with m.FSM(init="DRAIN_RD"):
             with m.State("ACCUM"):
                 m.d.comb += take.eq(r_valid & (~busy | last_issue) & may_take)
                 with m.If(take):
                     with m.If(r_eof):
-                        m.d.sync += [d_addr.eq(0), d_g.eq(0), d_pos.eq(0)]
-                        m.next = "DRAIN_WAIT"
+                        if self.frame:
+                            m.d.sync += [rows_left.eq(1), eof_after.eq(1)]
+                            m.next = "DRAIN_WAIT"
+                        elif self.readout:
+                            m.d.sync += reset_drain
+                        else:
+                            m.next = "EOF"
+                    with m.Elif(r_eol):
+                        if not self.frame:
+                            with m.If(close != 0):
+                                m.d.sync += [rows_left.eq(close), eof_after.eq(0)]
+                                m.next = "DRAIN_WAIT"
                     with m.Elif((ny != 0) & (nx_ != 0)):
                         m.d.sync += [
                             busy.eq(1), g.eq(0), cur_f.eq(r_f),
@@ -376,13 +436,12 @@ class ConvEngine(wiring.Component):
                 if bias_rd is not None:
                     m.d.comb += acc_wr.data.eq(bias_rd.data)
                 m.d.sync += word.eq(acc_rd.data)
-                last_word = d_addr == self.words - 1
                 with m.If(init):
-                    with m.If(last_word):
-                        m.d.sync += [d_addr.eq(0), d_g.eq(0), d_pos.eq(0), init.eq(0)]
+                    with m.If(d_addr == self.words - 1):
+                        m.d.sync += reset_drain + [init.eq(0)]
                         m.next = "ACCUM"
                     with m.Else():
-                        self._next_word(m, d_addr, d_g, d_pos)
+                        self._next_word(m, d_addr, d_g, d_pos, d_w)
                         m.next = "DRAIN_RD"
                 with m.Else():
                     m.d.sync += [pending.eq(Mux(d_g == G - 1, last_mask, full_mask)), lane.eq(0)]
@@ -404,7 +463,7 @@ class ConvEngine(wiring.Component):
                         self.o.valid.eq(1),
                         self.o.payload.index.eq((d_g * L + lane) * P + d_pos),
                         self.o.payload.value.eq(word[lane]),
-                        self.o.payload.last.eq((d_addr == self.words - 1) & (lane == last_lane)),
+                        self.o.payload.last.eq((d_pos == P - 1) & (d_g == G - 1) & (lane == last_lane)),
                     ]
                     with m.If(self.o.ready):
                         m.d.sync += lane.eq(lane + 1)
@@ -421,64 +480,103 @@ class ConvEngine(wiring.Component):
                     m.d.sync += pending.eq(pending & ~taken)
                     m.d.comb += group_done.eq((pending & ~taken) == 0)
                 with m.If(group_done):
-                    with m.If(d_addr == self.words - 1):
-                        m.d.sync += [d_addr.eq(0), d_g.eq(0), d_pos.eq(0)]
-                        m.next = "ACCUM" if self.readout else "FINISH"
+                    self._next_word(m, d_addr, d_g, d_pos, d_w)
+                    with m.If(d_w == RW - 1):
+                        if self.readout:
+                            with m.If(rows_left == 1):
+                                m.next = "ACCUM"
+                                if self.frame:
+                                    m.d.sync += reset_drain
+                            with m.Else():
+                                m.d.sync += rows_left.eq(rows_left - 1)
+                                m.next = "DRAIN_RD"
+                        else:
+                            m.next = "ROW_WAIT"
                     with m.Else():
-                        self._next_word(m, d_addr, d_g, d_pos)
                         m.next = "DRAIN_RD"
 
             if not self.readout:
-                with m.State("FINISH"):
-                    # The FireUnits are at least `steps` cycles behind the dispatch, so the collector
-                    # always ends the frame while the FSM waits here.
+                with m.State("ROW_WAIT"):
+                    # The FireUnits are at least `steps` cycles behind the dispatch: wait until the
+                    # collector has sent the row's spikes and its end-of-row marker.
+                    with m.If(row_done):
+                        m.d.sync += rows_left.eq(rows_left - 1)
+                        with m.If(rows_left != 1):
+                            m.next = "DRAIN_RD"
+                        with m.Elif(eof_after):
+                            m.next = "EOF"
+                        with m.Else():
+                            m.next = "ACCUM"
+
+                with m.State("EOF"):
+                    m.d.comb += eof_req.eq(1)
                     with m.If(frame_done):
+                        m.d.sync += reset_drain
                         m.next = "ACCUM"
 
         if self.fold_bias:
-            self._serial_collector(m, frame_done)
+            self._serial_collector(m, row_done, frame_done, eof_req)
         elif not self.readout:
-            self._collector(m, frame_done, full_mask, last_mask)
+            self._collector(m, row_done, frame_done, eof_req, full_mask, last_mask)
         return m
 
-    def _serial_collector(self, m, frame_done):
-        """Forward the single FireUnit's spikes (channel order within a position); then the marker."""
-        fu, P, C_out = self.fire_units[0], self.n_pos, self.out_shape[0]
-        c_pos = Signal(range(P))
-        send_eof = Signal()
-        with m.If(send_eof):
+    def _send_markers(self, m, send_eol, row_done, frame_done, eof_req):
+        """The end-of-row marker (when ``send_eol``), else the end-of-frame marker (``eof_req``).
+        Returns the condition under which neither is pending (the collector may forward spikes)."""
+        with m.If(send_eol):
+            m.d.comb += [self.o.valid.eq(1), self.o.payload.eol.eq(1)]
+            with m.If(self.o.ready):
+                m.d.sync += send_eol.eq(0)
+                m.d.comb += row_done.eq(1)
+        with m.Elif(eof_req):
             m.d.comb += [self.o.valid.eq(1), self.o.payload.eof.eq(1)]
             with m.If(self.o.ready):
-                m.d.sync += send_eof.eq(0)
                 m.d.comb += frame_done.eq(1)
-        with m.Else():
+        return ~send_eol & ~eof_req
+
+    def _serial_collector(self, m, row_done, frame_done, eof_req):
+        """Forward the single FireUnit's spikes (channel order within a position), an end-of-row
+        marker after each output row, and the end-of-frame marker when the FSM asks for it."""
+        fu, C_out, OW = self.fire_units[0], self.out_shape[0], self.out_shape[2]
+        c_base = Signal(range(self.n_out + 1))   # raster index of the position's channel 0
+        c_ox = Signal(range(OW))
+        send_eol = Signal()
+        idle = self._send_markers(m, send_eol, row_done, frame_done, eof_req)
+        with m.If(frame_done):
+            m.d.sync += [c_base.eq(0), c_ox.eq(0)]
+        with m.If(idle):
             spike = fu.o.payload.phase != self.T
             m.d.comb += [
                 self.o.valid.eq(fu.o.valid & spike),
-                self.o.payload.index.eq(fu.o.payload.index * P + c_pos),
+                self.o.payload.index.eq(c_base + fu.o.payload.index),
                 self.o.payload.phase.eq(fu.o.payload.phase),
                 fu.o.ready.eq(~spike | self.o.ready),
             ]
             with m.If(fu.o.valid & fu.o.ready & (fu.o.payload.index == C_out - 1)):
-                with m.If(c_pos == P - 1):
-                    m.d.sync += [c_pos.eq(0), send_eof.eq(1)]
+                m.d.sync += c_base.eq(c_base + C_out)
+                with m.If(c_ox == OW - 1):
+                    m.d.sync += [c_ox.eq(0), send_eol.eq(1)]
                 with m.Else():
-                    m.d.sync += c_pos.eq(c_pos + 1)
+                    m.d.sync += c_ox.eq(c_ox + 1)
 
-    def _next_word(self, m, addr, g, pos):
-        m.d.sync += addr.eq(addr + 1)
+    def _next_word(self, m, addr, g, pos, w):
+        m.d.sync += [addr.eq(Mux(addr == self.words - 1, 0, addr + 1)),
+                     w.eq(Mux(w == self.out_shape[2] * self.groups - 1, 0, w + 1))]
         with m.If(g == self.groups - 1):
-            m.d.sync += [g.eq(0), pos.eq(pos + 1)]
+            m.d.sync += [g.eq(0), pos.eq(Mux(pos == self.n_pos - 1, 0, pos + 1))]
         with m.Else():
             m.d.sync += g.eq(g + 1)
 
-    def _collector(self, m, frame_done, full_mask, last_mask):
-        """Forward a word's spikes in lane order once all its lanes are answered; then the marker."""
-        G, L, P = self.groups, self.lanes, self.n_pos
+    def _collector(self, m, row_done, frame_done, eof_req, full_mask, last_mask):
+        """Forward a word's spikes in lane order once all its lanes are answered, an end-of-row
+        marker after each output row's words, and the end-of-frame marker when the FSM asks."""
+        G, L = self.groups, self.lanes
+        C_out, RW = self.out_shape[0], self.out_shape[2] * self.groups
         fus = self.fire_units
-        c_addr, c_g, c_pos = Signal(range(self.words)), Signal(range(G)), Signal(range(P))
+        c_g, c_w = Signal(range(G)), Signal(range(RW))
+        c_base = Signal(range(self.n_out + 1))   # raster index of the word's lane 0
         sent = Signal(L)                          # lanes of the current word already forwarded
-        send_eof = Signal()
+        send_eol = Signal()
         active = Mux(c_g == G - 1, last_mask, full_mask)
         answered = Cat(fu.o.valid for fu in fus)
         spikes = Cat(fu.o.payload.phase != self.T for fu in fus)
@@ -491,19 +589,17 @@ class ConvEngine(wiring.Component):
                 m.d.comb += first.eq(l)
         phase = Array(fu.o.payload.phase for fu in fus)[first]
 
-        with m.If(send_eof):
-            m.d.comb += [self.o.valid.eq(1), self.o.payload.eof.eq(1)]
-            with m.If(self.o.ready):
-                m.d.sync += send_eof.eq(0)
-                m.d.comb += frame_done.eq(1)
-        with m.Elif(ready_all):
+        idle = self._send_markers(m, send_eol, row_done, frame_done, eof_req)
+        with m.If(frame_done):
+            m.d.sync += c_base.eq(0)
+        with m.If(idle & ready_all):
             finish = Signal()
             with m.If(todo == 0):
                 m.d.comb += finish.eq(1)
             with m.Else():
                 m.d.comb += [
                     self.o.valid.eq(1),
-                    self.o.payload.index.eq((c_g * L + first) * P + c_pos),
+                    self.o.payload.index.eq(c_base + first),
                     self.o.payload.phase.eq(phase),
                 ]
                 with m.If(self.o.ready):
@@ -512,8 +608,9 @@ class ConvEngine(wiring.Component):
             with m.If(finish):
                 # Release every lane of the word at once; they take the next word in this cycle.
                 m.d.comb += [fu.o.ready.eq(active[l]) for l, fu in enumerate(fus)]
-                m.d.sync += sent.eq(0)
-                with m.If(c_addr == self.words - 1):
-                    m.d.sync += [c_addr.eq(0), c_g.eq(0), c_pos.eq(0), send_eof.eq(1)]
+                m.d.sync += [sent.eq(0), c_g.eq(Mux(c_g == G - 1, 0, c_g + 1)),
+                             c_base.eq(c_base + Mux(c_g == G - 1, C_out - (G - 1) * L, L))]
+                with m.If(c_w == RW - 1):
+                    m.d.sync += [c_w.eq(0), send_eol.eq(1)]
                 with m.Else():
-                    self._next_word(m, c_addr, c_g, c_pos)
+                    m.d.sync += c_w.eq(c_w + 1)

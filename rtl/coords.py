@@ -16,7 +16,7 @@ import functools
 import numpy as np
 from amaranth.hdl import Const, Value, unsigned
 
-__all__ = ["magic_divisor", "div_const", "unflatten", "window_runs"]
+__all__ = ["magic_divisor", "div_const", "unflatten", "window_runs", "ring_plan"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -81,3 +81,21 @@ def window_runs(size: int, k: int, s: int, p: int, out: int) -> np.ndarray:
     runs = np.stack([lo, n, y + p - lo * s], axis=1)
     runs[n == 0] = 0
     return runs
+
+
+def ring_plan(size: int, k: int, s: int, p: int, out: int) -> tuple[int, np.ndarray]:
+    """Row buffering of a window layer along one axis, when the input arrives row by row.
+
+    Output row ``o`` is complete once input row ``last(o) = min(size - 1, o*s - p + k - 1)`` has
+    arrived. Returns ``(rows, close)``: ``close[y]`` output rows complete after input row ``y``
+    (consecutive; they sum to ``out``), and ``rows``, the most output rows open at once (those
+    fed by input row ``y`` and every row not yet complete before it) — the ring of accumulator or
+    phase rows an engine keeps, output row ``o`` in ring slot ``o % rows``."""
+    size, k, s, p, out = (int(v) for v in (size, k, s, p, out))
+    runs = window_runs(size, k, s, p, out)
+    last = np.clip(np.arange(out, dtype=np.int64) * s - p + k - 1, 0, size - 1)
+    close = np.bincount(last, minlength=size).astype(np.int64)
+    closed_before = np.concatenate([[0], np.cumsum(close)[:-1]])
+    hi = np.where(runs[:, 1] > 0, runs[:, 0] + runs[:, 1] - 1, closed_before - 1)
+    rows = int(max(1, (hi - closed_before + 1).max()))
+    return rows, close

@@ -77,7 +77,8 @@ class DebugNetwork(wiring.Component):
         for s, k in enumerate(self.firing):
             o = net.engines[k].o
             fire = Signal(name=f"tap{k}_fire")
-            m.d.comb += fire.eq(o.valid & o.ready)
+            # End-of-row markers are not shown (they carry no neuron).
+            m.d.comb += fire.eq(o.valid & o.ready & ~o.payload.eol)
             fires.append(fire)
             m.d.sync += [
                 self.dbg_valid[s].eq(fire),

@@ -12,7 +12,10 @@ class DenseEngine(ConvEngine):
     A :class:`~rtl.conv.ConvEngine` with a ``(n_in, 1, 1)`` input and a 1x1 kernel: the outputs are
     split into ``groups = ceil(n_out / lanes)`` groups of ``lanes`` neighbouring neurons, weight word
     ``j * groups + g`` holds ``W[g*lanes : (g+1)*lanes, j]``, every input event costs ``groups``
-    cycles back to back, and output events leave in increasing index.
+    cycles back to back, and output events leave in increasing index. It is frame-buffered: input
+    end-of-row markers are ignored (its input is one row of ``n_in`` neurons, in the producer's
+    raster order, :func:`rtl.network.build_engine` orders the weight columns so), and it fires at
+    the end of the frame (one end-of-row marker, then the end-of-frame marker).
 
     Parameters
     ----------
@@ -32,4 +35,4 @@ class DenseEngine(ConvEngine):
         if weights.shape != (n_out, n_in):
             raise ValueError(f"Weights must have shape ({n_out}, {n_in}), not {weights.shape}")
         super().__init__((int(n_in), 1, 1), 1, 1, 0, lanes, weights.reshape(n_out, n_in, 1, 1),
-                         bias, theta, decode, acc_bits, store)
+                         bias, theta, decode, acc_bits, store, frame=True)

@@ -12,11 +12,14 @@ __all__ = ["PixelEncoder"]
 class PixelEncoder(wiring.Component):
     """Encode a stream of uint8 pixels into spike events with the 256-entry table ``E``.
 
-    Pixels arrive one per transfer in ``(C, H, W)`` order; a frame is exactly ``n_pixels`` of them
-    (the frame length is fixed, so the pixel stream carries no delimiter). Pixel number ``j`` of a
-    frame becomes the event ``(index=j, phase=E[p])`` if ``E[p] != no_spike``, and nothing
-    otherwise. After the frame's last pixel the encoder sends one end-of-frame marker
-    (``eof = 1``), also when no pixel of the frame spiked.
+    Pixels arrive one per transfer in ``(H, W, C)`` order (camera order: row by row, the channels
+    of a pixel together; for ``C = 1`` this is also the ``(C, H, W)`` order); a frame is exactly
+    ``n_pixels`` of them (the frame length is fixed, so the pixel stream carries no delimiter).
+    Pixel number ``j`` of a frame is the neuron of raster index ``j`` (:mod:`rtl.layouts`) and
+    becomes the event ``(index=j, phase=E[p])`` if ``E[p] != no_spike``, and nothing otherwise.
+    After the last pixel of each row (``row_pixels = W * C`` of them) the encoder sends an
+    end-of-row marker (``eol = 1``), and after the frame's last row's marker one end-of-frame
+    marker (``eof = 1``), also when no pixel of the row or frame spiked.
 
     Parameters
     ----------
@@ -26,20 +29,23 @@ class PixelEncoder(wiring.Component):
         The no-spike code of the input (``IntModel.input_T``).
     n_pixels : int
         Pixels per frame (``C * H * W``).
+    row_pixels : int
+        Pixels per row (``W * C``; a divisor of ``n_pixels``). Default: the whole frame is one row.
 
     Members
     -------
     i : ``In(stream.Signature(unsigned(8)))``
         Pixels.
     o : ``Out(stream.Signature(event_layout(n_pixels)))``
-        Spike events ``{index, phase, eof}`` (see :mod:`rtl.layouts`).
+        Spike events ``{index, phase, eol, eof}`` (see :mod:`rtl.layouts`).
 
     Cycle behaviour: the table is a synchronous ROM, so an event leaves one cycle after its pixel
-    was accepted. With ``o.ready`` held high the encoder takes one pixel per cycle; the marker
-    costs one extra cycle per frame. Back-pressure on ``o`` stalls ``i``; gaps on ``i`` are bubbles.
+    was accepted. With ``o.ready`` held high the encoder takes one pixel per cycle; each marker
+    costs one extra cycle (``H + 1`` per frame). Back-pressure on ``o`` stalls ``i``; gaps on ``i``
+    are bubbles.
     """
 
-    def __init__(self, encode, no_spike: int, n_pixels: int):
+    def __init__(self, encode, no_spike: int, n_pixels: int, row_pixels: int | None = None):
         encode = np.asarray(encode)
         if encode.shape != (256,):
             raise ValueError(f"Encode table must hold 256 entries, not {encode.shape}")
@@ -49,6 +55,10 @@ class PixelEncoder(wiring.Component):
             raise ValueError(f"Encode table values must lie in 0..{no_spike}")
         if not (isinstance(n_pixels, int) and n_pixels >= 1):
             raise ValueError(f"Pixel count must be a positive integer, not {n_pixels!r}")
+        row_pixels = n_pixels if row_pixels is None else row_pixels
+        if not (isinstance(row_pixels, int) and row_pixels >= 1 and n_pixels % row_pixels == 0):
+            raise ValueError(f"Row length must be a positive divisor of {n_pixels}, not {row_pixels!r}")
+        self.row_pixels = row_pixels
         self.encode = [int(x) for x in encode]
         self.no_spike = int(no_spike)
         self.n_pixels = n_pixels
@@ -65,23 +75,31 @@ class PixelEncoder(wiring.Component):
         rd = rom.read_port()
 
         count = Signal(range(n))        # index of the next pixel to accept
+        col = Signal(range(self.row_pixels))   # its place in its row
         s_valid = Signal()              # the ROM output holds the phase of pixel s_index
         s_index = Signal(range(n))
-        s_last = Signal()               # ... and that pixel ends the frame
-        eof_pending = Signal()          # the frame's marker is due on o
+        s_eol = Signal()                # ... and that pixel ends a row
+        s_last = Signal()               # ... and the frame
+        eol_pending = Signal()          # a row's marker is due on o
+        eof_pending = Signal()          # the frame's marker is due on o (after the last row's)
 
         spike = rd.data != self.no_spike
+        marker = eol_pending | eof_pending
         # The held pixel leaves the stage: silent pixels are dropped, spikes when o takes them.
-        # The marker goes first, so a frame's events never overtake the previous frame's marker.
-        consume = s_valid & ~eof_pending & (~spike | self.o.ready)
+        # Markers go first, so a row's events never overtake the previous row's marker.
+        consume = s_valid & ~marker & (~spike | self.o.ready)
         m.d.comb += [
-            self.i.ready.eq(~eof_pending & (~s_valid | consume)),
+            self.i.ready.eq(~marker & (~s_valid | consume)),
             # The read enable follows i.ready so that a stalled stage keeps its ROM output.
             rd.addr.eq(self.i.payload),
             rd.en.eq(self.i.ready),
         ]
 
-        with m.If(eof_pending):
+        with m.If(eol_pending):
+            m.d.comb += [self.o.valid.eq(1), self.o.payload.eol.eq(1)]
+            with m.If(self.o.ready):
+                m.d.sync += eol_pending.eq(0)
+        with m.Elif(eof_pending):
             m.d.comb += [self.o.valid.eq(1), self.o.payload.eof.eq(1)]
             with m.If(self.o.ready):
                 m.d.sync += eof_pending.eq(0)
@@ -96,11 +114,15 @@ class PixelEncoder(wiring.Component):
             m.d.sync += [
                 s_valid.eq(1),
                 s_index.eq(count),
+                s_eol.eq(col == self.row_pixels - 1),
                 s_last.eq(count == n - 1),
                 count.eq(Mux(count == n - 1, 0, count + 1)),
+                col.eq(Mux(col == self.row_pixels - 1, 0, col + 1)),
             ]
         with m.Elif(consume):
             m.d.sync += s_valid.eq(0)
+        with m.If(consume & s_eol):
+            m.d.sync += eol_pending.eq(1)
         with m.If(consume & s_last):
             m.d.sync += eof_pending.eq(1)
         return m

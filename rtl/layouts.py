@@ -5,11 +5,16 @@ of the layouts below. A frame is a sequence of transfers closed by a delimiter, 
 (no spike at all) is still one transfer long.
 
 Spike events (:func:`event_layout`)
-    ``index``: the neuron (flat ``(C, H, W)`` index of the activation), ``phase``: its spike phase
-    (``0..T-1`` of the layer's code; uint8 like everywhere in the spec), ``eof``: end of frame. A
-    transfer with ``eof = 1`` is a marker, not a spike: its ``index`` and ``phase`` are 0 and carry
-    no meaning. Events of a frame come before its marker; only spiking neurons appear (a silent
-    neuron, code ``T``, sends nothing).
+    ``index``: the neuron, as its *raster index* ``(y * W + x) * C + c`` in a ``(C, H, W)``
+    activation (camera order: rows, then columns, then channels; :func:`raster_to_flat` maps it to
+    the spec's flat ``(C, H, W)`` index; for ``C = 1`` and for a dense activation ``(n,)`` the two
+    are the same), ``phase``: its spike phase (``0..T-1`` of the layer's code; uint8 like
+    everywhere in the spec), ``eol``: end of row, ``eof``: end of frame. A frame is sent in raster
+    order, row by row: the spikes of row ``y`` (any order within the row; every producer here
+    sends increasing index), then one end-of-row marker (``eol = 1``), also for a row without
+    spikes; after the ``H`` rows' markers one end-of-frame marker (``eof = 1``). A dense
+    activation is one row. Markers are not spikes: their ``index`` and ``phase`` are 0 and carry
+    no meaning. Only spiking neurons appear (a silent neuron, code ``T``, sends nothing).
 
 Logits (:func:`logit_layout`)
     ``index``: the output neuron, ``value``: its accumulator (signed, ``acc_bits`` wide), ``last``:
@@ -18,7 +23,9 @@ Logits (:func:`logit_layout`)
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-__all__ = ["PHASE_BITS", "index_shape", "event_layout", "logit_layout", "result_layout"]
+import numpy as np
+
+__all__ = ["PHASE_BITS", "index_shape", "event_layout", "logit_layout", "result_layout", "raster_to_flat"]
 
 #: Phase codes are uint8 (``runtime.spec.MAX_T`` is 255, and ``T`` itself codes "no spike").
 PHASE_BITS = 8
@@ -33,7 +40,18 @@ def index_shape(n: int):
 
 def event_layout(n: int) -> data.StructLayout:
     """Spike event ``{index, phase, eof}`` for an activation of ``n`` neurons."""
-    return data.StructLayout({"index": index_shape(n), "phase": unsigned(PHASE_BITS), "eof": 1})
+    return data.StructLayout({"index": index_shape(n), "phase": unsigned(PHASE_BITS), "eol": 1, "eof": 1})
+
+
+def raster_to_flat(shape) -> np.ndarray:
+    """For an activation of ``shape`` (``(C, H, W)``, or ``(n,)``): the flat ``(C, H, W)`` index of
+    every raster index, ``flat[r]`` (a permutation; the identity when ``C = 1`` or for ``(n,)``).
+    ``phases.reshape(-1)[raster_to_flat(shape)]`` lists a frame's phases in raster order."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 1:
+        return np.arange(shape[0], dtype=np.int64)
+    C, H, W = shape
+    return np.arange(C * H * W, dtype=np.int64).reshape(C, H, W).transpose(1, 2, 0).reshape(-1)
 
 
 def logit_layout(n: int, acc_bits: int) -> data.StructLayout:

@@ -9,11 +9,16 @@ from runtime import spec
 from .conv import ConvEngine
 from .dense import DenseEngine
 from .encoder import PixelEncoder
-from .layouts import result_layout
+from .layouts import raster_to_flat, result_layout
 from .loader import StoreLoader
 from .readout import Argmax
 
-__all__ = ["Network", "build_engine"]
+__all__ = ["Network", "build_engine", "input_activation_shape"]
+
+
+def input_activation_shape(model: spec.IntModel, i: int) -> tuple:
+    """The shape of the activation layer ``i`` reads, before any flattening: ``(C, H, W)`` or ``(n,)``."""
+    return tuple(model.input_shape) if i == 0 else tuple(model.layers[i - 1].out_shape)
 
 
 def build_engine(model: spec.IntModel, i: int, lanes: int, store: str = "rom"):
@@ -28,7 +33,10 @@ def build_engine(model: spec.IntModel, i: int, lanes: int, store: str = "rom"):
     decode, t_in = model.code_of_layer_input(i)
     theta = None if layer.readout else layer.theta
     if layer.kind == "dense":
+        # Its input arrives in the producer's raster order (rtl.layouts): weight column r is the
+        # spec's column of the neuron with raster index r.
         w = layer.weight.reshape(layer.weight.shape[0], -1)
+        w = w[:, raster_to_flat(input_activation_shape(model, i))]
         return DenseEngine(n_in=w.shape[1], n_out=w.shape[0], lanes=lanes, weights=w, bias=layer.bias,
                            theta=theta, decode=decode, acc_bits=layer.acc_bits, store=store)
     if layer.kind == "conv2d":
@@ -52,10 +60,11 @@ class Network(wiring.Component):
 
     ``PixelEncoder -> engine (layer 0) -> ... -> engine (readout) -> Argmax``, linked by valid/ready
     streams of spike events (see :mod:`rtl.layouts`), with an optional event FIFO in front of every
-    engine. Layers overlap in time: a layer drains (fires) frame ``k`` while the next one
-    accumulates it, and the encoder already takes frame ``k + 1``'s pixels, stalling only when the
-    first engine (and its FIFO) is busy. The engines hold one frame's accumulators, so a layer
-    accepts frame ``k + 1``'s events once it has drained frame ``k``.
+    engine. Events flow in raster order, row by row (:mod:`rtl.layouts`): conv, avg-pool and
+    max-pool engines keep only the rows still open and send each output row on as soon as it is
+    complete, so all layers work on the same frame at once; a dense layer fires at the end of the
+    frame, while the encoder already takes frame ``k + 1``'s pixels (stalling only when the first
+    engine and its FIFO are busy).
 
     Parameters
     ----------
@@ -74,7 +83,8 @@ class Network(wiring.Component):
     Members
     -------
     i : ``In(stream.Signature(unsigned(8)))``
-        Pixels, ``C * H * W`` per frame in ``(C, H, W)`` order.
+        Pixels, ``C * H * W`` per frame in ``(H, W, C)`` order (camera order; for ``C = 1`` the
+        same as ``(C, H, W)``).
     o : ``Out(stream.Signature(result_layout(num_classes, acc_bits)))``
         One transfer per frame: ``{cls, logits}``, ``acc_bits`` being the readout's width.
     load : ``In(stream.Signature(unsigned(8)))``, ``loaded`` : ``Out(1)``
@@ -110,7 +120,8 @@ class Network(wiring.Component):
         self.model = model
         self.fifo_depth = int(fifo_depth)
         n_pixels = int(np.prod(model.input_shape))
-        self.encoder = PixelEncoder(model.encode, model.input_T, n_pixels)
+        row = n_pixels if len(model.input_shape) != 3 else int(model.input_shape[0] * model.input_shape[2])
+        self.encoder = PixelEncoder(model.encode, model.input_T, n_pixels, row)
         self.store = list(store)
         self.engines = [build_engine(model, i, ln, st) for i, (ln, st) in enumerate(zip(lanes, store))]
         readout = model.layers[-1]

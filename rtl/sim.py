@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from amaranth.sim import Simulator
 
+from .layouts import raster_to_flat
 from .network import Network
 
-__all__ = ["PERIOD", "SimResult", "SimTimeout", "make_simulator", "run_bounded", "simulate_network",
+__all__ = ["PERIOD", "SimResult", "pixel_order", "SimTimeout", "make_simulator", "run_bounded", "simulate_network",
            "stream_put", "stream_get"]
 
 
@@ -71,10 +72,10 @@ def make_simulator(dut) -> Simulator:
     return sim
 
 
-def _order_keys(engine) -> list:
-    """Rank of every output neuron in the order ``engine`` emits its events (increasing index by default)."""
-    idx = np.arange(engine.n_out)
-    return (engine.order_key(idx) if hasattr(engine, "order_key") else idx).tolist()
+def pixel_order(images: np.ndarray) -> np.ndarray:
+    """Images (N, C, H, W) as the pixel stream a network takes: (N, H*W*C), camera order."""
+    images = np.asarray(images)
+    return images.transpose(0, 2, 3, 1).reshape(len(images), -1) if images.ndim == 4 else images.reshape(len(images), -1)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
     n = len(images)
     rng = np.random.default_rng(seed)
     firing = [k for k, e in enumerate(dut.engines) if not e.readout]
-    keys = [_order_keys(e) for e in dut.engines]
+    flat = [raster_to_flat(e.out_shape).tolist() for e in dut.engines]
     phases = {k: np.full((n, dut.engines[k].n_out), dut.engines[k].T, dtype=np.uint8) for k in firing}
     res = SimResult(logits=np.zeros((n, model.num_classes), dtype=np.int64),
                     classes=np.zeros(n, dtype=np.int64), phases=[],
@@ -126,8 +127,8 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
     cycle = [0]
 
     async def driver(ctx):
-        for img in images:
-            for p in img.reshape(-1):
+        for img in pixel_order(images):
+            for p in img:
                 await stream_put(ctx, dut.i, int(p), rng, gap)
 
     async def loader(ctx):
@@ -161,14 +162,15 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
                 if not (valid and ready):
                     continue
                 end = payload.last if dut.engines[k].readout else payload.eof
-                if not dut.engines[k].readout and not payload.eof:
+                if not dut.engines[k].readout and not payload.eof and not payload.eol:
+                    # Raster index, increasing within a frame (rtl.layouts).
                     o, f = int(payload.index), int(payload.phase)
-                    if o >= len(keys[k]) or keys[k][o] <= last_index[k] or f >= dut.engines[k].T:
+                    if o >= len(flat[k]) or o <= last_index[k] or f >= dut.engines[k].T:
                         res.errors.append(f"layer {k} frame {frame[k]}: bad event ({o}, {f})")
                         continue
-                    last_index[k] = keys[k][o]
+                    last_index[k] = o
                     if frame[k] < n:
-                        phases[k][frame[k], o] = f
+                        phases[k][frame[k], flat[k][o]] = f
                 if end:
                     res.eof_cycle[k].append(cycle[0])
                     frame[k] += 1
