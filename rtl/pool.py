@@ -55,7 +55,8 @@ class MaxPoolEngine(wiring.Component):
         (``m <= ceil(k / s) ** 2``; ``k == s``, ``p == 0``, as in every shipped model, gives
         ``m = 1``: one event per cycle). An end-of-row marker costs 2 cycles, plus ``OW * C + 1``
         per output row it completes (one per word, one for the row's marker); the end-of-frame
-        marker 2. After reset, ``words`` cycles of clearing before ``i`` is ready.
+        marker 3. A frame back to back is ``sum max(1, m) + 2 H + OH (OW C + 1) + 3`` cycles (tested
+        exactly). After reset, ``words`` cycles of clearing before ``i`` is ready.
 
     Parameters
     ----------

@@ -78,13 +78,12 @@ class FlatTop(Elaboratable):
             "load_bytes": len(net.load_image()),
             "layer_sizes": [int(e.n_out) for e in net.engines],
             "T": int(self.model.T),
-            # Per slot: the no-spike code of the layer's output, and its event order as
-            # (positions, channels): key(index) = (index % positions) * channels + index // positions
-            # (conv engines drain position-major; (1, n) is increasing index).
+            # Per slot: the no-spike code of the layer's output, and its shape as (positions,
+            # channels): events carry the raster index r (rtl.layouts), the neuron's flat (C, H, W)
+            # index is (r % channels) * positions + r // channels.
             "slot_T": [int(net.engines[k].T) for k in core.firing],
-            "slot_order": [[int(net.engines[k].n_pos), int(net.engines[k].out_shape[0])]
-                           if hasattr(net.engines[k], "order_key") else [1, int(net.engines[k].n_out)]
-                           for k in core.firing],
+            "slot_order": [[int(net.engines[k].out_shape[1] * net.engines[k].out_shape[2]),
+                            int(net.engines[k].out_shape[0])] for k in core.firing],
         }
 
     def elaborate(self, platform):

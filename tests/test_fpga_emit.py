@@ -17,6 +17,7 @@ from boards.registry import fpga as board
 from codegen import fpga
 from runtime import golden, modelfile, spec
 from runtime.errors import UserError
+from rtl.sim import pixel_order
 from conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -551,7 +552,7 @@ def test_pins_wrapper_matches_golden(tmp_path, store):
     n_ld = len(image) if store == "ram" else 0
     ld_ports = (".ld(ld_mem[j]), .ld_valid(ld_valid), .ld_ready(ld_ready), .loaded(loaded)," if store == "ram" else "")
     n_px = int(np.prod(m.input_shape))
-    (tmp_path / "pixels.hex").write_text("".join(f"{int(p):02x}\n" for p in x.reshape(-1)))
+    (tmp_path / "pixels.hex").write_text("".join(f"{int(p):02x}\n" for p in pixel_order(x).reshape(-1)))
     nb = -(-fpga.result_bits(m) // 8)
     tb = f"""`timescale 1ns/1ps
 module tb;

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from enginebench import run_engine
+from enginebench import raster_frame, run_engine
 from rtl.conv import ConvEngine
+from rtl.coords import ring_plan
+from rtl.layouts import raster_to_flat
 from runtime.spec import fire_int
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -27,7 +29,7 @@ def conv_expected(engine, w, bias, decode, theta, events):
             win = x[:, oy * s: oy * s + k, ox * s: ox * s + k]
             acc[:, oy, ox] = bias + np.einsum("ocij,cij->o", w.astype(np.int64), win)
     flat = acc.reshape(C_out, -1)
-    order = np.argsort(engine.order_key(np.arange(engine.n_out)), kind="stable")
+    order = raster_to_flat(engine.out_shape)               # the engine sends raster order
     if theta is None:
         return flat.reshape(-1)[order].tolist()
     ph = fire_int(flat.T, theta).T.reshape(-1)             # (C_out * n_pos,), channel-major
@@ -103,25 +105,35 @@ def test_conv_mutation_is_caught():
 
 @pytest.mark.parametrize("lanes", [1, 2, 4])
 def test_conv_cycles_per_event(lanes):
-    """Back to back, an event costs exactly (output positions it feeds) * groups cycles."""
-    C, H, W, C_out, k, s, p = 2, 6, 6, 4, 3, 1, 1
+    """Back to back, an event costs exactly (output positions it feeds) * groups cycles, and an
+    end-of-row marker that completes no output row one cycle."""
+    C, H, W, C_out, k, s, p = 2, 2, 6, 4, 3, 1, 1      # both output rows complete after input row 1
     rng = np.random.default_rng(lanes)
     w, bias, decode, theta = conv_params(rng, C, C_out, k, 12, 3)
     engine = ConvEngine((C, H, W), k, s, p, lanes, w, bias, theta, decode, acc_bits=28)
-    js = list(range(C * H * W))
-    events = [(j, int(rng.integers(3))) for j in js]
+    assert engine.close_rows.tolist() == [0, 2]
+    events = [(j, int(rng.integers(3))) for j in range(C * H * W)]
     got, marks = run_engine(engine, [events])
     assert got == [conv_expected(engine, w, bias, decode, theta, events)]
-    fed = lambda j: int(engine.runs_y[(j % (H * W)) // W, 1] * engine.runs_x[j % W, 1])  # noqa: E731
-    # From the second event on, event j is taken when event j-1's last cycle issues.
-    assert marks["eof_in"][0] - marks["second_in"][0] == sum(fed(j) for j in js[1:]) * engine.groups
+    sent = [e for e in raster_frame(engine.in_shape, events) if e is not None]
+    to_flat = raster_to_flat(engine.in_shape)
+    fed = lambda r: int(engine.runs_y[(to_flat[r] % (H * W)) // W, 1] * engine.runs_x[to_flat[r] % W, 1])  # noqa: E731
+    # From the second event on, each event is taken when the previous one's last cycle issues;
+    # row 0's marker (it completes no row) costs one cycle of its own.
+    assert marks["eol_in"][-1] - marks["second_in"][0] == sum(fed(r) for r, _ in sent[1:]) * engine.groups + 1
 
 
-def test_conv_order_key_is_position_major():
-    engine = ConvEngine((1, 3, 3), 1, 1, 0, 1, np.ones((2, 1, 1, 1)), np.zeros(2), np.zeros((2, 4)),
-                        np.array([4, 2, 1, 0]), acc_bits=16)
-    idx = np.arange(engine.n_out)
-    assert idx[np.argsort(engine.order_key(idx))].tolist() == [0, 9, 1, 10, 2, 11, 3, 12, 4, 13, 5, 14, 6, 15, 7, 16, 8, 17]
+@pytest.mark.parametrize("size, k, s, p, out, rows, close", [
+    (28, 5, 1, 0, 24, 5, [0] * 4 + [1] * 24),
+    (24, 2, 2, 0, 12, 1, [0, 1] * 12),
+    (7, 3, 1, 1, 7, 3, [0] + [1] * 5 + [2]),
+    (6, 3, 2, 1, 3, 2, [0, 1, 0, 1, 0, 1]),
+    (5, 1, 3, 0, 2, 1, [1, 0, 0, 1, 0]),
+])
+def test_ring_plan(size, k, s, p, out, rows, close):
+    """The ring of open output rows and the rows each input row completes."""
+    r, c = ring_plan(size, k, s, p, out)
+    assert (r, c.tolist()) == (rows, close)
 
 
 @pytest.mark.parametrize("args, match", [

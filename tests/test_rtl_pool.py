@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from amaranth.back import verilog
 
-from enginebench import WithReset
+from enginebench import WithReset, raster_frame
+from rtl.layouts import raster_to_flat
 from rtl.pool import MaxPoolEngine
 from rtl.sim import make_simulator, run_bounded, stream_get, stream_put
 from runtime import golden, modelfile
@@ -40,8 +41,10 @@ def golden_maxpool(phs, k, s, p, T):
 
 
 def expected_events(ph, k, s, p, T):
-    out = maxpool_ref(ph, k, s, p, T).reshape(-1)
-    return [(o, int(f)) for o, f in enumerate(out) if f < T]
+    """The output spikes (flat index, phase) in the order the engine sends them (raster order)."""
+    ref = maxpool_ref(ph, k, s, p, T)
+    out = ref.reshape(-1)
+    return [(int(o), int(out[o])) for o in raster_to_flat(ref.shape) if out[o] < T]
 
 
 def random_phases(rng, shape, T, density):
@@ -92,12 +95,13 @@ def run_pool(engine, frames, *, seed=0, gap=0.0, stall=0.0, junk=None, junk_eof=
     rng = np.random.default_rng(seed)
     out, cycle = [[]], [0]
     marks = {"first_in": [], "eof_in": [], "eof_out": []}
+    to_flat = raster_to_flat(engine.out_shape)
     after_reset = [junk is None]
 
     async def drive(ctx):
         if junk is not None:
             for j, f in junk:
-                await stream_put(ctx, engine.i, {"index": j, "phase": f, "eof": 0})
+                await stream_put(ctx, engine.i, {"index": j, "phase": f, "eol": 0, "eof": 0})
             if junk_eof:
                 await stream_put(ctx, engine.i, {"eof": 1})
             for _ in range(5):
@@ -108,26 +112,34 @@ def run_pool(engine, frames, *, seed=0, gap=0.0, stall=0.0, junk=None, junk_eof=
             ctx.set(top.cd.rst, 0)
             after_reset[0] = True
         for events in frames:
-            for j, f in events:
-                await stream_put(ctx, engine.i, {"index": j, "phase": f, "eof": 0}, rng, gap)
+            for e in raster_frame(engine.in_shape, events):
+                if e is None:
+                    await stream_put(ctx, engine.i, {"eol": 1}, rng, gap)
+                else:
+                    await stream_put(ctx, engine.i, {"index": e[0], "phase": e[1], "eol": 0, "eof": 0}, rng, gap)
             await stream_put(ctx, engine.i, {"eof": 1}, rng, gap)
 
     async def collect(ctx):
         while not after_reset[0]:
             await ctx.tick()
+        rows = 0
         while len(out) <= len(frames):
             p = await stream_get(ctx, engine.o, rng, stall)
             if p.eof:
-                assert int(p.index) == 0 and int(p.phase) == 0
+                assert int(p.index) == 0 and int(p.phase) == 0 and rows == engine.out_shape[1]
                 marks["eof_out"].append(cycle[0])
                 out.append([])
+                rows = 0
+            elif p.eol:
+                assert int(p.index) == 0 and int(p.phase) == 0
+                rows += 1
             else:
-                out[-1].append((int(p.index), int(p.phase)))
+                out[-1].append((int(to_flat[int(p.index)]), int(p.phase)))
 
     async def count(ctx):
         first, held = True, None
         async for _, _, took, eof, rst, o_valid, o_ready, o_payload in ctx.tick().sample(
-                engine.i.valid & engine.i.ready, engine.i.payload.eof, top.cd.rst,
+                engine.i.valid & engine.i.ready & ~engine.i.payload.eol, engine.i.payload.eof, top.cd.rst,
                 engine.o.valid, engine.o.ready, engine.o.payload.as_value()):
             cycle[0] += 1
             # An offered output stays offered, unchanged, until it is taken.
@@ -145,7 +157,7 @@ def run_pool(engine, frames, *, seed=0, gap=0.0, stall=0.0, junk=None, junk_eof=
     sim.add_testbench(drive)
     sim.add_testbench(collect)
     sim.add_process(count)
-    events = sum(len(fr) + 1 for fr in frames) + len(junk or [])
+    events = sum(len(fr) + 1 + engine.in_shape[1] * 3 for fr in frames) + len(junk or [])
     per_event = max(1, -(-engine.kernel // engine.stride)) ** 2
     budget = (events * per_event + (len(frames) + 2) * (engine.n_out + 10)) / (1 - gap) / (1 - stall)
     run_bounded(sim, int(3 * budget) + 1000, lambda: len(out) > len(frames))
@@ -222,8 +234,9 @@ def test_engine_on_shipped_model(name, layer):
     engine = MaxPoolEngine(tuple(l.in_shape), l.kernel, l.stride, l.padding, model.T)
     frames = [events_of(gold.phases[layer][n].astype(np.int64), model.T, "position") for n in range(2)]
     got, _ = run_pool(engine, frames, seed=1, stall=0.2)
-    want = [[(o, int(f)) for o, f in enumerate(gold.phases[layer + 1][n].reshape(-1)) if f < model.T]
-            for n in range(2)]
+    order = raster_to_flat(engine.out_shape)
+    want = [[(int(o), int(gold.phases[layer + 1][n].reshape(-1)[o])) for o in order
+             if gold.phases[layer + 1][n].reshape(-1)[o] < model.T] for n in range(2)]
     assert all(len(w) > 10 for w in want)
     assert got == want
 
@@ -231,24 +244,34 @@ def test_engine_on_shipped_model(name, layer):
 def test_corrupted_expectation_is_caught():
     """The comparison is not vacuous: one changed phase, a dropped or an added event is noticed."""
     in_shape, k, s, p, T = (2, 5, 6), 3, 2, 1, 16
-    _, phs, got, _ = check_engine(in_shape, k, s, p, T, seed=5, frames=1, densities=(0.3,))
+    engine, phs, got, _ = check_engine(in_shape, k, s, p, T, seed=5, frames=1, densities=(0.3,))
     want = expected_events(phs[0], k, s, p, T)
     assert got[0] == want and len(want) > 3
     o, f = want[1]
     for bad in (want[:1] + [(o, (f + 1) % T)] + want[2:], want[:1] + want[2:],
-                sorted(want + [(max(x for x, _ in want) + 1, 0)])):
+                want + [(max(x for x, _ in want) + 1, 0)]):
         assert got[0] != bad
     # A reference with the padding counted as phase 0 (instead of T) disagrees too.
     wrong = maxpool_ref(np.pad(phs[0], ((0, 0), (p, p), (p, p))), k, s, 0, T).reshape(-1)
-    assert got[0] != [(o, int(f)) for o, f in enumerate(wrong) if f < T]
+    assert got[0] != [(int(o), int(wrong[o])) for o in raster_to_flat(engine.out_shape) if wrong[o] < T]
 
 
 # ------------------------------------------------------------------------------------ cycles
 
+def frame_cycles(engine, events) -> int:
+    """Cycles of one frame back to back (no gaps, no stalls): every event ``max(1, covered)``, every
+    end-of-row marker 2, every output row ``OW * C + 1`` (its words and its marker), the
+    end-of-frame marker 3."""
+    C, H, _ = engine.in_shape
+    _, OH, OW = engine.out_shape
+    return sum(max(1, engine.covered(j)) for j, _ in events) + 2 * H + OH * (OW * C + 1) + 3
+
+
 @pytest.mark.parametrize("in_shape,k,s,p", [((4, 6, 6), 2, 2, 0), ((2, 5, 6), 3, 1, 1), ((2, 7, 7), 3, 2, 1),
                                              ((2, 5, 5), 2, 2, 0)])
 def test_engine_cycles(in_shape, k, s, p):
-    """Back to back, an event costs max(1, outputs it covers) cycles; the drain n_out + const."""
+    """Back to back, a frame takes exactly :func:`frame_cycles` (from the previous frame's marker,
+    or from the first event)."""
     T = 16
     rng = np.random.default_rng(k * 10 + s)
     engine = MaxPoolEngine(in_shape, k, s, p, T)
@@ -257,43 +280,30 @@ def test_engine_cycles(in_shape, k, s, p):
     assert len(got) == len(frames)
     cost = [[max(1, engine.covered(j)) for j, _ in fr] for fr in frames]
     assert cost[0] and cost[1] and not cost[2]
-    # First frame: taken in 1 + sum(cost) - cost[-1] cycles (first event to marker), drained after.
-    assert marks["eof_in"][0] - marks["first_in"][0] == 1 + sum(cost[0][:-1])
-    # Back to back, a frame ends sum(cost) + n_out + 3 cycles after the previous one (or its first event).
     starts = [marks["first_in"][0]] + marks["eof_out"][:-1]
-    assert [e - b for b, e in zip(starts, marks["eof_out"])] == [sum(c) + engine.n_out + 3 for c in cost]
-    # The marker leaves cost[-1] + n_out + 2 cycles after it is taken, unless it waited in the input
-    # register during the previous drain (the empty frame's marker).
-    for n, c in enumerate(cost):
-        if c:
-            assert marks["eof_out"][n] - marks["eof_in"][n] == c[-1] + engine.n_out + 2, n
-        else:
-            assert marks["eof_in"][n] < marks["eof_out"][n - 1]
+    assert [e - b for b, e in zip(starts, marks["eof_out"])] == [frame_cycles(engine, fr) for fr in frames]
     if k == s and p == 0:
         assert all(set(c) == {1} for c in cost if c)
     else:
         assert max(max(c) for c in cost if c) > 1
-    # The next frame's first event is taken while the drain runs (it waits in the input register).
-    for n in range(len(frames) - 1):
-        if frames[n + 1]:
-            assert marks["first_in"][n + 1] < marks["eof_out"][n]
+
 
 def test_engine_one_event_per_cycle():
-    """k == s, p == 0: a frame of N events is taken in N cycles (first event to marker)."""
+    """k == s, p == 0: every event costs one cycle; the shipped pools' output rows drain as they complete."""
     in_shape, T = (16, 12, 12), 12
     rng = np.random.default_rng(3)
     ph = random_phases(rng, in_shape, T, 0.4)
     events = events_of(ph, T, "position")
     engine = MaxPoolEngine(in_shape, 2, 2, 0, T)
+    assert (engine.ring_rows, engine.words) == (1, 6 * 16)
     got, marks = run_pool(engine, [events, events])
     assert got == [expected_events(ph, 2, 2, 0, T)] * 2
-    assert marks["eof_in"][0] - marks["first_in"][0] == len(events)
-    assert marks["eof_out"][0] - marks["eof_in"][0] == engine.n_out + 3
-    assert marks["eof_out"][1] - marks["eof_out"][0] == len(events) + engine.n_out + 3
+    assert marks["eof_out"][0] - marks["first_in"][0] == frame_cycles(engine, events) == len(events) + 24 + 6 * 97 + 3
+    assert marks["eof_out"][1] - marks["eof_out"][0] == frame_cycles(engine, events)
 
 
 def test_engine_clears_memory_after_reset():
-    """``i`` stays not ready for exactly n_out cycles after reset (the clearing pass)."""
+    """``i`` stays not ready for exactly ``words`` cycles after reset (the clearing pass of the ring)."""
     engine = MaxPoolEngine((3, 6, 5), 3, 2, 1, 16)
     ready_at = []
 
@@ -307,7 +317,7 @@ def test_engine_clears_memory_after_reset():
     sim = make_simulator(engine)
     sim.add_testbench(watch)
     run_bounded(sim, 1000)
-    assert ready_at == [engine.n_out]
+    assert ready_at == [engine.words] and engine.words == engine.ring_rows * 3 * 3 < engine.n_out * 2
 
 
 # ------------------------------------------------------------------------------------ build

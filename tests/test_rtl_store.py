@@ -8,7 +8,7 @@ from randmodels import valid_model
 from rtl.dense import DenseEngine
 from rtl.loader import StoreLoader
 from rtl.network import Network
-from rtl.sim import make_simulator, run_bounded, simulate_network, stream_get, stream_put
+from rtl.sim import make_simulator, pixel_order, run_bounded, simulate_network, stream_get, stream_put
 from runtime import golden, spec
 
 PLANS = [(0, ["dense", "dense"]), (1, ["conv2d", "maxpool", "dense"]),
@@ -158,18 +158,18 @@ def test_network_reset_keeps_loaded_weights():
         for b in image:
             await stream_put(ctx, net.load, b)
         for img in images:
-            for p in img.reshape(-1):
+            for p in pixel_order(img[None])[0]:
                 await stream_put(ctx, net.i, int(p))
         while len(got) < len(images):
             await ctx.tick()
-        for p in images[0].reshape(-1)[: images[0].size // 2]:   # half a frame, then reset
+        for p in pixel_order(images[:1])[0][: images[0].size // 2]:   # half a frame, then reset
             await stream_put(ctx, net.i, int(p))
         for _ in range(20):
             await ctx.tick()
         await pulse(ctx)
         assert ctx.get(net.loaded) == 1
         for img in images:
-            for p in img.reshape(-1):
+            for p in pixel_order(img[None])[0]:
                 await stream_put(ctx, net.i, int(p))
 
     async def sink(ctx):

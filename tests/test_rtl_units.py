@@ -104,10 +104,11 @@ def test_fire_unit_rejects_bad_thresholds():
 
 # ------------------------------------------------------------------------------------ PixelEncoder
 
-def run_encoder(table, no_spike, frames, seed=0, gap=0.0, stall=0.0):
-    """Encode frames (list of 1-D uint8 arrays); return one list of (index, phase) per frame."""
+def run_encoder(table, no_spike, frames, seed=0, gap=0.0, stall=0.0, row=None):
+    """Encode frames (list of 1-D uint8 arrays, ``row`` pixels per row); return one list per frame of
+    (index, phase) and "eol" for each end-of-row marker."""
     n = len(frames[0])
-    dut = PixelEncoder(table, no_spike, n)
+    dut = PixelEncoder(table, no_spike, n, row)
     rng = np.random.default_rng(seed)
     got = [[]]
 
@@ -121,6 +122,8 @@ def run_encoder(table, no_spike, frames, seed=0, gap=0.0, stall=0.0):
             p = await stream_get(ctx, dut.o, rng, stall)
             if p.eof:
                 got.append([])
+            elif p.eol:
+                got[-1].append("eol")
             else:
                 got[-1].append((int(p.index), int(p.phase)))
 
@@ -131,28 +134,40 @@ def run_encoder(table, no_spike, frames, seed=0, gap=0.0, stall=0.0):
     return got[:len(frames)]
 
 
-def expected_events(table, no_spike, frame):
-    return [(j, int(table[p])) for j, p in enumerate(frame) if table[p] != no_spike]
+def expected_events(table, no_spike, frame, row=None):
+    row = row or len(frame)
+    out = []
+    for j, p in enumerate(frame):
+        if table[p] != no_spike:
+            out.append((j, int(table[p])))
+        if j % row == row - 1:
+            out.append("eol")
+    return out
 
 
-@pytest.mark.parametrize("q,t,gap,stall", [(2.0, 4, 0.0, 0.0), (1.25, 9, 0.3, 0.4), (1.5, 1, 0.2, 0.2)])
-def test_encoder_equals_table(q, t, gap, stall):
+@pytest.mark.parametrize("q,t,gap,stall,row", [(2.0, 4, 0.0, 0.0, 12), (1.25, 9, 0.3, 0.4, 1), (1.5, 1, 0.2, 0.2, 36)])
+def test_encoder_equals_table(q, t, gap, stall, row):
     rng = np.random.default_rng(int(q * 100) + t)
     table = encode_table(q, t)
-    frames = [rng.integers(0, 256, size=37).astype(np.uint8) for _ in range(3)]
-    frames.append(np.zeros(37, dtype=np.uint8))                  # a frame without any spike
-    frames.append(np.full(37, 255, dtype=np.uint8))              # every pixel spikes
-    got = run_encoder(table, t, frames, seed=t, gap=gap, stall=stall)
-    assert got == [expected_events(table, t, fr) for fr in frames]
-    assert got[3] == [] and len(got[4]) == 37
+    frames = [rng.integers(0, 256, size=36).astype(np.uint8) for _ in range(3)]
+    frames.append(np.zeros(36, dtype=np.uint8))                  # a frame without any spike
+    frames.append(np.full(36, 255, dtype=np.uint8))              # every pixel spikes
+    got = run_encoder(table, t, frames, seed=t, gap=gap, stall=stall, row=row)
+    assert got == [expected_events(table, t, fr, row) for fr in frames]
+    assert got[3] == ["eol"] * (36 // row) and len(got[4]) == 36 + 36 // row
 
 
 def test_encoder_mnist_table():
     """The shipped model's table (T_in = 255, so phase 254 is a spike and 255 is not)."""
     model = modelfile.load(ROOT / "models" / "mnist-mlp.pt")
     frames = [np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8)[::-1].copy()]
-    got = run_encoder(model.encode, model.input_T, frames, gap=0.1, stall=0.1)
-    assert got == [expected_events(model.encode, model.input_T, fr) for fr in frames]
+    got = run_encoder(model.encode, model.input_T, frames, gap=0.1, stall=0.1, row=16)
+    assert got == [expected_events(model.encode, model.input_T, fr, 16) for fr in frames]
+
+
+def test_encoder_refuses_a_row_length_that_does_not_divide_the_frame():
+    refused(PixelEncoder, np.zeros(256, dtype=np.int64), 4, 36, 5,
+            match=r"^Row length must be a positive divisor of 36, not 5$")
 
 
 # ------------------------------------------------------------------------------------ Argmax

@@ -306,6 +306,7 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     from cocotb_tools.check_results import get_results
     from tqdm import tqdm
 
+    from rtl.sim import pixel_order
     from rtl.top import TOP_NAME
 
     t_start = time.perf_counter()
@@ -363,7 +364,7 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
         _prune_runs(runs)
         run_dir = Path(tempfile.mkdtemp(prefix=f"{sim}-{key[:8]}-", dir=runs))
         progress_file = run_dir / PROGRESS_FILE
-        np.savez(run_dir / "data.npz", images=images.reshape(n, -1), logits=logits,
+        np.savez(run_dir / "data.npz", images=pixel_order(images), logits=logits,
                  classes=gold.classes.astype(np.int64), **{f"phases{k}": p for k, p in zip(firing, phases)})
         cfg = {
             "top": desc, "frames": n, "seed": int(seed), "data": str(run_dir / "data.npz"),

@@ -103,8 +103,7 @@ class Scoreboard:
             self.eof_times[s][f] = cycle
             return
         self.events[s] += 1
-        npos, ch = self.order[s]
-        key = (index % npos) * ch + index // npos if index < len(exp) else len(exp)
+        key = index if index < len(exp) else len(exp)   # raster index: the event order (rtl.layouts)
         if key <= prev or key >= len(exp):
             after = neuron[prev] if prev >= 0 else None
             self.record(f, name, index, exp[key] if key < len(exp) else None, phase,
