@@ -75,6 +75,7 @@ class Network(wiring.Component):
     fifo_depth : int
         Depth of an event FIFO in front of every engine (0: none). It lets the encoder skip
         silent pixels, and a layer drain, while the next engine is still busy with earlier events.
+        The FIFO in front of a dense engine drops end-of-row markers (and stores no eol bit).
     store : str or list of str
         ``"rom"`` or ``"ram"`` for every layer, or one per layer (see
         :class:`~rtl.conv.ConvEngine`; max-pool layers must say ``"rom"``). With any ``"ram"``
@@ -161,13 +162,24 @@ class Network(wiring.Component):
         wiring.connect(m, wiring.flipped(self.i), self.encoder.i)
         for k, (a, b) in enumerate(zip([self.encoder] + self.engines[:-1], self.engines)):
             if self.fifo_depth:
-                # Event payloads are plain bits inside the FIFO.
-                m.submodules[f"fifo{k}"] = q = fifo.SyncFIFOBuffered(
-                    width=len(a.o.payload.as_value()), depth=self.fifo_depth)
-                m.d.comb += [
-                    q.w_data.eq(a.o.payload.as_value()), q.w_en.eq(a.o.valid), a.o.ready.eq(q.w_rdy),
-                    b.i.payload.as_value().eq(q.r_data), b.i.valid.eq(q.r_rdy), q.r_en.eq(b.i.ready),
-                ]
+                # Event payloads are plain bits inside the FIFO. A frame-buffered (dense) engine
+                # ignores end-of-row markers: they are dropped before its FIFO, which then does
+                # not store the eol bit.
+                drop = getattr(b, "frame", False)
+                fields = [a.o.payload.index, a.o.payload.phase, a.o.payload.eof] if drop else [a.o.payload.as_value()]
+                width = sum(len(f) for f in fields)
+                m.submodules[f"fifo{k}"] = q = fifo.SyncFIFOBuffered(width=width, depth=self.fifo_depth)
+                m.d.comb += [q.w_data.eq(Cat(*fields)), b.i.valid.eq(q.r_rdy), q.r_en.eq(b.i.ready)]
+                if drop:
+                    ib, pb = len(b.i.payload.index), len(b.i.payload.phase)
+                    m.d.comb += [
+                        q.w_en.eq(a.o.valid & ~a.o.payload.eol), a.o.ready.eq(q.w_rdy | a.o.payload.eol),
+                        b.i.payload.index.eq(q.r_data[:ib]), b.i.payload.phase.eq(q.r_data[ib:ib + pb]),
+                        b.i.payload.eof.eq(q.r_data[ib + pb]),
+                    ]
+                else:
+                    m.d.comb += [q.w_en.eq(a.o.valid), a.o.ready.eq(q.w_rdy),
+                                 b.i.payload.as_value().eq(q.r_data)]
             else:
                 wiring.connect(m, a.o, b.i)
         wiring.connect(m, self.engines[-1].o, self.argmax.i)

@@ -99,7 +99,7 @@ class SimResult:
 
 
 def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.0, seed=0,
-                     dut=None, max_cycles=None, store="rom") -> SimResult:
+                     dut=None, max_cycles=None, store="rom", start=0) -> SimResult:
     """Stream ``images`` (N, C, H, W) uint8 through a :class:`~rtl.network.Network`, back to back.
 
     ``gap``: probability of an idle input cycle before each pixel; ``stall``: probability that the
@@ -111,6 +111,8 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
 
     ``store``: as :class:`~rtl.network.Network`; with a ``"ram"`` layer the store image is sent on
     ``load`` (with the same gaps) while the pixels queue, so cycle counts include the load.
+    ``start``: idle cycles before the first pixel (e.g. to let the engines initialise, so that
+    ``done_cycle[0] - start`` is a frame's latency).
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -127,6 +129,8 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
     cycle = [0]
 
     async def driver(ctx):
+        for _ in range(start):
+            await ctx.tick()
         for img in pixel_order(images):
             for p in img:
                 await stream_put(ctx, dut.i, int(p), rng, gap)
@@ -181,7 +185,7 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
         per_frame = images[0].size * (1 + dut.engines[0].groups) + 100
         for e in dut.engines:
             per_frame += e.n_in * e.groups * getattr(e, "kernel", 1) ** 2 + e.n_out * (e.lanes + 12) + 4 * e.groups
-        max_cycles = int(4 * n * per_frame / (1 - gap) / (1 - stall)) + 1000
+        max_cycles = int(4 * n * per_frame / (1 - gap) / (1 - stall)) + 1000 + start
         max_cycles += int(4 * len(dut.load_image()) / (1 - gap))
     sim = make_simulator(dut)
     sim.add_testbench(driver)

@@ -13,8 +13,8 @@ The stage, in the order the data flows:
 
 The names below are the package's API (``from codegen import fpga; fpga.emit(...)``).
 """
-from .cycles import (FIRE_DRAIN_OVERHEAD, PIXEL_LATENCY, POOL_DRAIN_OVERHEAD, READOUT_DRAIN_OVERHEAD,
-                     cycle_estimate, golden_phases, layer_cycles, pixel_stream_end)
+from .cycles import (FIRE_FRAME_OVERHEAD, FIRE_ROW_OVERHEAD, PIXEL_LATENCY, POOL_FRAME_OVERHEAD, POOL_MARKER,
+                     READOUT_ROW_OVERHEAD, cycle_estimate, golden_phases, layer_cycles, row_schedule)
 from rtl.pins import LOAD_PINS, PINS, pins_verilog
 
 from .design import inspect_network, network, result_bits, rtlil, strip_store_init, verilog
@@ -27,11 +27,12 @@ from .report import format_text
 from .store import (FIFO_DEPTH, MAX_LANES, N_COUNT, STORES, check_fifo_depth, check_lanes, get_board, ram_refusal,
                     resolve_store, symbol)
 
-__all__ = ["FIFO_DEPTH", "FIRE_DRAIN_OVERHEAD", "LOAD_PINS", "MAX_DESIGN_BITS", "MAX_LANES", "Mem", "N_COUNT", "PINS",
-           "PIXEL_LATENCY", "POOL_DRAIN_OVERHEAD", "READOUT_DRAIN_OVERHEAD", "STORES", "check_design_size",
+__all__ = ["FIFO_DEPTH", "FIRE_FRAME_OVERHEAD", "FIRE_ROW_OVERHEAD", "LOAD_PINS", "MAX_DESIGN_BITS", "MAX_LANES",
+           "Mem", "N_COUNT", "PINS", "PIXEL_LATENCY", "POOL_FRAME_OVERHEAD", "POOL_MARKER", "READOUT_ROW_OVERHEAD",
+           "STORES", "check_design_size",
            "check_fifo_depth", "check_fit", "check_lanes", "cycle_estimate", "design_bits", "elaborated_memories",
            "emit", "engine_multipliers", "estimate", "fits", "format_text", "get_board", "golden_phases",
-           "inspect_network", "largest_fitting_lanes", "layer_cycles", "map_memory", "mapping", "memories",
-           "mul_dsps", "multipliers", "network", "payload_bits", "pins_verilog", "pixel_stream_end", "ram_refusal",
+           "inspect_network", "largest_fitting_lanes", "layer_cycles", "row_schedule", "map_memory", "mapping", "memories",
+           "mul_dsps", "multipliers", "network", "payload_bits", "pins_verilog", "ram_refusal",
            "resolve_store", "result_bits", "rtlil", "strip_store_init", "symbol", "varying_bits", "verilog",
            "weight_words"]

@@ -1,9 +1,9 @@
 """Cycles per inference of a design, from the golden model's spikes on the first test images (or the
-worst case), per layer and for the whole pipeline."""
+worst case), per layer and for the whole pipeline, with the layers working on the same frame row by
+row (the streams are in raster order, rtl.layouts)."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from runtime.errors import UserError
 from runtime.spec import IntModel
@@ -43,123 +43,121 @@ def _covered(e) -> np.ndarray:
     return np.outer(ry[:, 1], rx[:, 1]).astype(np.int64)
 
 
-FIRE_DRAIN_OVERHEAD = 6     # ConvEngine, firing: marker taken, DRAIN_WAIT, first read and latch, marker out
-READOUT_DRAIN_OVERHEAD = 2  # ConvEngine, readout: marker taken, DRAIN_WAIT
-POOL_DRAIN_OVERHEAD = 3     # MaxPoolEngine: the marker passes its pipeline and leaves
+# Measured against amaranth.sim (tests/test_fpga_emit.py): the fixed costs of the markers.
+FIRE_ROW_OVERHEAD = 4       # ConvEngine, firing: per output row (marker taken, first read, row marker out)
+FIRE_FRAME_OVERHEAD = 2     # ConvEngine, firing: the end-of-frame marker
+READOUT_ROW_OVERHEAD = 1    # ConvEngine, readout: per output row
+POOL_MARKER = 2             # MaxPoolEngine: an end-of-row marker passing its pipeline
+POOL_FRAME_OVERHEAD = 3     # MaxPoolEngine: the end-of-frame marker
+PIXEL_LATENCY = 3           # pixel accepted -> its event in the first engine's input register (encoder ROM, FIFO)
 
 
-def layer_cycles(e, in_spikes: np.ndarray, out_spikes: np.ndarray | None) -> dict:
-    """Cycles of one engine for a batch: ``in_spikes`` (N, C, H, W) bool (the layer's input spikes),
-    ``out_spikes`` (N, n_out) bool in flat ``(C, OH, OW)`` order (firing layers) or None.
+def layer_cycles(e, in_spikes: np.ndarray, out_spikes: np.ndarray | None, rows_in: int) -> dict:
+    """Cycles of one engine for a batch, per input row and per output row.
+
+    ``in_spikes`` (N, C, H, W) bool, the layer's input spikes in the engine's input shape;
+    ``out_spikes`` (N, n_out) bool in flat ``(C, OH, OW)`` order (firing layers) or None;
+    ``rows_in``: the rows of the input stream (a dense layer's input is the producer's activation,
+    sent row by row; ``H`` for the others).
 
     ConvEngine (dense, conv2d, avg-pool): an input spike costs ``covered * groups`` cycles
-    (``covered``: the output positions its windows reach, from ``runs_y`` / ``runs_x``), at least 1
-    (a spike that reaches no output still passes the input register); its synaptic operations are
-    ``covered * C_out``, its event-driven limit ``covered * C_out / lanes``. Drain of a firing layer:
-    per accumulator word ``max(3, T.bit_length() + max(1, s))`` (``s``: spikes in the word; a word
-    waits for its FireUnit searches, ``T.bit_length() + 1`` cycles, and the collector forwards one
-    spike per cycle and releases the FireUnits only after the word's last spike), plus
-    :data:`FIRE_DRAIN_OVERHEAD`; a firing layer with a RAM store (one FireUnit, serial) instead costs
-    per word ``max(3, n * (T.bit_length() + 1))`` (``n``: the word's real channels, every neuron is
-    searched whether it spikes or not) plus :data:`FIRE_DRAIN_OVERHEAD` (within one cycle per word of
-    amaranth.sim); of the readout ``n_out + 2 * words`` plus :data:`READOUT_DRAIN_OVERHEAD`.
-    MaxPoolEngine: ``max(1, covered)`` cycles per input spike (limit: one spike per cycle);
-    drain ``n_out + 3``."""
+    (``covered``: the output positions its windows reach), at least 1; an end-of-row marker 1. Its
+    synaptic operations are ``covered * C_out``, its event-driven limit ``covered * C_out / lanes``.
+    Drain of an output row of a firing layer: per accumulator word ``max(3, T.bit_length() + max(1,
+    s))`` (``s``: spikes in the word; a word waits for its FireUnit searches and the collector
+    forwards one spike per cycle), plus :data:`FIRE_ROW_OVERHEAD`; with a RAM store (one serial
+    FireUnit) per word ``max(3, n * (T.bit_length() + 1))`` (``n``: the word's channels); of a
+    readout row ``2 * words + neurons`` plus :data:`READOUT_ROW_OVERHEAD`. MaxPoolEngine:
+    ``max(1, covered)`` cycles per input spike, :data:`POOL_MARKER` per end-of-row marker, ``OW * C +
+    1`` per output row.
+
+    Returns per image: ``work`` (N, rows_in) cycles of each input row (its events and marker),
+    ``drain_rows`` (N, OH) cycles of each output row's drain, ``frame`` the end-of-frame marker's
+    cycles, and the totals ``events``, ``acc``, ``sops``, ``limit``, ``drain``."""
     cov = _covered(e)[None, None]                        # (1, 1, H, W)
     n = len(in_spikes)
-    per_event = np.maximum(1, cov * (e.groups if is_conv_engine(e) else 1))
-    cost = (in_spikes * per_event).reshape(n, -1)       # cycles of every input neuron's spike, 0 if silent
+    conv = is_conv_engine(e)
+    per_event = np.maximum(1, cov * (e.groups if conv else 1))
+    cost = in_spikes * per_event                          # (N, C, H, W)
     events = in_spikes.reshape(n, -1).sum(1)
     covered = (in_spikes * cov).reshape(n, -1).sum(1)
     zero = (in_spikes & (cov == 0)).reshape(n, -1).sum(1)     # spikes that reach no output
-    if is_conv_engine(e):
-        C_out = e.out_shape[0]
+    C_out, OH, OW = e.out_shape
+    if conv and e.frame:
+        # The input is one row of the engine, but it arrives in the producer's rows (raster order).
+        work = cost.reshape(n, rows_in, -1).sum(2) + 1
+    else:
+        work = cost.sum((1, 3)) + (1 if conv else POOL_MARKER)
+    steps = int(e.T).bit_length() if not e.readout else 0
+    if conv:
         G, L = e.groups, e.lanes
         acc = covered * G + zero
         sops = covered * C_out
         limit = sops / L
         if e.readout:
-            drain = np.full(n, e.n_out + 2 * e.words + READOUT_DRAIN_OVERHEAD)
+            drain_rows = np.full((n, OH), 2 * OW * G + OW * C_out + READOUT_ROW_OVERHEAD)
+            frame = np.zeros(n)
         elif getattr(e, "fold_bias", False):
-            steps = int(e.T).bit_length()
             per_group = [max(3, min(L, C_out - g * L) * (steps + 1)) for g in range(G)]
-            drain = np.full(n, e.n_pos * sum(per_group) + FIRE_DRAIN_OVERHEAD)
+            drain_rows = np.full((n, OH), OW * sum(per_group) + FIRE_ROW_OVERHEAD)
+            frame = np.full(n, FIRE_FRAME_OVERHEAD)
         else:
-            s = np.zeros((n, G * L, e.n_pos), dtype=np.int64)
-            s[:, :C_out] = out_spikes.reshape(n, C_out, e.n_pos)
-            per_word = s.reshape(n, G, L, e.n_pos).sum(2)          # (N, G, P): spikes per word
-            steps = int(e.T).bit_length()
-            drain = np.maximum(3, steps + np.maximum(1, per_word)).reshape(n, -1).sum(1) + FIRE_DRAIN_OVERHEAD
+            s = np.zeros((n, G * L, OH, OW), dtype=np.int64)
+            s[:, :C_out] = out_spikes.reshape(n, C_out, OH, OW)
+            per_word = s.reshape(n, G, L, OH, OW).sum(2)          # (N, G, OH, OW): spikes per word
+            drain_rows = np.maximum(3, steps + np.maximum(1, per_word)).sum((1, 3)) + FIRE_ROW_OVERHEAD
+            frame = np.full(n, FIRE_FRAME_OVERHEAD)
     else:
         acc = covered + zero
         sops = covered
         limit = events.astype(float)
-        drain = np.full(n, e.n_out + POOL_DRAIN_OVERHEAD)
-    return {"events": events, "acc": acc, "sops": sops, "limit": limit, "drain": drain, "cost": cost}
+        drain_rows = np.full((n, OH), OW * C_out + 1)
+        frame = np.full(n, POOL_FRAME_OVERHEAD)
+    drain = drain_rows.sum(1) + frame
+    return {"events": events, "acc": acc, "sops": sops, "limit": limit, "drain": drain,
+            "work": work.astype(np.int64), "drain_rows": drain_rows.astype(np.int64), "frame": frame}
 
 
-PIXEL_LATENCY = 3   # pixel accepted -> its event in the first engine's input register (encoder ROM, FIFO)
+def row_schedule(e, work, drain_rows, frame, row_start, row_end):
+    """When one engine sends its output rows, for one image, from when its input rows arrive.
 
-
-def pixel_stream_end(cost: np.ndarray, fifo_depth: int) -> np.ndarray:
-    """Cycle (from the frame's first pixel) at which the first engine has issued the work of every
-    input spike and holds the end-of-frame marker, for one pixel per cycle in pixel order.
-
-    ``cost`` (N, C*H*W): cycles of each pixel's spike in the first engine (0: silent). The engine
-    takes the events in order, each once the previous one is done; the encoder stalls (silent pixels
-    too) while ``fifo_depth + 2`` events wait (the FIFO, the engine's input register and the
-    encoder's output stage): so the engine idles until the first spike arrives and whenever spikes
-    arrive slower than it works."""
-    cost = np.ascontiguousarray(cost, dtype=np.int64)
-    if cost.ndim != 2:
-        cost = cost.reshape(len(cost), -1)
-    return _stream_end(cost, int(fifo_depth) + 2, PIXEL_LATENCY)
-
-
-@njit(cache=True)
-def _stream_end(cost, cap, latency):
-    """:func:`pixel_stream_end` (compiled: the input may have 2**20 pixels): ``starts`` of the last
-    ``cap`` events are kept in a ring."""
-    n, m = cost.shape
-    ends = np.zeros(n)
-    ring = np.zeros(cap, dtype=np.int64)
-    for i in range(n):
-        t = 0               # the cycle the next pixel is accepted
-        end = 0             # the engine has issued every event so far
-        count = 0           # events so far
-        for j in range(m):
-            c = cost[i, j]
-            if c:
-                if count >= cap:   # wait for a free place: the event cap places ahead has left
-                    t = max(t, ring[count % cap] - latency + 1)
-                start = max(t + latency, end)
-                ring[count % cap] = start
-                count += 1
-                end = start + c
-            t += 1
-        ends[i] = max(end, t + latency)
-    return ends
+    ``row_start[y]`` / ``row_end[y]``: the cycles at which input row ``y``'s first event and its
+    end-of-row marker can reach the engine. The engine takes row ``y`` once it is free and the row
+    has begun, and is done with it no earlier than ``work[y]`` cycles later nor before the row's
+    marker arrived; then it drains the output rows that row completes (``e.close_rows``; a dense
+    layer its one row after the last input row), one after another. Returns the start and end of
+    every output row, and the cycle at which the engine is done with the frame."""
+    free = 0.0
+    out_start, out_end = [], []
+    rows_in = len(work)
+    for y in range(rows_in):
+        start = max(free, row_start[y])
+        free = max(start + work[y], row_end[y] + 1)
+        closing = (1 if y == rows_in - 1 else 0) if getattr(e, "frame", False) else int(e.close_rows[y])
+        for _ in range(closing):
+            r = len(out_start)
+            out_start.append(free + 1)
+            free += drain_rows[r]
+            out_end.append(free)
+    return np.array(out_start), np.array(out_end), free + frame
 
 
 def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str, net=None,
                    fifo_depth: int = FIFO_DEPTH, store="rom") -> dict:
-    """Cycles per inference from every layer's accumulate and drain cycles (:func:`layer_cycles`),
-    per image of ``phases`` (:func:`golden_phases`) and then averaged, or for the worst case (every
-    neuron spikes) when ``phases`` is None.
+    """Cycles per inference, per image of ``phases`` (:func:`golden_phases`) and then averaged, or
+    for the worst case (every neuron spikes) when ``phases`` is None.
 
-    Layers overlap: layer ``k+1`` accumulates the events layer ``k`` sends while it drains, and the
-    first layer accumulates while the pixels stream in (one per cycle). With ``A_k`` and ``D_k`` the
-    accumulate and drain cycles of layer ``k`` (of ``L``) and ``P`` the cycle at which the first
-    layer has the frame's last event and marker (:func:`pixel_stream_end`: at least ``C*H*W + 1``
-    and ``A_0``, more where the engine waits for spikes)::
+    The layers work on the same frame at once, row by row: :func:`row_schedule` of every engine,
+    fed by the rows of the one before it (the first by the pixel stream, ``W * C`` pixels and one
+    marker per row, one per cycle), gives ``cycles_per_inference``, the latency of a frame alone in
+    the pipeline (first pixel to result). ``frame_period``: back to back, a frame every
+    ``max`` over engines of its busy cycles (accumulate + drain) and the pixel stream. The
+    ``slowest_layer_limit`` is the largest of the pixel stream and every layer's event-driven limit
+    (synaptic operations / lanes; a max-pool: one input spike per cycle), and
+    ``latency_vs_limit`` the latency over it. ``cycles_sequential``: the layers one after another
+    (``max(pixels, A_0) + sum A + sum D``); ``formula_cycles``: ``sum (A + D)``."""
+    from rtl.network import input_activation_shape
 
-        cycles_per_inference = P + sum_{k < L-1} max(D_k, A_{k+1}) + D_{L-1}
-
-    (the frame's latency from its first pixel to the result, one frame in the pipeline). The
-    sequential sum ``max(C*H*W + 1, A_0) + sum_{k > 0} A_k + sum_k D_k`` (no overlap between layers)
-    is ``cycles_sequential``; ``formula_cycles`` is ``sum_k (A_k + D_k)``. The event-driven limit of a
-    layer is its synaptic operations divided by its lanes (a max-pool: one input spike per cycle);
-    ``limit_ratio`` is accumulate / limit (the cost of lanes without a real channel)."""
     net = net if net is not None else inspect_network(model, lanes, 0, store)
     if phases is None:   # worst case: every neuron spikes
         spikes = [np.ones((1,) + tuple(model.input_shape), dtype=bool)]
@@ -174,16 +172,20 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
             code = model.input_T if i == 0 else model.code_of_layer_input(i)[1]
             spikes.append(np.asarray(ph).reshape(len(ph), -1) < code)
     n = len(spikes[0])
-    layers, acc_k, drain_k, first_cost = [], [], [], None
+    shape0 = tuple(model.input_shape)
+    C0, H0, W0 = shape0 if len(shape0) == 3 else (shape0[0], 1, 1)
+    pixels = int(np.prod(shape0))
+    pixel_rows = H0 if len(shape0) == 3 else 1
+    row_px = pixels // pixel_rows
+    layers, per = [], []
     for k, e in enumerate(net.engines):
         x = spikes[k].reshape((n,) + tuple(e.in_shape))
         out = spikes[k + 1] if not e.readout else None
-        c = layer_cycles(e, x, out)
-        if k == 0:
-            first_cost = c["cost"]
-        acc_k.append(c["acc"].astype(float))
-        drain_k.append(c["drain"].astype(float))
-        mean = {key: float(np.mean(v)) for key, v in c.items()}
+        src = input_activation_shape(model, k)
+        rows_in = int(src[1]) if len(src) == 3 else 1
+        c = layer_cycles(e, x, out, rows_in)
+        per.append(c)
+        mean = {key: float(np.mean(c[key])) for key in ("events", "acc", "sops", "limit", "drain")}
         layer = model.layers[k]
         cov = _covered(e)
         conv = is_conv_engine(e)
@@ -191,6 +193,7 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
             "layer": k, "kind": layer.kind, "n_in": int(e.n_in), "n_out": int(e.n_out),
             "lanes": int(e.lanes) if conv else None, "groups": int(e.groups) if conv else None,
             "store": getattr(e, "store", "rom") if conv else None,
+            "ring_rows": int(e.ring_rows),
             "cycles_per_event": int(cov.max() * (e.groups if conv else 1)),
             "input_spikes": round(mean["events"], 3),
             "accumulate_cycles": round(mean["acc"], 3),
@@ -198,23 +201,36 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
             "event_driven_limit": round(mean["limit"], 3),
             "limit_ratio": round(mean["acc"] / mean["limit"], 3) if mean["limit"] else None,
             "drain_cycles": round(mean["drain"], 3),
+            "busy_cycles": round(float(np.mean(c["work"].sum(1) + c["drain"])), 3),
         })
-    pixels = int(np.prod(model.input_shape)) + 1
-    stream_end = pixel_stream_end(first_cost, fifo_depth)
-    overlapped = stream_end + drain_k[-1]
-    for k in range(len(layers) - 1):
-        overlapped = overlapped + np.maximum(drain_k[k], acc_k[k + 1])
-    sequential = np.maximum(pixels, acc_k[0]) + sum(acc_k[1:]) + sum(drain_k)
+    latency = np.zeros(n)
+    for i in range(n):
+        # The pixel stream: row y's pixels, then its marker, one transfer per cycle.
+        starts = np.arange(pixel_rows) * (row_px + 1) + PIXEL_LATENCY
+        ends = starts + row_px
+        done = 0.0
+        for k, e in enumerate(net.engines):
+            c = per[k]
+            starts, ends, done = row_schedule(e, c["work"][i], c["drain_rows"][i], c["frame"][i], starts, ends)
+        latency[i] = done + 1          # the result register (Argmax)
+    busy = [x["busy_cycles"] for x in layers]
     acc = sum(x["accumulate_cycles"] for x in layers)
     drain = sum(x["drain_cycles"] for x in layers)
     limit = sum(x["event_driven_limit"] for x in layers)
-    init = max(2 * e.words if is_conv_engine(e) else e.n_out for e in net.engines)
+    stream = pixels + pixel_rows + 1
+    slowest = max([float(stream)] + [x["event_driven_limit"] for x in layers])
+    A = [x["accumulate_cycles"] for x in layers]
+    sequential = max(stream, A[0]) + sum(A[1:]) + drain
+    init = max(2 * e.words if is_conv_engine(e) else e.words for e in net.engines)
+    cpi = float(np.mean(latency))
     return {"spikes_source": source, "images": n, "layers": layers, "accumulate_cycles": round(acc, 3),
             "drain_cycles": round(drain, 3), "formula_cycles": round(acc + drain, 3),
-            "event_driven_limit": round(limit, 3), "pixel_input_cycles": pixels,
-            "first_layer_done": round(float(np.mean(stream_end)), 3),
-            "cycles_per_inference": round(float(np.mean(overlapped)), 3),
-            "cycles_sequential": round(float(np.mean(sequential)), 3),
+            "event_driven_limit": round(limit, 3), "pixel_input_cycles": stream,
+            "cycles_per_inference": round(cpi, 3),
+            "frame_period": round(max([float(stream)] + busy), 3),
+            "slowest_layer_limit": round(slowest, 3),
+            "latency_vs_limit": round(cpi / slowest, 3) if slowest else None,
+            "cycles_sequential": round(float(sequential), 3),
             # Every engine initialises its memories after reset, in parallel (conv: 2 cycles per
             # accumulator word to load the biases; max-pool: 1 per phase word).
             "init_cycles_after_reset": init,

@@ -148,7 +148,7 @@ def design_bits(model: IntModel, lanes, fifo_depth: int = FIFO_DEPTH, store="rom
     prev = None
     for k, e in enumerate(net.engines):
         if net.fifo_depth >= 2:
-            bits["fifo"] += (net.fifo_depth - 1) * payload_bits(net.encoder if prev is None else prev)
+            bits["fifo"] += (net.fifo_depth - 1) * payload_bits(net.encoder if prev is None else prev, e)
         if is_conv_engine(e):
             G, L, acc = e.groups, e.lanes, e.acc_bits
             ram, fold = getattr(e, "store", "rom") == "ram", getattr(e, "fold_bias", False)
@@ -163,7 +163,7 @@ def design_bits(model: IntModel, lanes, fifo_depth: int = FIFO_DEPTH, store="rom
                                           for fu in e.fire_units)
             bits["decode"] += len(e.decode) * max(1, int(e.decode.max()).bit_length())
         else:
-            bits["pool"] += e.n_out * int(e.T).bit_length()
+            bits["pool"] += e.words * int(e.T).bit_length()
         prev = e
     bits["total"] = sum(bits[w] for w in WHAT_ORDER)
     return bits

@@ -56,14 +56,17 @@ def is_conv_engine(e) -> bool:
 
 def weight_words(e) -> np.ndarray:
     """A ConvEngine's weight memory as a (words, lanes) int array: ``e.weight_words()`` (word
-    ``((c*k + ky)*k + kx)*G + g``), built with numpy from the engine's own lane packing."""
+    ``((ky*k + kx)*C_in + c)*G + g``), built with numpy from the engine's own lane packing."""
     w = e._lane_words(e.weights)                      # (G, L, C_in, k, k)
-    return w.transpose(2, 3, 4, 0, 1).reshape(-1, e.lanes)
+    return w.transpose(3, 4, 2, 0, 1).reshape(-1, e.lanes)
 
 
-def payload_bits(component) -> int:
-    """Width of a component's output stream payload (what an event FIFO behind it stores)."""
-    return len(component.o.payload.as_value())
+def payload_bits(component, consumer=None) -> int:
+    """Width of a component's output stream payload: what an event FIFO behind it stores, less
+    the eol bit when the ``consumer`` is a dense (frame-buffered) engine (that FIFO drops the
+    end-of-row markers)."""
+    drop = consumer is not None and getattr(consumer, "frame", False)
+    return len(component.o.payload.as_value()) - (1 if drop else 0)
 
 
 def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None, store="rom") -> list[Mem]:
@@ -74,16 +77,16 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
     * ``fifo<k>.storage``: the event FIFO in front of engine ``k`` (``SyncFIFOBuffered`` keeps
       ``fifo_depth - 1`` entries in memory, the last in a register), one event per word.
     * dense / conv2d / avg-pool (:class:`rtl.conv.ConvEngine`): ``layer<k>.wmem`` (``C_in*k*k*groups``
-      words of ``lanes`` int8; an avg-pool's are the 0/1 identity), ``layer<k>.accmem`` (``OH*OW*groups``
-      words of ``lanes`` accumulators), ``layer<k>.biasmem`` (``groups`` words), ``layer<k>.decmem``
+      words of ``lanes`` int8; an avg-pool's are the 0/1 identity), ``layer<k>.accmem`` (the ring of
+      ``ring_rows`` output rows, ``ring_rows*OW*groups`` words of ``lanes`` accumulators; dense: ``groups``), ``layer<k>.biasmem`` (``groups`` words), ``layer<k>.decmem``
       (the decode table of the layer's input code) and, for a firing layer, one threshold ROM per
       lane ``layer<k>.fire<l>.rom`` (``groups << ceil(log2 T)`` words, rows padded to a power of two).
     * a ``"ram"`` layer (``store``) has ``layer<k>.spram_store`` (``what="store"``: ``store_depth``
       words of ``lanes`` int8, uninitialised, single-port: the weight words, then for a firing layer
       its threshold table, biases folded in) instead of ``wmem``; a firing one has no ``biasmem``
       (accumulators restart from 0) and no threshold ROM (its one FireUnit reads the store).
-    * max-pool (:class:`rtl.pool.MaxPoolEngine`): ``layer<k>.mem``, the phase word of every output
-      neuron (``n_out`` words of ``T.bit_length()`` bits).
+    * max-pool (:class:`rtl.pool.MaxPoolEngine`): ``layer<k>.mem``, the phase words of its ring of
+      ``ring_rows`` output rows (``ring_rows*OW*C`` words of ``T.bit_length()`` bits).
     """
     from rtl.layouts import PHASE_BITS
 
@@ -94,7 +97,7 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
     prev = None
     for k, e in enumerate(net.engines):
         if net.fifo_depth >= 2:
-            width = payload_bits(enc if prev is None else prev)
+            width = payload_bits(enc if prev is None else prev, e)
             # Phase bits that are constant 0 in every event written: Yosys drops them from the FIFO.
             # A one-lane ConvEngine sends its FireUnit's T.bit_length()-bit search result directly and
             # a max-pool its T.bit_length()-bit phase word; Yosys does not see the zero upper bits
@@ -132,7 +135,7 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
                 mems.append(Mem(f"layer{k}.fire{lane}.rom", "thresholds", init.size, fu.acc_bits, True,
                                 varying_bits(init.reshape(-1, 1), fu.acc_bits), used=lane < live))
         else:
-            mems.append(Mem(f"layer{k}.mem", "pool", e.n_out, int(e.T).bit_length(), False))
+            mems.append(Mem(f"layer{k}.mem", "pool", e.words, int(e.T).bit_length(), False))
         prev = e
     return mems
 

@@ -104,71 +104,68 @@ def _unflatten_muls(out: list, site: str, n_index_bits: int, shape) -> None:
     _const_mul(out, f"{site}.y*W", y_bits, W, max(1, (W - 1).bit_length()))
 
 
+def _row_offset_muls(out: list, site: str, C: int, W: int) -> None:
+    """The split of an event's offset in its row, ``off = x * C + c`` (raster index minus the row's
+    base, :mod:`rtl.layouts`): bit slices when ``C`` is a power of two, otherwise ``x = off // C`` by a
+    reciprocal multiply and shift, and ``off - x * C``."""
+    from rtl.coords import magic_divisor
+
+    if C & (C - 1) == 0:
+        return
+    ob = max(1, (W * C - 1).bit_length())
+    mult, shift = magic_divisor(C, W * C - 1)
+    _const_mul(out, f"{site}.x", ob, mult, ob + mult.bit_length())
+    x_bits = max(0, ob + mult.bit_length() - shift)
+    _const_mul(out, f"{site}.x*C", x_bits, C, max(1, (C - 1).bit_length()))
+
+
 def engine_multipliers(k: int, e) -> list[Mul]:
     """Every multiplier engine ``k`` (of :func:`network`) builds, with the widths Yosys sees.
 
     ConvEngine (dense, conv2d, avg-pool): ``lanes`` lane multipliers ``W x D[f]`` (signed int8 times
     the unsigned decode value: ``8 x (d+1)`` bits; an avg-pool's 0/1 weights are still read as int8,
-    and DSP mapping happens before Yosys looks at ROM contents), :func:`rtl.coords.unflatten` of the
-    input index, the first accumulator and weight addresses of an event
-    (``(oy_lo*OW + ox_lo)*G``, ``((c*k + ky0)*k + kx0)*G``) and the output index
-    ``(g*lanes + lane)*OH*OW + pos``. MaxPoolEngine: ``unflatten`` and ``c * OH*OW``.
-    Products by powers of two are shifts and not listed."""
+    and DSP mapping happens before Yosys looks at ROM contents); for a row-buffered one the split of
+    the row offset (none when ``C_in`` is a power of two) and ``c * G`` in the first weight address
+    (the other address terms are constant tables, the output index a counter); a readout's output
+    index ``(g*lanes + lane)*OH*OW`` (its logits keep the flat index). MaxPoolEngine: the split of
+    the row offset. Products by powers of two are shifts and not listed."""
     out: list[Mul] = []
     site = f"layer{k}"
     if is_conv_engine(e):
         C_in, H, W = e.in_shape
         C_out, OH, OW = e.out_shape
-        G, L, kk = e.groups, e.lanes, e.kernel
+        G, L = e.groups, e.lanes
         d_bits = max(1, int(e.decode.max()).bit_length())
         for lane in range(L):
             # signed 8 x signed (d_bits + 1) (the decode value zero-extended); the product of an int8
             # and a non-negative value needs 8 + d_bits bits.
             out.append(Mul(f"{site}.lane{lane}", 8, d_bits + 1, 8 + d_bits))
-        _unflatten_muls(out, f"{site}.unflatten", max(1, (e.n_in - 1).bit_length()), e.in_shape)
-        # first_acc = (oy_lo * OW + ox_lo) * G into Signal(range(words)), assigned to acc_addr and
-        # acc_row (2 copies)
-        acc_bits = _ubits(e.words)
-        (oy, oy_rom), (ox, ox_rom) = _table(e.runs_y[:, 0]), _table(e.runs_x[:, 0])
-        _const_mul(out, f"{site}.first_acc.oy*OW", oy, OW, acc_bits - _tz(G), 2 if oy_rom else 1)
-        _const_mul(out, f"{site}.first_acc*G", _add_width(_mul_width(oy, OW), ox), G, acc_bits,
-                   2 if oy_rom or ox_rom else 1)
-        # first_w = ((c * k + ky0) * k + kx0) * G into Signal(range(C_in * k * k * G)), assigned to
-        # w_addr, w_base and w_row (3 copies)
-        # (none if every weight word is the same, e.g. a one-channel avg-pool: Yosys replaces the
-        # weight ROM by a constant and drops its address logic)
+        if not e.frame:
+            _row_offset_muls(out, f"{site}.row_offset", C_in, W)
+        # first_w = tap_y[y] + tap_x[x] + c * G (none if every weight word is the same, e.g. a
+        # one-channel avg-pool: Yosys replaces the weight ROM by a constant and drops its address logic)
         if getattr(e, "store", "rom") == "ram" or varying_bits(weight_words(e), 8):
-            w_bits = _ubits(C_in * kk * kk * G)
-            c_bits = _ubits(C_in)
-            (ky, ky_rom), (kx, kx_rom) = _table(e.runs_y[:, 2]), _table(e.runs_x[:, 2])
-            _const_mul(out, f"{site}.first_w.c*k", c_bits, kk, w_bits - _tz(G) - _tz(kk))
-            x1 = _add_width(_mul_width(c_bits, kk), ky)
-            _const_mul(out, f"{site}.first_w*k", x1, kk, w_bits - _tz(G), 3 if ky_rom else 1)
-            _const_mul(out, f"{site}.first_w*G", _add_width(_mul_width(x1, kk), kx), G, w_bits,
-                       3 if ky_rom or kx_rom else 1)
-        # output index (g * L + lane) * P + pos (collector of a firing layer, dispatch of a readout)
+            w_bits = _ubits(e.weight_depth)
+            _const_mul(out, f"{site}.first_w.c*G", _ubits(C_in), G, w_bits)
         o_bits = max(1, (e.n_out - 1).bit_length())
         P = e.n_pos
         g_bits, l_bits = _ubits(G), _ubits(L)
         if getattr(e, "fold_bias", False):
-            # One FireUnit: row d_g * L + lane (into its row index), event index row * P + pos.
+            # One FireUnit: row d_g * L + lane (into its row index).
             r_bits = max(1, (C_out - 1).bit_length())
             _const_mul(out, f"{site}.row.g*L", g_bits, L, r_bits)
-            _const_mul(out, f"{site}.index*P", r_bits, P, o_bits)
-        else:
+        if e.readout:
             _const_mul(out, f"{site}.index.g*L", g_bits, L, o_bits - _tz(P))
             _const_mul(out, f"{site}.index*P", _add_width(_mul_width(g_bits, L), l_bits), P, o_bits)
-        if e.readout and e.acc_bits % 2 == 0:
-            # word[lane]: a part select at lane * acc_bits. Yosys's peepopt (shiftmul) turns it into a
-            # multiplexer when acc_bits is odd; an even one is split into a shift first, and the
-            # multiply by its odd part stays.
-            _const_mul(out, f"{site}.lane_select", l_bits, e.acc_bits,
-                       l_bits + e.acc_bits.bit_length())
+            if e.acc_bits % 2 == 0:
+                # word[lane]: a part select at lane * acc_bits. Yosys's peepopt (shiftmul) turns it
+                # into a multiplexer when acc_bits is odd; an even one is split into a shift first,
+                # and the multiply by its odd part stays.
+                _const_mul(out, f"{site}.lane_select", l_bits, e.acc_bits,
+                           l_bits + e.acc_bits.bit_length())
     else:
-        C, _, _ = e.in_shape
-        _, OH, OW = e.out_shape
-        _unflatten_muls(out, f"{site}.unflatten", max(1, (e.n_in - 1).bit_length()), e.in_shape)
-        _const_mul(out, f"{site}.c*OH*OW", _ubits(C), OH * OW, (e.n_out + OW).bit_length())
+        C, _, W = e.in_shape
+        _row_offset_muls(out, f"{site}.row_offset", C, W)
     return out
 
 
