@@ -37,6 +37,21 @@ def check_int(value, option: str, lo: int = 1, hi: int | None = None) -> int:
     return value
 
 
+def _F_option(value):
+    """``--F``: None, ``"auto"`` (the F search) or an integer in 0..30; else the one-line UserError."""
+    from runtime.errors import UserError
+
+    if value is None or value == "auto":
+        return value
+    try:
+        f = int(value)
+    except ValueError:
+        f = None
+    if f is None or not 0 <= f <= 30:
+        raise UserError(f"--F must be an integer in 0..30 or 'auto', not {value}")
+    return f
+
+
 def _load_images(args, model):
     """Images and labels for ``run``: a dataset split or a ``.npy`` of uint8 pixels."""
     from codegen.frontend import datasets, images
@@ -132,7 +147,7 @@ def cmd_convert(args) -> int:
 
     number("--Q", args.Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
     number("--T", args.T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
-    number("--F", args.F, lambda v: 0 <= v <= 30, "an integer in 0..30")
+    args.F = _F_option(args.F)
     number("--input-Q", args.input_Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
     number("--input-T", args.input_T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
     number("--percentile", args.percentile, lambda v: 0 < v <= 100, "a number in (0, 100]")
@@ -611,8 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing model file converted from another ANN")
     c.add_argument("--Q", type=float, help="phase base in (1, 2] (default: searched; alone, T is searched for it)")
     c.add_argument("--T", type=int, help="phases per window, 1..255 (default: searched; alone, Q is searched for it)")
-    c.add_argument("--F", type=int, help="fraction bits of the decode tables, 0..30 (default: largest <= 16 that fits "
-                                         "32-bit accumulators)")
+    c.add_argument("--F", help="fraction bits of the decode tables, 0..30, or 'auto': the smallest whose held-out "
+                               "disagreement is within 0.05 points of the default's (default: largest <= 16 that "
+                               "fits 32-bit accumulators)")
     c.add_argument("--input-Q", type=float, default=1.02, help="phase base of the input pixel code, in (1, 2] (default 1.02)")
     c.add_argument("--input-T", type=int, default=255, help="phases of the input pixel code, 1..255 (default 255)")
     c.add_argument("--norm", choices=("max", "percentile"), default="percentile", help="activation normalisation")

@@ -269,7 +269,11 @@ def test_unrepresentable_pairs_are_refused_before_calibration(monkeypatch):
         ({"Q": 1.5, "F": 5}, "input Q=1.02, input T=255 is not representable at F = 5: its input decode table needs F >= 7"),
         ({"T": 0}, "T must be an integer in 1..255, not 0"),
         ({"Q": 1.0}, "base Q must be a number in (1, 2], not 1.0"),
-        ({"F": 31}, "F must be an integer in 0..30, not 31"),
+        ({"F": 31}, "F must be an integer in 0..30 or 'auto', not 31"),
+        ({"F": "Auto"}, "F must be an integer in 0..30 or 'auto', not 'Auto'"),
+        ({"F": 7.5}, "F must be an integer in 0..30 or 'auto', not 7.5"),
+        ({"F": True}, "F must be an integer in 0..30 or 'auto', not True"),
+        ({"Q": 2.0, "T": 64, "F": "auto"}, "Q=2, T=64 is not representable at F <= 16"),
         ({"percentile": 0.0}, "percentile must be a number in (0, 100], not 0.0"),
         ({"max_disagree": -1}, "error target must be a percentage in 0..100, not -1"),
         ({"eval_fraction": 1.0}, "eval_fraction must be a number in (0, 1), not 1.0"),
@@ -303,6 +307,75 @@ def test_search_and_calibration_show_progress(mlp, capsys):
     assert "calibrate" in err and "search Q, T" in err and "pair" in err
     convert.convert(net, (1, 28, 28), calib[:100], Q=1.5, max_disagree=100.0, progress=False)
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ the F search (F="auto")
+
+def _check_F_search(conv, calib, **score):
+    """Counted afresh with the searches' own scorer: the chosen F is within F_TOLERANCE points of the
+    default F's disagreement, and every smaller F down to the decode-table bound misses (so F - 1 misses
+    or is below the bound); the log lists the reference, then each F tried, ascending."""
+    m, normd = conv.model, conv.normalised
+    ev = calib[len(calib) - len(calib) // 2:]
+    scorer = convert.Scorer(normd, conv.lowered, ev, **score)
+    n = scorer.n
+    kw = {"input_Q": m.input_Q, "input_T": m.input_T}
+    ref = convert.quantise(normd, m.Q, m.T, **kw)  # the default F
+    d0, _ = scorer.disagree(ref)
+    allowed = 100 * d0 + convert.F_TOLERANCE * n
+    d, done = scorer.disagree(m)
+    assert done == n and 100 * d <= allowed
+    lo = max(convert.fraction_bits_needed(m.Q, m.T), convert.fraction_bits_needed(m.input_Q, m.input_T))
+    assert lo <= m.F <= ref.F
+    for f in range(lo, m.F):
+        assert 100 * scorer.disagree(convert.quantise(normd, m.Q, m.T, F=f, **kw))[0] > allowed, f
+    if m.F == lo:  # F - 1 is below the bound: a decode table would hold a zero
+        with pytest.raises(UserError, match="not representable"):
+            convert.quantise(normd, m.Q, m.T, F=m.F - 1, **kw)
+    log = [r for r in conv.search if (r["reason"] or "").startswith("F search: ")]
+    assert [r["F"] for r in log] == [ref.F] + list(range(lo, m.F + 1))
+    assert all((r["Q"], r["T"]) == (m.Q, m.T) for r in log)
+    assert log[0]["result"] == "meets" and log[0]["disagreement_percent"] == round(100 * d0 / n, 4)
+    assert log[-1]["result"] == "meets" and log[-1]["disagreement_percent"] == round(100 * d / n, 4)
+    assert all(r["result"] == "misses" for r in log[1:-1])
+    assert {r["result"] for r in conv.search} <= set(convert.SEARCH_RESULTS)
+    return ref, log
+
+
+def test_F_auto_picks_the_smallest_F_within_the_tolerance(mlp):
+    net, calib = mlp
+    kw = {"Q": 1.15, "T": 16, "input_Q": 1.2, "input_T": 16}  # F = 3 is representable and misses, F = 4 meets
+    conv = convert.convert(net, (1, 28, 28), calib, F="auto", progress=False, **kw)
+    ref, log = _check_F_search(conv, calib)
+    m = conv.model
+    assert m.F < ref.F and len(log) > 2, "the search got below the default F and recorded a miss"
+    assert [l.acc_bits for l in m.layers] < [l.acc_bits for l in ref.layers]
+    # Q and T both given: the F search still holds out half the images (the statistics use the rest)
+    assert m.meta["calibration_images"] == len(calib) // 2 and m.meta["error_target_met"] is None
+    # without F="auto" nothing changes: all images calibrate, the default F, no search
+    plain = convert.convert(net, (1, 28, 28), calib, progress=False, **kw)
+    assert plain.model.F == 16 and plain.search == [] and plain.model.meta["calibration_images"] == len(calib)
+
+
+def test_F_auto_after_the_q_t_search(mlp):
+    net, calib = mlp
+    conv = convert.convert(net, (1, 28, 28), calib, F="auto", max_disagree=5.0, progress=False)
+    _check_F_search(conv, calib)
+    qt = [r for r in conv.search if not (r["reason"] or "").startswith("F search: ")]
+    assert qt == convert.convert(net, (1, 28, 28), calib, max_disagree=5.0, progress=False).search
+
+
+def test_F_auto_for_a_detector_uses_the_cell_score():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 3, 1)).eval()
+    calib = _images(200, 5)
+    maps = convert.ann_maps(convert.lower(net, (1, 8, 8)), calib)
+    # the median cell score as the threshold: half the cells are objects, so disagreement can move
+    score = {"score_channels": 3, "score_threshold": float(np.median(maps[:, 1:].max(1) - maps[:, 0]))}
+    conv = convert.convert(net, (1, 8, 8), calib, Q=1.15, T=16, F="auto", input_Q=1.2, input_T=16,
+                           progress=False, **score)
+    ref, log = _check_F_search(conv, calib, **score)
+    assert conv.model.F < ref.F and len(log) > 2
 
 
 # ------------------------------------------------------------------ the ANN file loader
@@ -424,8 +497,12 @@ def mlp_file(mlp, tmp_path):
     (["--Q", "1"], "--Q must be a number in (1, 2], not 1"),
     (["--Q", "nan"], "--Q must be a number in (1, 2], not nan"),
     (["--Q", "2.5"], "--Q must be a number in (1, 2], not 2.5"),
-    (["--F", "31"], "--F must be an integer in 0..30, not 31"),
-    (["--F", "-1"], "--F must be an integer in 0..30, not -1"),
+    (["--F", "31"], "--F must be an integer in 0..30 or 'auto', not 31"),
+    (["--F", "-1"], "--F must be an integer in 0..30 or 'auto', not -1"),
+    (["--F", "AUTO"], "--F must be an integer in 0..30 or 'auto', not AUTO"),
+    (["--F", "7.5"], "--F must be an integer in 0..30 or 'auto', not 7.5"),
+    (["--F", ""], "--F must be an integer in 0..30 or 'auto', not "),
+    (["--F", "auto", "--Q", "2", "--T", "64"], "Q=2, T=64 is not representable at F <= 16"),
     (["--input-Q", "inf"], "--input-Q must be a number in (1, 2], not inf"),
     (["--input-T", "0"], "--input-T must be an integer in 1..255, not 0"),
     (["--percentile", "0"], "--percentile must be a number in (0, 100], not 0"),
@@ -503,3 +580,20 @@ def test_cli_convert_t_1_and_q_alone(capsys, tmp_path, mlp_file, small_datasets,
     assert m.Q == 1.5 and m.meta["error_target_met"] is True
     assert {r["Q"] for r in log} == {1.5} and len({r["T"] for r in log}) > 2
     assert m.T == min(r["T"] for r in log if r["result"] == "meets")
+
+
+def test_cli_convert_F_auto(capsys, tmp_path, mlp_file, small_datasets):
+    from runtime import modelfile
+
+    code, out, err = _cli(capsys, "convert", mlp_file, "--dataset", "mnist", "--Q", "1.15", "--T", "16",
+                          "--input-Q", "1.2", "--input-T", "16", "--F", "auto", "--calib", "400",
+                          "-o", tmp_path / "a" / "model.pt", "-q")
+    assert code == 0 and err == "", err
+    m = modelfile.load(tmp_path / "a" / "model.pt")
+    log = [r for r in m.meta["search"] if (r["reason"] or "").startswith("F search: ")]
+    assert log[0]["F"] == 16 and log[-1]["F"] == m.F < 16 and log[-1]["result"] == "meets"
+    assert f" F={m.F}, " in out
+    code, out, err = _cli(capsys, "convert", mlp_file, "--dataset", "mnist", "--Q", "1.15", "--T", "16",
+                          "--input-Q", "1.2", "--input-T", "16", "--F", "12", "--calib", "400",
+                          "-o", tmp_path / "b" / "model.pt", "-q")
+    assert code == 0 and modelfile.load(tmp_path / "b" / "model.pt").F == 12, err

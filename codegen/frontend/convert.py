@@ -21,6 +21,9 @@ Pipeline (``convert``):
    wins: the smallest T (fewest phases: lowest latency), then the lowest disagreement, then the larger
    Q. Each Q is searched over the T it can represent (see :func:`_search`); if nothing meets the
    target, the most faithful pair evaluated is used. Every decision is logged in ``Conversion.search``.
+6. **Choose F** (only with ``F="auto"``, see :func:`_search_F`): the smallest F, from the least that keeps
+   both decode tables positive up to the F of step 4, whose disagreement on the same held-out images is
+   at most ``F_TOLERANCE`` percentage points above the disagreement at the F of step 4.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from .quantise import _code_bound, fraction_bits_needed, quantise  # noqa: F401
 
 Q_CANDIDATES = (2.0, 1.75, 1.5, 1.4, 1.3, 1.25, 1.2, 1.15)
 T_CANDIDATES = tuple(range(4, 65, 2))
+F_TOLERANCE = 0.05  # F="auto": percentage points of held-out disagreement a smaller F may add
 
 
 def cell_classes(logits, n_classes: int | None, threshold: float | None = None) -> np.ndarray:
@@ -118,13 +122,18 @@ def _record(q, t, f=None, disagreement=None, result="meets", reason=None) -> dic
             "result": result, "reason": reason}
 
 
+def is_auto(F) -> bool:
+    """Whether ``F`` asks for the F search (``F="auto"``)."""
+    return isinstance(F, str) and F == "auto"
+
+
 def check_options(Q=None, T=None, F=None, norm="percentile", percentile=99.99, max_disagree=0.2,
                   eval_fraction=0.5, input_Q=INPUT_Q, input_T=INPUT_T, max_F: int = 16) -> None:
     """Refuse bad options of :func:`convert` before any work: ranges, types, and the decode tables.
 
     Only the weight-independent part of "representable" is checked here: with Q and T both given,
-    both decode tables must be positive at F (or at some F <= ``max_F``); with a search, at least
-    one candidate (Q, T) must be.
+    both decode tables must be positive at F (or at some F <= ``max_F``, also for ``F="auto"``); with
+    a search, at least one candidate (Q, T) must be.
     """
     def real(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -136,8 +145,11 @@ def check_options(Q=None, T=None, F=None, norm="percentile", percentile=99.99, m
         raise UserError(f"base Q must be a number in (1, 2], not {Q}")
     if T is not None and not (integer(T) and 1 <= T <= MAX_T):
         raise UserError(f"T must be an integer in 1..{MAX_T}, not {T}")
-    if F is not None and not (integer(F) and 0 <= F <= 30):
-        raise UserError(f"F must be an integer in 0..30, not {F}")
+    if F is not None and not is_auto(F) and not (integer(F) and 0 <= F <= 30):
+        raise UserError(f"F must be an integer in 0..30 or 'auto', not {F!r}" if isinstance(F, str) else
+                        f"F must be an integer in 0..30 or 'auto', not {F}")
+    if is_auto(F):
+        F = None  # representable at some F <= max_F
     if not (real(input_Q) and 1.0 < input_Q <= 2.0):
         raise UserError(f"input Q must be a number in (1, 2], not {input_Q}")
     if not (integer(input_T) and 1 <= input_T <= MAX_T):
@@ -168,7 +180,7 @@ def check_options(Q=None, T=None, F=None, norm="percentile", percentile=99.99, m
 
 
 def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
-            Q: float | None = None, T: int | None = None, F: int | None = None, norm: str = "percentile",
+            Q: float | None = None, T: int | None = None, F: int | str | None = None, norm: str = "percentile",
             percentile: float = 99.99, max_disagree: float = 0.2, eval_fraction: float = 0.5,
             input_Q: float = INPUT_Q, input_T: int = INPUT_T, progress: bool = True,
             score_channels: int | None = None, score_threshold: float | None = None) -> Conversion:
@@ -176,9 +188,13 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
 
     ``score_channels``: a detector's 1 + K score channels, ``score_threshold`` its decode threshold (real,
     logit units). The error target then counts the grid cells whose class (:func:`cell_classes`) differs
-    from the ANN's where either calls the cell an object, as a percentage of the ANN's object cells."""
+    from the ANN's where either calls the cell an object, as a percentage of the ANN's object cells.
+
+    ``F``: None (the largest <= 16 that fits the accumulators), an integer in 0..30, or ``"auto"``: after
+    (Q, T) the F search of step 6 (:func:`_search_F`), on held-out images even when Q and T are given."""
     check_options(Q, T, F, norm, percentile, max_disagree, eval_fraction, input_Q, input_T)
-    qkw = {"F": F, "input_Q": float(input_Q), "input_T": int(input_T)}
+    auto_F = is_auto(F)
+    qkw = {"F": None if auto_F else F, "input_Q": float(input_Q), "input_T": int(input_T)}
     ann = ann.eval()
     calib_images = golden.check_images(
         IntModel(1.5, 1, 0, tuple(input_shape), np.zeros(2, np.int64), np.zeros(256, np.uint8), []), calib_images)
@@ -186,17 +202,20 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
         raise UserError("calibration needs at least 2 images")
     low = lower(ann, tuple(input_shape))
     searching = Q is None or T is None
-    n_eval = max(1, int(len(calib_images) * eval_fraction)) if searching else 0
+    n_eval = max(1, int(len(calib_images) * eval_fraction)) if searching or auto_F else 0
     stats_imgs = calib_images[:len(calib_images) - n_eval] if n_eval else calib_images
     calibrate(low, stats_imgs, norm, percentile, progress=progress)
     normd = normalise(low)
     search: list[dict] = []
+    scorer = Scorer(normd, low, calib_images[len(calib_images) - n_eval:], score_channels,
+                    score_threshold) if n_eval else None
     if not searching:
         model = quantise(normd, float(Q), int(T), **qkw)
         met = None
     else:
-        model, met = _search(normd, low, calib_images[len(calib_images) - n_eval:], Q, T, qkw, max_disagree,
-                             search, progress, score_channels, score_threshold)
+        model, met = _search(normd, scorer, Q, T, qkw, max_disagree, search, progress)
+    if auto_F:
+        model = _search_F(normd, scorer, model, qkw, search, progress)
     model.meta.update({
         "converter": "onespike-codegen 0.1.0", "normalisation": norm,
         "percentile": percentile if norm == "percentile" else None, "calibration_images": int(len(stats_imgs)),
@@ -205,9 +224,53 @@ def convert(ann: nn.Module, input_shape, calib_images: np.ndarray,
     return Conversion(model, low, normd, search)
 
 
-def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, max_disagree: float,
-            search: list, progress: bool, score_channels: int | None = None,
-            score_threshold: float | None = None) -> tuple[IntModel, bool]:
+class Scorer:
+    """What both searches compare: the integer model's classes of the held-out images ``ev_x`` (or of a
+    detector's grid cells, :func:`cell_classes`) against the float ANN's own classes.
+
+    ``disagree(m)`` counts the held-out images (or, for a detector, the grid cells where either calls an
+    object) whose class differs, out of ``n`` (the images, or the ANN's object cells)."""
+
+    def __init__(self, normd: Normalised, low: Lowered, ev_x: np.ndarray, score_channels: int | None = None,
+                 score_threshold: float | None = None):
+        self.ev_x, self.score_channels, self.score_threshold = ev_x, score_channels, score_threshold
+        if score_channels is None:
+            self.ev_y = ann_predict(low, ev_x)
+            self.n = self.ev_y.size
+        else:
+            from .quantise import readout_scale
+
+            self.ev_y = cell_classes(ann_maps(low, ev_x), score_channels, score_threshold).reshape(len(ev_x), -1)
+            self.n = max(1, int((self.ev_y != 0).sum()))  # the ANN's object cells
+            self.scale = readout_scale(normd.stages[-1].weight)  # real = acc * scale / 2**F
+        self.what = "held-out images" if score_channels is None else "object cells of held-out images"
+
+    def disagree(self, m: IntModel, allowed: float | None = None) -> tuple[int, int]:
+        """(d, done): d of the first ``done`` of ``n`` disagree. The images run in chunks of EVAL_CHUNK,
+        stopping as soon as ``100 * d > allowed`` (then ``done < n`` unless it was the last chunk)."""
+        ev_x, ev_y = self.ev_x, self.ev_y
+        d = done = 0
+        shape = (-1,) + tuple(m.layers[-1].out_shape)
+        for i in range(0, len(ev_x), EVAL_CHUNK):
+            logits = golden.run(m, ev_x[i:i + EVAL_CHUNK], keep_phases=False).logits
+            want = ev_y[i:i + EVAL_CHUNK].reshape(-1)
+            if self.score_channels is None:
+                d += int((logits.argmax(1) != want).sum())
+                done = min(len(ev_x), i + EVAL_CHUNK)
+            else:
+                thr = None if self.score_threshold is None else self.score_threshold * float(2 ** m.F) / self.scale
+                cls = cell_classes(logits.reshape(shape), self.score_channels, thr)
+                d += int(((cls != want) & ((cls != 0) | (want != 0))).sum())
+                done = int((ev_y[:i + EVAL_CHUNK] != 0).sum())
+            if allowed is not None and 100 * d > allowed:
+                break
+        else:
+            done = self.n  # every held-out image evaluated
+        return d, min(done, self.n)
+
+
+def _search(normd: Normalised, scorer: Scorer, Q, T, qkw: dict, max_disagree: float,
+            search: list, progress: bool) -> tuple[IntModel, bool]:
     """The (Q, T) search of step 5 (docs/conversion.md); appends every decision to ``search``.
 
     1. For each Q, the T it can represent: the largest integer T <= max(T_CANDIDATES) with a valid
@@ -223,15 +286,7 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
     A miss is decided as soon as more held-out images disagree than the target allows.
     """
     # the target is agreement with the ANN's own classes (of images, or of a detector's grid cells)
-    if score_channels is None:
-        ev_y = ann_predict(low, ev_x)
-        n = ev_y.size
-    else:
-        from .quantise import readout_scale
-
-        ev_y = cell_classes(ann_maps(low, ev_x), score_channels, score_threshold).reshape(len(ev_x), -1)
-        n = max(1, int((ev_y != 0).sum()))  # the ANN's object cells
-        scale = readout_scale(normd.stages[-1].weight)  # real = acc * scale / 2**F
+    n = scorer.n
     qs = [float(Q)] if Q is not None else list(Q_CANDIDATES)
     ts = [int(T)] if T is not None else list(T_CANDIDATES)
     errors: dict = {}  # (q, t) -> None (representable) or the UserError; models are rebuilt when needed,
@@ -252,31 +307,13 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
             return results[(q, t)]
         m = quantise(normd, q, t, **qkw)
         bar.set_postfix_str(f"Q={q:g} T={t}")
-        d = done = 0
-        shape = (-1,) + tuple(m.layers[-1].out_shape)
-        for i in range(0, len(ev_x), EVAL_CHUNK):
-            logits = golden.run(m, ev_x[i:i + EVAL_CHUNK], keep_phases=False).logits
-            want = ev_y[i:i + EVAL_CHUNK].reshape(-1)
-            if score_channels is None:
-                d += int((logits.argmax(1) != want).sum())
-                done = min(len(ev_x), i + EVAL_CHUNK)
-            else:
-                thr = None if score_threshold is None else score_threshold * float(2 ** m.F) / scale
-                cls = cell_classes(logits.reshape(shape), score_channels, thr)
-                d += int(((cls != want) & ((cls != 0) | (want != 0))).sum())
-                done = int((ev_y[:i + EVAL_CHUNK] != 0).sum())
-            if early and 100 * d > max_disagree * n:
-                break
-        else:
-            done = n  # every held-out image evaluated
-        done = min(done, n)
+        d, done = scorer.disagree(m, max_disagree * n if early else None)
         meets = 100 * d <= max_disagree * n
         if done == n:
             rec = _record(q, t, m.F, round(100 * d / n, 4), "meets" if meets else "misses")
         else:
-            what = "held-out images" if score_channels is None else "object cells of held-out images"
             rec = _record(q, t, m.F, None, "misses",
-                          f"stopped after {done} of {n} {what}: {d} disagree with the ANN, more than the "
+                          f"stopped after {done} of {n} {scorer.what}: {d} disagree with the ANN, more than the "
                           f"{math.floor(max_disagree * n / 100 + 1e-9)} the target allows")
         results[(q, t)] = rec
         search.append(rec)
@@ -335,6 +372,54 @@ def _search(normd: Normalised, low: Lowered, ev_x: np.ndarray, Q, T, qkw: dict, 
             break
     bar.close()
     return quantise(normd, best["Q"], best["T"], **qkw), True
+
+
+def _search_F(normd: Normalised, scorer: Scorer, model: IntModel, qkw: dict, search: list,
+              progress: bool) -> IntModel:
+    """The F search of step 6 (``F="auto"``); appends one record per F evaluated to ``search``.
+
+    The reference is ``model`` (the chosen (Q, T) at the F of step 4, ``F0``: the largest <= 16 that fits
+    the accumulators), evaluated on every held-out image: ``d0`` of ``n`` disagree with the ANN. Then F
+    ascends from the least F that keeps both decode tables positive; the first F with
+    ``100 * d <= 100 * d0 + F_TOLERANCE * n`` (disagreement at most F_TOLERANCE percentage points above the
+    reference's) wins, else ``F0``. No monotonicity in F is assumed. A miss stops as soon as too many disagree.
+    Every record's ``reason`` starts with "F search: ".
+    """
+    q, t, f0 = float(model.Q), int(model.T), int(model.F)
+    n = scorer.n
+    lo = _code_bound(q, t, float(qkw["input_Q"]), int(qkw["input_T"]), None, f0)
+    bar = tqdm(desc="search F", unit="F", total=f0 - lo + 1, disable=not progress, leave=False)
+    bar.set_postfix_str(f"F={f0}")
+    d0, _ = scorer.disagree(model)
+    bar.update(1)
+    ref = round(100 * d0 / n, 4)
+    search.append(_record(q, t, f0, ref, "meets", f"F search: the reference, F = {f0} (the largest <= 16 that fits "
+                                                  f"the accumulators)"))
+    allowed = 100 * d0 + F_TOLERANCE * n
+    rule = f"{F_TOLERANCE:g} points above the {ref}% at F = {f0}"
+    for f in range(lo, f0):
+        bar.set_postfix_str(f"F={f}")
+        try:
+            m = quantise(normd, q, t, **dict(qkw, F=f))
+        except UserError as e:
+            search.append(_record(q, t, f, None, "not representable", f"F search: {e}"))
+            bar.update(1)
+            continue
+        d, done = scorer.disagree(m, allowed)
+        bar.update(1)
+        if done == n:
+            meets = 100 * d <= allowed
+            search.append(_record(q, t, f, round(100 * d / n, 4), "meets" if meets else "misses",
+                                  f"F search: {'at most' if meets else 'more than'} {rule}"))
+            if meets:
+                bar.close()
+                return m
+        else:
+            search.append(_record(q, t, f, None, "misses",
+                                  f"F search: stopped after {done} of {n} {scorer.what}: {d} disagree with the "
+                                  f"ANN, more than the {math.floor(allowed / 100 + 1e-9)} allowed ({rule})"))
+    bar.close()
+    return model
 
 
 def sha256_bytes(data: bytes) -> str:
