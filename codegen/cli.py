@@ -423,7 +423,11 @@ def cmd_emit(args) -> int:
     if args.target == "fpga":
         from codegen import fpga
 
-        lanes = fpga.check_lanes(8 if args.lanes is None else args.lanes)
+        lanes = fpga.parse_lanes(args.lanes) if args.lanes is not None else ("auto" if args.board else 8)
+        if lanes != "auto":
+            fpga.check_lanes(lanes)
+        elif not args.board:
+            raise UserError("--lanes auto needs --board (it picks the lanes per layer that fit the board)")
         if args.board:
             from boards import registry
 
@@ -457,7 +461,7 @@ def cmd_emit(args) -> int:
         if args.synth:
             from codegen.fpga import synth
 
-            print(synth.synthesize_into(out, m, args.board, lanes, name, man["store"]["layers"]))
+            print(synth.synthesize_into(out, m, args.board, man["lanes"], name, man["store"]["layers"]))
         print(f"wrote {out}")
         return 0
     man = lut.emit(m, sha, name, out)
@@ -493,7 +497,10 @@ def cmd_verify(args) -> int:
         sim = "icarus" if args.sim is None else args.sim
         if sim not in fpga_sim.SIMULATORS:
             raise UserError(f"unknown simulator {sim!r}; supported: {', '.join(fpga_sim.SIMULATORS)}")
-        lanes = fpga.check_lanes(8 if args.lanes is None else args.lanes)
+        lanes = fpga.parse_lanes(8 if args.lanes is None else args.lanes)
+        if lanes == "auto":
+            raise UserError("--lanes auto applies to codegen emit --board; give verify the lanes (N or one per layer)")
+        fpga.check_lanes(lanes)
         board = registry.fpga(args.board, "verify --target fpga") if args.board else None
     else:
         board = registry.mcu(args.board, "verify --target c") if args.board else None
@@ -680,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="output folder (default build/NAME/TARGET)")
     e.add_argument("--board", help="C target: mps2-an386 (default), nucleo-f446re, rp2040-pico; "
                                    "FPGA target: icebreaker (iCE40 UP5K), ulx3s (ECP5-25k)")
-    e.add_argument("--lanes", type=int, help="FPGA: synapse lanes per layer (area for speed; default 8)")
+    e.add_argument("--lanes", help="FPGA: synapse lanes of every layer (N), of each layer (N,N,...), or auto: the lanes "
+                                  "per layer that fit --board, the slowest layer first (default: auto with --board, else 8)")
     e.add_argument("--store", choices=("auto", "rom", "ram"),
                    help="FPGA: weights in block RAM (rom), in SPRAM loaded at run time from weights.bin (ram, "
                         "iCE40 UP5K), or auto (default: rom unless it does not fit the board and the board has SPRAM)")
@@ -704,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--keep", action="store_true", help="FPGA: keep the simulator build and the run's inputs after a "
                                                        "passing run (default: removed)")
     v.add_argument("--sim", help="FPGA simulator: icarus or verilator (default icarus)")
-    v.add_argument("--lanes", type=int, help="FPGA: synapse lanes per layer (default 8)")
+    v.add_argument("--lanes", help="FPGA: synapse lanes of every layer (N) or of each layer (N,N,...; default 8)")
     v.add_argument("--store", choices=("auto", "rom", "ram"),
                    help="FPGA: as for emit (auto, the default, resolves for --board when given, else rom)")
     v.add_argument("--waves", action="store_true", help="FPGA: write a waveform of the run")

@@ -44,29 +44,31 @@ Files (deterministic: same model and flags give byte-identical files; no timesta
   and segments), ports, spec, tool versions and every file's sha256.
 """
 from __future__ import annotations
-from __future__ import annotations
 
 import json
 
 import numpy as np
 
 from runtime.spec import SCHEMA_VERSION, IntModel
+from runtime.errors import UserError
 
 from ..lut import layer_summary, mem_lines, tables, tool_versions, write_with_manifest
 from rtl.pins import LOAD_PINS, PINS, pins_verilog
 
 from .design import hdl_versions, inspect_network, result_bits, verilog
-from .fit import check_design_size, check_fit, design_bits, estimate
+from .fit import check_design_size, check_fit, design_bits, estimate, fit_lanes
 from .report import format_text
 from .store import FIFO_DEPTH, N_COUNT, check_fifo_depth, check_lanes, get_board, symbol
 
 
-def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | None = None, lanes: int = 8,
+def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | None = None, lanes=8,
          fifo_depth: int = FIFO_DEPTH, n_images: int = N_COUNT, store="auto", progress: bool = False) -> dict:
     """Write the fpga target into ``out_dir`` (atomically) and return the manifest.
 
     ``board``: a name from :data:`boards.registry.FPGA_BOARDS` (refuse what does not fit it) or None (estimate
-    for every board, refuse nothing). ``lanes``: output channels updated per cycle in every dense, conv2d and avg-pool engine.
+    for every board, refuse nothing). ``lanes``: output channels updated per cycle in every dense, conv2d and
+    avg-pool engine (an int), one per layer (a list), or ``"auto"`` (with a board: :func:`fit_lanes`, the
+    lanes per layer that fit it, the slowest layer first).
     ``store``: where the weights go, as :func:`resolve_store` (``"auto"``: block RAM, or SPRAM where
     the board has it and block RAM is not enough).
     ``progress``: a tqdm bar on stderr over the stages (estimate, Verilog, tables, write).
@@ -75,9 +77,16 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
 
     from tqdm import tqdm
 
-    lanes = check_lanes(lanes)
     fifo_depth = check_fifo_depth(fifo_depth)
     b = get_board(board) if board is not None else None
+    if isinstance(lanes, str) and lanes == "auto":
+        if b is None:
+            raise UserError("--lanes auto needs --board (it picks the lanes per layer that fit the board)")
+        found = fit_lanes(model, b, fifo_depth, store, n_images)
+        if found is None:   # even one lane per engine does not fit: the refusal names the numbers
+            check_fit(model, estimate(model, b, 1, fifo_depth, 0, store=store), b, store)
+        lanes = found
+    lanes = check_lanes(lanes, len(model.layers))
     with tqdm(total=4, desc="emit fpga: estimate", unit="stage", file=sys.stderr, disable=not progress,
               leave=False) as bar:
         return _emit(model, model_sha256, name, out_dir, b, lanes, fifo_depth, n_images, store, bar)
@@ -142,7 +151,7 @@ def _emit(model, model_sha256, name, out_dir, b, lanes, fifo_depth, n_images, st
         "top": {
             "module": sym, "file": f"{sym}.v",
             "ports": {"clk": "clock", "rst": "synchronous reset, active high",
-                      "i__payload": "[7:0] pixel, C*H*W per frame in (C, H, W) order", "i__valid": "in", "i__ready": "out",
+                      "i__payload": "[7:0] pixel, C*H*W per frame in (H, W, C) order (camera order)", "i__valid": "in", "i__ready": "out",
                       "o__payload": f"[{payload - 1}:0] {{logits[{model.num_classes - 1}..0] (signed, "
                                     f"{model.layers[-1].acc_bits} bits each), cls}}, cls in the low bits",
                       "o__valid": "out", "o__ready": "in",

@@ -12,7 +12,8 @@ from .cycles import cycle_estimate, golden_phases
 from .design import inspect_network
 from .memories import Mem, is_conv_engine, map_memory, memories, payload_bits
 from .multipliers import multipliers
-from .store import FIFO_DEPTH, N_COUNT, check_fifo_depth, check_lanes, get_board, resolve_store
+from .store import (FIFO_DEPTH, MAX_LANES, N_COUNT, check_fifo_depth, check_lanes, get_board, lanes_text,
+                    resolve_store)
 
 WHAT_ORDER = ("weights", "store", "bias", "accumulators", "thresholds", "decode", "encode", "fifo", "pool")
 
@@ -60,7 +61,7 @@ def estimate(model: IntModel, board: FpgaBoard | str | None = None, lanes: int =
     """The resource and cycle estimate (no file written). ``board=None``: every known board.
     ``phases``: ``(phases, source)`` as :func:`golden_phases` returns them (default: computed here).
     ``store``: as :func:`resolve_store` (the result is ``est["store"]``, one entry per layer)."""
-    lanes = check_lanes(lanes)
+    lanes = check_lanes(lanes, len(model.layers))
     fifo_depth = check_fifo_depth(fifo_depth)
     b = get_board(board) if isinstance(board, str) else board
     store = resolve_store(model, b, lanes, store, fifo_depth)
@@ -103,12 +104,89 @@ def fits(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH
 
 def largest_fitting_lanes(model: IntModel, b: FpgaBoard, lanes: int, fifo_depth: int = FIFO_DEPTH,
                           store="auto") -> int | None:
-    """The largest lane count below ``lanes`` that fits ``b`` with ``store`` (re-resolved per lane
-    count for ``"auto"``), or None."""
+    """The largest lane count below ``lanes`` (every engine the same) that fits ``b`` with ``store``
+    (re-resolved per lane count for ``"auto"``), or None."""
     for ln in range(lanes - 1, 0, -1):
         if fits(model, b, ln, fifo_depth, store):
             return ln
     return None
+
+
+def _lanes_for(c_out: int, sops: float, limit: float) -> int:
+    """The fewest lanes (a count that saves a group: more that leave ``ceil(c_out / lanes)`` as it is
+    buy nothing) with ``sops / lanes <= limit``, at most ``min(c_out, MAX_LANES)``."""
+    top = max(1, min(c_out, MAX_LANES))
+    for ln in range(1, top + 1):
+        if sops / ln <= limit * (1 + 1e-9):
+            g = -(-c_out // ln)
+            return -(-c_out // g)         # the same groups with the fewest lanes
+    return top
+
+
+def fit_lanes(model: IntModel, b: FpgaBoard, fifo_depth: int = FIFO_DEPTH, store="auto", n_images: int = N_COUNT,
+              phases: tuple[list | None, str] | None = None, progress: bool = False) -> list[int] | None:
+    """Lanes per layer for ``b``, for the fastest slowest layer: the event-driven limit of layer
+    ``i`` is its synaptic operations (from the golden model's spikes, or the worst case) over its
+    lanes, so a target limit gives every engine the fewest lanes that meet it; the smallest target
+    whose design fits ``b`` (``store`` re-resolved for each, ``"auto"``: SPRAM where needed) is found by
+    bisection over the targets that change some lane count. Where a layer can keep its weights in
+    SPRAM only from a lane count up (a threshold per store word, :func:`~.store.ram_refusal`), that
+    count is tried too, and so is every engine at 2 and 4 lanes or more (block RAM packing is not
+    monotonic in the word width). None when nothing fits. Max-pool layers keep 1 (they have no lanes)."""
+    from tqdm import tqdm
+
+    from .store import ram_refusal
+
+    n = len(model.layers)
+    ph, source = phases if phases is not None else golden_phases(model, n_images)
+    ones = [1] * n
+    cyc = cycle_estimate(model, ones, ph, source, inspect_network(model, ones, 0, "rom"), fifo_depth)
+    sops = [x["synaptic_ops"] if x["lanes"] is not None else 0.0 for x in cyc["layers"]]
+    c_out = [int(x.out_shape[0]) if x.kind != "maxpool" else 1 for x in model.layers]
+    stream = float(cyc["pixel_input_cycles"])
+    # A layer's RAM store needs lanes * 8 >= acc_bits (firing layers): its least lane count for SPRAM.
+    ram_min = [next((ln for ln in range(1, MAX_LANES + 1) if ram_refusal(x, ln) is None), None)
+               if x.kind != "maxpool" else None for x in model.layers]
+    targets = sorted({max(stream, sops[i] / ln) for i in range(n) if sops[i]
+                      for ln in range(1, min(c_out[i], MAX_LANES) + 1)} | {stream}, reverse=True)
+
+    def configs(limit):
+        base = [_lanes_for(c_out[i], sops[i], limit) if sops[i] else 1 for i in range(n)]
+        yield base
+        # Memory packing is not monotonic in the lanes (wider words can fill block RAMs better):
+        # also try every engine with at least 2, 4 lanes.
+        for v in (2, 4):
+            up = [max(ln, min(v, c_out[i])) if sops[i] else 1 for i, ln in enumerate(base)]
+            if up != base:
+                yield up
+        if b.spram_count:
+            big = sorted((i for i in range(n) if ram_min[i] and ram_min[i] > base[i]),
+                         key=lambda i: -model.layers[i].weight.size)
+            trial = list(base)
+            for i in big:
+                trial[i] = ram_min[i]
+                yield list(trial)
+
+    def first_fit(limit):
+        for cfg in configs(limit):
+            bar.update(1)
+            if fits(model, b, cfg, fifo_depth, store):
+                return cfg
+        return None
+
+    with tqdm(desc=f"lanes for {b.name}", unit="try", disable=not progress, leave=False) as bar:
+        lo, hi = 0, len(targets) - 1           # targets[lo] is the slowest
+        best = first_fit(targets[0])
+        if best is None:
+            return None
+        while lo < hi:                         # invariant: targets[lo] fits
+            mid = (lo + hi + 1) // 2
+            cfg = first_fit(targets[mid])
+            if cfg is not None:
+                lo, best = mid, cfg
+            else:
+                hi = mid - 1
+    return best
 
 
 def _store_words(store) -> str:
@@ -183,10 +261,14 @@ def check_fit(model: IntModel, est: dict, b: FpgaBoard, store="auto") -> None:
     if m.get("spram", 0) > m.get("spram_available", 0):
         parts.append(f"needs {m['spram']} SPRAMs (board has {m['spram_available']} {b.spram_name})")
     lanes = est["lanes"]
-    hint = largest_fitting_lanes(model, b, lanes, est["fifo_depth"], store)
+    top = lanes if isinstance(lanes, int) else max(lanes)
+    hint = largest_fitting_lanes(model, b, top, est["fifo_depth"], store)
+    if hint is None:
+        hint = fit_lanes(model, b, est["fifo_depth"], store)
+        hint = None if hint is None else lanes_text(hint)
     tail = f"; lanes={hint} fits" if hint else "; no lane count fits this board"
     if b.spram_count:
         tail += f" ({_store_words(store)})"
     used = ",".join(est["store"])
-    raise UserError(f"model does not fit {b.name} ({b.part}) at lanes={lanes} (store {used}): "
+    raise UserError(f"model does not fit {b.name} ({b.part}) at lanes={lanes_text(lanes)} (store {used}): "
                     + " and ".join(parts) + tail)

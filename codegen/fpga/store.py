@@ -25,12 +25,46 @@ def symbol(name: str) -> str:
 MAX_LANES = 64      # synapse lanes per engine: 64 int8 multipliers, more DSPs than any board here has
 
 
-def check_lanes(lanes) -> int:
-    if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
-        raise UserError(f"--lanes must be a positive integer, not {lanes!r}")
-    if lanes > MAX_LANES:
-        raise UserError(f"--lanes must be at most {MAX_LANES} (emit_fpga.MAX_LANES), not {lanes}")
-    return int(lanes)
+def _one_lane_count(v, what="--lanes") -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise UserError(f"{what} must be a positive integer, not {v!r}")
+    if v > MAX_LANES:
+        raise UserError(f"{what} must be at most {MAX_LANES} (emit_fpga.MAX_LANES), not {v}")
+    return int(v)
+
+
+def check_lanes(lanes, n_layers: int | None = None):
+    """One lane count for every engine (an int), or one per layer (a list; ``n_layers`` long when
+    given; max-pool layers have no lanes, any value is kept). Returns an int or a list of ints."""
+    if isinstance(lanes, (list, tuple)):
+        if not lanes:
+            raise UserError("--lanes must be a positive integer or one per layer, not an empty list")
+        if n_layers is not None and len(lanes) != n_layers:
+            raise UserError(f"--lanes must be one integer or one per layer ({n_layers}), not {len(lanes)} values")
+        return [_one_lane_count(v) for v in lanes]
+    return _one_lane_count(lanes)
+
+
+def lanes_of(lanes, n_layers: int) -> list[int]:
+    """Lanes per layer from :func:`check_lanes`'s int or list."""
+    return [int(lanes)] * n_layers if isinstance(lanes, int) else list(lanes)
+
+
+def lanes_text(lanes) -> str:
+    """``8`` or ``4,1,4,1,4,2`` (as ``--lanes`` takes it)."""
+    return str(lanes) if isinstance(lanes, int) else ",".join(str(v) for v in lanes)
+
+
+def parse_lanes(text: str):
+    """``--lanes`` on the command line: ``N``, ``N,N,...`` (one per layer) or ``auto``."""
+    t = str(text).strip()
+    if t == "auto":
+        return "auto"
+    try:
+        vals = [int(v) for v in t.split(",")]
+    except ValueError:
+        raise UserError(f"--lanes must be a positive integer, one per layer (comma-separated) or auto, not {text!r}") from None
+    return vals[0] if len(vals) == 1 else vals
 
 
 def check_fifo_depth(depth) -> int:
@@ -98,7 +132,8 @@ def resolve_store(model: IntModel, board: FpgaBoard | str | None, lanes: int, st
     on a board without SPRAM, or for a layer :func:`ram_refusal` refuses, is a UserError naming the
     layer and why (checked here, before anything is built)."""
     spec.validate(model)
-    lanes = check_lanes(lanes)
+    lanes = check_lanes(lanes, len(model.layers))
+    per = lanes_of(lanes, len(model.layers))
     b = get_board(board) if isinstance(board, str) else board
     layers = model.layers
     n = len(layers)
@@ -116,16 +151,16 @@ def resolve_store(model: IntModel, board: FpgaBoard | str | None, lanes: int, st
             if st == "ram" and not _can_ram(x):
                 raise UserError(f"layer {i} is a max-pool: it has no weights to keep in RAM")
     for i, (st, x) in enumerate(zip(out, layers)):
-        why = ram_refusal(x, lanes) if st == "ram" else None
+        why = ram_refusal(x, per[i]) if st == "ram" else None
         if why is not None:
-            raise UserError(f"layer {i} ({x.kind}) cannot keep its weights in a RAM store at lanes={lanes}: {why}; "
+            raise UserError(f"layer {i} ({x.kind}) cannot keep its weights in a RAM store at lanes={per[i]}: {why}; "
                             f"use --store rom or auto")
     if b is not None and "ram" in out and not b.spram_count:
         raise UserError(f"--store ram needs SPRAM, and {b.name} ({b.part}) has none: use --store rom or auto")
     return out
 
 
-def _auto_store(model: IntModel, b: FpgaBoard | None, lanes: int, fifo_depth: int) -> list[str]:
+def _auto_store(model: IntModel, b: FpgaBoard | None, lanes, fifo_depth: int) -> list[str]:
     from .design import inspect_network
     from .fit import mapping
 
@@ -134,7 +169,8 @@ def _auto_store(model: IntModel, b: FpgaBoard | None, lanes: int, fifo_depth: in
     if b is None or not b.spram_count or mapping(model, b, lanes, fifo_depth, out)["fits"]:
         return out
     net = inspect_network(model, lanes, 0, out)
-    cands = [i for i, x in enumerate(model.layers) if ram_refusal(x, lanes) is None]
+    per = lanes_of(lanes, n)
+    cands = [i for i, x in enumerate(model.layers) if ram_refusal(x, per[i]) is None]
     cands.sort(key=lambda i: (-net.engines[i].weight_depth * net.engines[i].lanes, i))
     for i in cands:
         trial = out[:i] + ["ram"] + out[i + 1:]
