@@ -9,7 +9,7 @@ from runtime import spec
 from .conv import ConvEngine
 from .dense import DenseEngine
 from .encoder import PixelEncoder
-from .layouts import raster_to_flat, result_layout
+from .layouts import logit_layout, raster_to_flat, result_layout
 from .loader import StoreLoader
 from .readout import Argmax
 
@@ -87,7 +87,12 @@ class Network(wiring.Component):
         Pixels, ``C * H * W`` per frame in ``(H, W, C)`` order (camera order; for ``C = 1`` the
         same as ``(C, H, W)``).
     o : ``Out(stream.Signature(result_layout(num_classes, acc_bits)))``
-        One transfer per frame: ``{cls, logits}``, ``acc_bits`` being the readout's width.
+        One transfer per frame: ``{cls, logits}``, ``acc_bits`` being the readout's width. A
+        detector (``model.task == "detect"``) instead sends its readout map as it is computed:
+        ``Out(stream.Signature(logit_layout(n, acc_bits)))``, every logit ``{index, value, last}``
+        (``index`` the flat ``(C, H, W)`` index of the map, rows in order as they complete, ``last``
+        on the frame's final logit); the host decodes the detections
+        (``runtime.spec.decode_detections``).
     load : ``In(stream.Signature(unsigned(8)))``, ``loaded`` : ``Out(1)``
         Only with a ``"ram"`` layer: the store image (:meth:`load_image`), once after
         configuration; no frame gets past the first such layer before ``loaded``.
@@ -98,7 +103,7 @@ class Network(wiring.Component):
     engines : list
         In layer order (:func:`build_engine`); ``engines[k].o`` carries layer ``k``'s output
         events (logits for the last).
-    argmax : Argmax
+    argmax : Argmax or None (a detector)
     loader : StoreLoader or None
     """
 
@@ -126,13 +131,17 @@ class Network(wiring.Component):
         self.store = list(store)
         self.engines = [build_engine(model, i, ln, st) for i, (ln, st) in enumerate(zip(lanes, store))]
         readout = model.layers[-1]
-        self.argmax = Argmax(model.num_classes, readout.acc_bits)
+        #: A detector sends its readout map (no argmax): every logit, row by row as rows complete.
+        self.detect = model.task == "detect"
+        self.argmax = None if self.detect else Argmax(model.num_classes, readout.acc_bits)
         self.ram_engines = [e for e, st in zip(self.engines, store) if st == "ram"]
         self.loader = (StoreLoader([(e.lanes * 8, e.store_depth) for e in self.ram_engines])
                        if self.ram_engines else None)
+        out = (logit_layout(model.num_classes, readout.acc_bits) if self.detect
+               else result_layout(model.num_classes, readout.acc_bits))
         ports = {
             "i": In(stream.Signature(unsigned(8))),
-            "o": Out(stream.Signature(result_layout(model.num_classes, readout.acc_bits))),
+            "o": Out(stream.Signature(out)),
         }
         if self.loader is not None:
             ports["load"] = In(stream.Signature(unsigned(8)))
@@ -151,7 +160,8 @@ class Network(wiring.Component):
         m.submodules.encoder = self.encoder
         for k, e in enumerate(self.engines):
             m.submodules[f"layer{k}"] = e
-        m.submodules.argmax = self.argmax
+        if self.argmax is not None:
+            m.submodules.argmax = self.argmax
         if self.loader is not None:
             m.submodules.loader = self.loader
             wiring.connect(m, wiring.flipped(self.load), self.loader.i)
@@ -182,6 +192,9 @@ class Network(wiring.Component):
                                  b.i.payload.as_value().eq(q.r_data)]
             else:
                 wiring.connect(m, a.o, b.i)
-        wiring.connect(m, self.engines[-1].o, self.argmax.i)
-        wiring.connect(m, self.argmax.o, wiring.flipped(self.o))
+        if self.argmax is None:
+            wiring.connect(m, self.engines[-1].o, wiring.flipped(self.o))
+        else:
+            wiring.connect(m, self.engines[-1].o, self.argmax.i)
+            wiring.connect(m, self.argmax.o, wiring.flipped(self.o))
         return m

@@ -141,9 +141,24 @@ def simulate_network(model, images, lanes=8, *, fifo_depth=16, gap=0.0, stall=0.
 
     async def sink(ctx):
         for k in range(n):
-            payload = await stream_get(ctx, dut.o, rng, stall)
-            res.classes[k] = int(payload.cls)
-            res.logits[k] = [int(payload.logits[c]) for c in range(model.num_classes)]
+            if dut.detect:      # the map, one logit per transfer (each index once)
+                seen = set()
+                while True:
+                    payload = await stream_get(ctx, dut.o, rng, stall)
+                    j = int(payload.index)
+                    if j in seen:
+                        res.errors.append(f"frame {k}: logit {j} sent twice")
+                    seen.add(j)
+                    res.logits[k, j] = int(payload.value)
+                    if payload.last:
+                        break
+                if len(seen) != model.num_classes:
+                    res.errors.append(f"frame {k}: {len(seen)} logits, not {model.num_classes}")
+                res.classes[k] = int(np.argmax(res.logits[k]))
+            else:
+                payload = await stream_get(ctx, dut.o, rng, stall)
+                res.classes[k] = int(payload.cls)
+                res.logits[k] = [int(payload.logits[c]) for c in range(model.num_classes)]
             res.done_cycle.append(cycle[0])
 
     streams = [e.o for e in dut.engines]

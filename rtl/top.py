@@ -15,10 +15,12 @@ class FlatTop(Elaboratable):
     Ports (``clk`` and ``rst``, synchronous active-high, come from the ``sync`` domain)
 
     ``pixel_data[7:0]``, ``pixel_valid`` in, ``pixel_ready`` out
-        The pixel stream, ``C*H*W`` pixels per frame in ``(C, H, W)`` order.
-    ``result_valid`` out, ``result_ready`` in, ``result_cls``, ``result_logits`` out
+        The pixel stream, ``C*H*W`` pixels per frame in ``(H, W, C)`` order (camera order).
+    ``result_valid`` out, ``result_ready`` in, ``result_cls``, ``result_logits``, ``result_last`` out
         One transfer per frame; logit ``c`` is the signed field
-        ``result_logits[c*acc_bits +: acc_bits]``.
+        ``result_logits[c*acc_bits +: acc_bits]`` (``result_last`` is 1). A detector sends its map:
+        one transfer per logit, ``result_cls`` its flat index, ``result_logits`` its value,
+        ``result_last`` on the frame's final logit.
     ``load_data[7:0]``, ``load_valid`` in, ``load_ready``, ``loaded`` out
         The store image (``Network.load_image``) of a design with ``"ram"`` layers, sent once
         before the first frame; without one ``load_ready`` is 0 and ``loaded`` 1.
@@ -41,8 +43,14 @@ class FlatTop(Elaboratable):
         self.pixel_ready = Signal(name="pixel_ready")
         self.result_valid = Signal(name="result_valid")
         self.result_ready = Signal(name="result_ready")
-        self.result_cls = Signal(len(core.o.payload.cls), name="result_cls")
-        self.result_logits = Signal(self.acc_bits * self.num_classes, name="result_logits")
+        self.detect = net.detect
+        if self.detect:     # the map, one logit per transfer: its index and value
+            self.result_cls = Signal(len(core.o.payload.index), name="result_cls")
+            self.result_logits = Signal(self.acc_bits, name="result_logits")
+        else:
+            self.result_cls = Signal(len(core.o.payload.cls), name="result_cls")
+            self.result_logits = Signal(self.acc_bits * self.num_classes, name="result_logits")
+        self.result_last = Signal(name="result_last")
         self.load_data = Signal(8, name="load_data")
         self.load_valid = Signal(name="load_valid")
         self.load_ready = Signal(name="load_ready")
@@ -56,7 +64,7 @@ class FlatTop(Elaboratable):
     @property
     def ports(self):
         return [self.pixel_data, self.pixel_valid, self.pixel_ready,
-                self.result_valid, self.result_ready, self.result_cls, self.result_logits,
+                self.result_valid, self.result_ready, self.result_cls, self.result_logits, self.result_last,
                 self.load_data, self.load_valid, self.load_ready, self.loaded,
                 self.dbg_seq, self.dbg_valid, self.dbg_eof, self.dbg_index, self.dbg_phase]
 
@@ -67,6 +75,7 @@ class FlatTop(Elaboratable):
             "top": TOP_NAME,
             "n_pixels": int(net.encoder.n_pixels),
             "num_classes": int(self.num_classes),
+            "detect": bool(self.detect),
             "acc_bits": int(self.acc_bits),
             "slots": int(core.slots),
             "firing_layers": [int(k) for k in core.firing],
@@ -95,8 +104,10 @@ class FlatTop(Elaboratable):
             self.pixel_ready.eq(core.i.ready),
             self.result_valid.eq(core.o.valid),
             core.o.ready.eq(self.result_ready),
-            self.result_cls.eq(core.o.payload.cls),
-            self.result_logits.eq(core.o.payload.logits.as_value()),
+            *([self.result_cls.eq(core.o.payload.index), self.result_logits.eq(core.o.payload.value),
+               self.result_last.eq(core.o.payload.last)] if self.detect else
+              [self.result_cls.eq(core.o.payload.cls), self.result_logits.eq(core.o.payload.logits.as_value()),
+               self.result_last.eq(1)]),
             self.dbg_seq.eq(core.dbg_seq),
             self.dbg_valid.eq(core.dbg_valid),
             self.dbg_eof.eq(core.dbg_eof),

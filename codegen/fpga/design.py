@@ -27,7 +27,7 @@ def inspect_network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, s
     """:func:`network`, only to read its engines' parameters (it is not elaborated): its components
     are marked as used, so that Amaranth does not warn about them."""
     net = network(model, lanes, fifo_depth, store)
-    parts = [net, net.encoder, net.argmax] + ([net.loader] if net.loader is not None else [])
+    parts = [net, net.encoder] + [x for x in (net.argmax, net.loader) if x is not None]
     for e in net.engines:
         parts += [e] + list(getattr(e, "fire_units", []))
     for p in parts:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import golden
+from runtime import golden, spec
 from runtime.errors import ToolError, UserError
 from runtime.spec import IntModel
 
@@ -100,6 +100,10 @@ class FpgaResult:
     waves: Path | None = None
     error: str | None = None
     mutated: dict | None = None
+    # A detector: the detections decoded on the host from the maps the RTL sent, per frame, and
+    # how many frames' detections equal those decoded from the golden model's maps.
+    detections: list | None = None
+    detections_matched: int | None = None
     events: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     mismatches: list = field(default_factory=list)
@@ -112,12 +116,15 @@ class FpgaResult:
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.first_mismatch is None and self.matched == self.total
+        return (self.error is None and self.first_mismatch is None and self.matched == self.total
+                and self.detections_matched in (None, self.total))
 
     def summary(self) -> str:
         c = (f"cycles per inference min/median/max {self.cycles_min}/{self.cycles_median:g}/{self.cycles_max}"
              if self.cycles else "no cycles measured")
-        return f"{self.sim}: {self.matched}/{self.total} matched; {c}"
+        det = (f"; detections decoded from the map equal the golden model's on {self.detections_matched}/{self.total}"
+               if self.detections_matched is not None else "")
+        return f"{self.sim}: {self.matched}/{self.total} matched{det}; {c}"
 
 
 @contextlib.contextmanager
@@ -443,6 +450,19 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
         error=error, mutated=mutated, events=list(out["events"]),
         stats=dict(out["stats"], cycles_total=out["cycles_total"]), mismatches=out["mismatches"],
         run_dir=run_dir, design_dir=design_dir, build_s=build_s, sim_s=sim_s, store=store)
+    if model.task == "detect" and "maps" in out:
+        hw = tuple(model.input_shape[1:])
+        shape = tuple(model.layers[-1].out_shape)
+        dets, same = [], 0
+        for k, got in enumerate(out["maps"]):
+            if got is None or any(v is None for v in got):
+                dets.append(None)
+                continue
+            d = spec.decode_detections(np.asarray(got, dtype=np.int64).reshape(shape), model.head, hw)
+            want = spec.decode_detections(gold.logits[k].reshape(shape), model.head, hw)
+            dets.append(d.tolist())
+            same += int(d.shape == want.shape and (d == want).all())
+        res.detections, res.detections_matched = dets, same
     if res.passed and not keep:
         (run_dir / "data.npz").unlink(missing_ok=True)     # the images; can be large
     progress_file.unlink(missing_ok=True)

@@ -34,6 +34,10 @@ class Scoreboard:
         self.n = int(cfg["frames"])
         self.T = int(top["T"])
         self.C = int(top["num_classes"])
+        self.detect = bool(top.get("detect", False))
+        self.map_seen = set()                # a detector: indexes of the frame's map received so far
+        self.map_values = [None] * self.C
+        self.maps = []                       # ... and every complete map, for the host's decode
         self.B = int(top["acc_bits"])
         self.readout = len(top["layer_sizes"]) - 1
         self.layer_names = cfg["layer_names"]
@@ -132,6 +136,7 @@ class Scoreboard:
                 if rec is not None:
                     self.mismatches.remove(rec)
         self.event_records = []
+        self.map_seen, self.map_values = set(), [None] * self.C
         self.bad = {f for f in self.bad if f < first} | {m["frame"] for m in self.mismatches if m["frame"] >= first}
         for s in range(len(self.firing)):
             self.ev_frame[s] = first
@@ -144,6 +149,30 @@ class Scoreboard:
         self.results += 1
         self.record(k, "result", None, "0/1 bits", text, "X or Z in the result")
         self.result_times.append((valid_cycle, accept_cycle))
+
+    def logit(self, index, raw, last, valid_cycle, accept_cycle):
+        """A detector's map, one logit per transfer: compared at once; the frame ends with ``last``.
+        Mismatches of a map a reset cuts are dropped with the frame's layer events (it is sent again)."""
+        k = self.results
+        name = self.layer_names[self.readout]
+        if k >= self.n:
+            self.record(k, "result", None, None, index, "result after the last frame", event=True)
+            return
+        v = raw - (1 << self.B) if raw & (1 << (self.B - 1)) else raw
+        if index >= self.C or index in self.map_seen:
+            self.record(k, name, index, None, v, "logit index out of range or sent twice", event=True)
+        else:
+            self.map_seen.add(index)
+            self.map_values[index] = v
+            if v != self.logits[k][index]:
+                self.record(k, name, index, self.logits[k][index], v, "logit", event=True)
+        if last:
+            if len(self.map_seen) != self.C:
+                self.record(k, name, None, self.C, len(self.map_seen), "logits in the map", event=True)
+            self.maps.append(list(self.map_values))
+            self.map_seen, self.map_values = set(), [None] * self.C
+            self.results += 1
+            self.result_times.append((valid_cycle, accept_cycle))
 
     def result(self, cls, raw, valid_cycle, accept_cycle):
         k = self.results
@@ -344,6 +373,8 @@ async def network(dut):
         The second result is always held for 4000 cycles (again if a reset took it while held and
         its frame is sent again), so that every run (with stalls) fills every FIFO and stalls the
         pixel input at least once."""
+        if board.detect and board.map_seen:
+            return 0                     # a detector's map: stalls only before its first logit
         if stall and board.results == 1:
             return 4000
         if stim.random() >= stall:
@@ -353,6 +384,7 @@ async def network(dut):
     async def result_monitor():
         """Take each result when offered, or ``draw_hold()`` cycles later (``ready`` low meanwhile)."""
         valid, ready, cls, logits = dut.result_valid, dut.result_ready, dut.result_cls, dut.result_logits
+        last = dut.result_last
         since = None
         hold = draw_hold()
         ready.value = 0 if hold else 1
@@ -390,13 +422,16 @@ async def network(dut):
                 continue
             if (str(c), str(lv)) != offered:
                 board.record(board.results, "result", None, offered[0], str(c), "result changed while stalled")
-            if c.is_resolvable and lv.is_resolvable:
+            if c.is_resolvable and lv.is_resolvable and board.detect:
+                # A map's time stamps are its last logit's: the map is complete then.
+                board.logit(int(c), int(lv), int(last.value), since, t + 1)
+            elif c.is_resolvable and lv.is_resolvable:
                 board.result(int(c), int(lv), since, t + 1)
             else:
                 board.unknown(since, t + 1, f"class {c}, logits {lv}")
             since = None
             results_seen["count"] = board.results
-            if progress_path:
+            if progress_path and not board.map_seen:
                 with open(progress_path, "a") as fh:     # the parent shows a progress bar from it
                     fh.write(f"{board.results}\n")
             if board.results >= results_seen["want"]:
@@ -480,6 +515,8 @@ async def network(dut):
         "events": board.events, "cycles_total": now_cycle() - t0,
         "stats": dict(stats, result_wait_cycles=sum(a - v - 1 for v, a in board.result_times)),
     }
+    if board.detect:
+        out["maps"] = board.maps[:n]
     with open(cfg["results"], "w") as fh:
         json.dump(out, fh, indent=1)
     if error:
