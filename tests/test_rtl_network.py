@@ -47,3 +47,21 @@ def test_conv_network_mutation_is_caught():
 
 # The shipped CNNs run in the cocotb benches (tests/test_rtl_cocotb.py: the MNIST CNN under Icarus and
 # Verilator, the Fashion-MNIST CNN under Verilator); one MNIST CNN image in amaranth.sim took 32 s.
+
+
+@pytest.mark.parametrize("seed,lanes", [(0, 2), (1, 3)])
+def test_detector_map_equals_golden(seed, lanes):
+    """A detector (RGB input: pixels in (H, W, C) order, 3 channels, row offsets split by a reciprocal
+    multiply) streams its readout map; every logit, and every layer's spikes, equal the golden model's,
+    with gaps and stalls; a corrupted expected logit is caught."""
+    import numpy as np
+
+    from randmodels import random_detector, random_images
+
+    model = random_detector(seed, input_shape=(3, 16, 20))
+    images = random_images(np.random.default_rng(seed), model, 3)
+    res = simulate_network(model, images, lanes, gap=0.2, stall=0.3, seed=seed)
+    gold = golden.run(model, images)
+    assert mismatches(model, res, gold) == []
+    gold.logits[1, 7] += 1
+    assert mismatches(model, res, gold) != []
