@@ -447,7 +447,7 @@ def test_emit_small_conv(small_cnn, tmp_path):
     assert mu["lane_multipliers"] == 4 and mu["operands"][1] == "none (max-pool)"
     assert est["boards"]["ulx3s"]["dsp"] == est["boards"]["ulx3s"]["dsp_lane"] + est["boards"]["ulx3s"]["dsp_constant"]
     txt = a["estimate.txt"].decode()
-    assert "layer 1 maxpool" in txt and "event-driven limit" in txt
+    assert "layer 1 maxpool" in txt and "slowest-layer limit" in txt
 
 
 def test_mnist_cnn_emit(cnn, tmp_path):

@@ -6,7 +6,9 @@ from .fit import WHAT_ORDER
 
 def format_text(est: dict, name: str) -> str:
     c = est["cycles"]
-    lines = [f"FPGA estimate for {name}: lanes={est['lanes']}, event FIFO depth {est['fifo_depth']} (ESTIMATE, before synthesis)"]
+    from .store import lanes_text
+
+    lines = [f"FPGA estimate for {name}: lanes={lanes_text(est['lanes'])}, event FIFO depth {est['fifo_depth']} (ESTIMATE, before synthesis)"]
     bits = est["memory_bits"]
     lines.append("  memory bits (as laid out, zero-padded to whole lane groups): "
                  + ", ".join(f"{w} {bits[w]:,}" for w in WHAT_ORDER if bits[w]) + f"; total {bits['total']:,}")
@@ -28,16 +30,17 @@ def format_text(est: dict, name: str) -> str:
         lines.append(line)
         if "spram_note" in m:
             lines.append(f"      SPRAM {m['spram']}/{m['spram_available']}: {m['spram_note']}")
-    lines.append(f"  cycles per inference: {c['cycles_per_inference']:,.0f} (layers overlapped; "
-                 f"{c['cycles_sequential']:,.0f} one after the other; accumulate {c['accumulate_cycles']:,.0f} + drain "
-                 f"{c['drain_cycles']:,.0f} = {c['formula_cycles']:,.0f}; pixel stream {c['pixel_input_cycles']:,}; "
-                 f"event-driven limit {c['event_driven_limit']:,.0f}); spikes: {c['spikes_source']}")
+    lines.append(f"  cycles per inference: {c['cycles_per_inference']:,.0f} latency, layers working on the frame row by row "
+                 f"({c['latency_vs_limit']:.2f}x the slowest-layer limit {c['slowest_layer_limit']:,.0f}: the largest "
+                 f"of the pixel stream {c['pixel_input_cycles']:,} and every layer's synaptic ops / lanes); back to back "
+                 f"a frame every {c['frame_period']:,.0f}; {c['cycles_sequential']:,.0f} one layer after the other; "
+                 f"spikes: {c['spikes_source']}")
     for x in c["layers"]:
         ratio = f"{x['limit_ratio']:.2f}x the limit" if x["limit_ratio"] else "no input spikes"
         cpe = x["cycles_per_event"]
         lines.append(f"      layer {x['layer']} {x['kind']}: {x['n_in']} -> {x['n_out']}, up to {cpe} cycle{'s' if cpe != 1 else ''} "
                      f"per event, {x['input_spikes']:g} input spikes, {x['synaptic_ops']:,.0f} synaptic ops, "
                      f"accumulate {x['accumulate_cycles']:,.0f} ({ratio} {x['event_driven_limit']:,.0f}), "
-                     f"drain {x['drain_cycles']:,.0f}")
+                     f"drain {x['drain_cycles']:,.0f}, {x['ring_rows']} row{'s' if x['ring_rows'] != 1 else ''} buffered")
     lines.append(f"  {est['logic_note']}")
     return "\n".join(lines)
