@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from codegen.frontend import datasets
 from codegen.fpga import sim as fpga_sim
-from rtl.network import Network  # noqa: E402
+from codegen.fpga import inspect_network  # noqa: E402
 from runtime import golden, modelfile  # noqa: E402
 
 MODELS = {"mnist-mlp": "mnist", "mnist-cnn": "mnist", "fmnist-cnn": "fashion-mnist", "bccd-det": "bccd"}
@@ -51,7 +51,7 @@ def med(xs):
 
 def layer_limits(model, lanes, gold):
     """(N, L) limit cycles per layer and frame, and the lanes each layer really uses."""
-    net = Network(model, lanes)
+    net = inspect_network(model, lanes)
     lim = np.zeros(gold.sops.shape, dtype=np.float64)
     used = []
     for k, (layer, e) in enumerate(zip(model.layers, net.engines)):
