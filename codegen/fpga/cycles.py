@@ -19,10 +19,16 @@ def golden_phases(model: IntModel, n_images: int = N_COUNT) -> tuple[list | None
     reason) when the dataset is unknown or missing."""
     from ..frontend import datasets
 
+    from ..frontend import voc
+
     ds = model.meta.get("dataset") if isinstance(model.meta, dict) else None
     if ds and n_images > 0:
         try:
-            images, _ = datasets.load(ds, "test")
+            if model.task == "detect" and voc.is_detection_dataset(ds):
+                C, H, W = model.input_shape
+                images = voc.load(ds, "test", (W, H), C, classes=list(model.head.classes)).images
+            else:
+                images, _ = datasets.load(ds, "test")
         except UserError:
             images = None
         if images is not None and tuple(images.shape[1:]) == tuple(model.input_shape):
