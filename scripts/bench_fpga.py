@@ -36,7 +36,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from codegen.frontend import datasets
 from codegen.fpga import sim as fpga_sim
 from codegen.fpga import inspect_network  # noqa: E402
 from runtime import golden, modelfile  # noqa: E402
@@ -70,8 +69,7 @@ def run_model(name, ds, n, sim, lanes, work, store="rom", board=None):
     from codegen import fpga
 
     model = modelfile.load(ROOT / "models" / f"{name}.pt")
-    x, _ = datasets.load(ds, "test")
-    x = x[:n]
+    x = fpga.cycles.test_images(model, n)
     gold = golden.run(model, x)
     if lanes == "auto":
         lanes = fpga.fit_lanes(model, fpga.get_board(board), store=store)

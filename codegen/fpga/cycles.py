@@ -13,30 +13,37 @@ from .memories import is_conv_engine
 from .store import FIFO_DEPTH, N_COUNT
 
 
-def golden_phases(model: IntModel, n_images: int = N_COUNT) -> tuple[list | None, str]:
-    """The golden model's phases (``phases[0]`` the encoded input, ``phases[l + 1]`` layer ``l``'s
-    output, None for the readout) on the first test images of the model's dataset, or None (and the
-    reason) when the dataset is unknown or missing."""
-    from ..frontend import datasets
-
-    from ..frontend import voc
+def test_images(model: IntModel, n_images: int):
+    """The first ``n_images`` test images of the model's dataset (``model.meta["dataset"]``; a
+    detector's: its VOC test split at the model's input size), or None when it is unknown or missing."""
+    from ..frontend import datasets, voc
 
     ds = model.meta.get("dataset") if isinstance(model.meta, dict) else None
-    if ds and n_images > 0:
-        try:
-            if model.task == "detect" and voc.is_detection_dataset(ds):
-                C, H, W = model.input_shape
-                images = voc.load(ds, "test", (W, H), C, classes=list(model.head.classes)).images
-            else:
-                images, _ = datasets.load(ds, "test")
-        except UserError:
-            images = None
-        if images is not None and tuple(images.shape[1:]) == tuple(model.input_shape):
-            from runtime import golden
+    if not ds or n_images <= 0:
+        return None
+    try:
+        if model.task == "detect" and voc.is_detection_dataset(ds):
+            C, H, W = model.input_shape
+            images = voc.load(ds, "test", (W, H), C, classes=list(model.head.classes)).images
+        else:
+            images, _ = datasets.load(ds, "test")
+    except UserError:
+        return None
+    if tuple(images.shape[1:]) != tuple(model.input_shape):
+        return None
+    return images[:n_images]
 
-            images = images[:n_images]
-            r = golden.run(model, images, keep_phases=True)
-            return r.phases, f"mean over the first {len(images)} {ds} test images (golden model)"
+
+def golden_phases(model: IntModel, n_images: int = N_COUNT) -> tuple[list | None, str]:
+    """The golden model's phases (``phases[0]`` the encoded input, ``phases[l + 1]`` layer ``l``'s
+    output, None for the readout) on the first test images of the model's dataset
+    (:func:`test_images`), or None (and the reason) when the dataset is unknown or missing."""
+    images = test_images(model, n_images)
+    if images is not None:
+        from runtime import golden
+
+        r = golden.run(model, images, keep_phases=True)
+        return r.phases, f"mean over the first {len(images)} {model.meta['dataset']} test images (golden model)"
     return None, "worst case: every input neuron of every layer spikes (no dataset available)"
 
 
