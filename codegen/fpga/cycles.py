@@ -127,32 +127,82 @@ def layer_cycles(e, in_spikes: np.ndarray, out_spikes: np.ndarray | None, rows_i
         drain_rows = np.full((n, OH), OW * C_out + 1)
         frame = np.full(n, POOL_FRAME_OVERHEAD)
     drain = drain_rows.sum(1) + frame
+    if out_spikes is not None:
+        row_events = out_spikes.reshape(n, C_out, OH, OW).sum((1, 3))
+    else:
+        row_events = np.full((n, OH), OW * C_out)
     return {"events": events, "acc": acc, "sops": sops, "limit": limit, "drain": drain,
-            "work": work.astype(np.int64), "drain_rows": drain_rows.astype(np.int64), "frame": frame}
+            "work": work.astype(np.int64), "drain_rows": drain_rows.astype(np.int64), "frame": frame,
+            "row_events": row_events}
 
 
-def row_schedule(e, work, drain_rows, frame, row_start, row_end):
+def row_schedule(e, work, drain_rows, frame, row_start, row_end, min_end=None):
     """When one engine sends its output rows, for one image, from when its input rows arrive.
 
     ``row_start[y]`` / ``row_end[y]``: the cycles at which input row ``y``'s first event and its
     end-of-row marker can reach the engine. The engine takes row ``y`` once it is free and the row
     has begun, and is done with it no earlier than ``work[y]`` cycles later nor before the row's
     marker arrived; then it drains the output rows that row completes (``e.close_rows``; a dense
-    layer its one row after the last input row), one after another. Returns the start and end of
-    every output row, and the cycle at which the engine is done with the frame."""
+    layer its one row after the last input row), one after another, each no sooner than
+    ``min_end[r]`` (back-pressure: the next engine must have taken all but a FIFO of its events).
+    Returns the start and end of every output row, the start and end of the work on every input
+    row, and the cycle at which the engine is done with the frame."""
     free = 0.0
-    out_start, out_end = [], []
+    out_start, out_end, in_start, in_end = [], [], [], []
     rows_in = len(work)
     for y in range(rows_in):
         start = max(free, row_start[y])
         free = max(start + work[y], row_end[y] + 1)
+        in_start.append(start)
+        in_end.append(free)
         closing = (1 if y == rows_in - 1 else 0) if getattr(e, "frame", False) else int(e.close_rows[y])
         for _ in range(closing):
             r = len(out_start)
             out_start.append(free + 1)
             free += drain_rows[r]
+            if min_end is not None:
+                free = max(free, min_end[r])
             out_end.append(free)
-    return np.array(out_start), np.array(out_end), free + frame
+    return np.array(out_start), np.array(out_end), np.array(in_start), np.array(in_end), free + frame
+
+
+def frame_schedule(engines, per: list, i: int, pixel_rows: int, row_px: int, fifo_depth: int,
+                   rounds: int | None = None) -> float:
+    """Latency of image ``i`` (first pixel to result) with every engine's :func:`row_schedule`, fed
+    row by row, and back-pressure: an engine's drain of output row ``r`` ends no sooner than the next
+    engine's work on that row, less the time of the last ``fifo_depth + 1`` of its events (they wait
+    in the FIFO and the input register). The coupling is solved by repeating the forward pass with
+    the last pass's requirements until nothing moves by half a cycle (each pass carries a delay
+    one row further; at most ``rounds`` passes, default 4x the rows of all engines).
+    Against Verilator (isolated frames): the BCCD detector 1,207,011 vs 1,215,470 cycles."""
+    req = [None] * len(engines)
+    done = 0.0
+    if rounds is None:
+        rounds = 4 * (pixel_rows + sum(int(e.out_shape[1]) for e in engines)) + 8
+    for _ in range(rounds):
+        starts = np.arange(pixel_rows) * (row_px + 1) + PIXEL_LATENCY
+        ends = starts + row_px
+        passes = []
+        for k, e in enumerate(engines):
+            c = per[k]
+            starts, ends, in_s, in_e, done = row_schedule(e, c["work"][i], c["drain_rows"][i], c["frame"][i],
+                                                          starts, ends, req[k])
+            passes.append((in_s, in_e))
+        new = [None] * len(engines)
+        for k in range(len(engines) - 1):
+            nxt = per[k + 1]
+            events = per[k]["row_events"][i]            # spikes in each output row of engine k
+            in_s, in_e = passes[k + 1]
+            if len(events) != len(in_e):                # a dense consumer: rows of the producer
+                continue
+            work = nxt["work"][i]
+            slack = work * np.minimum(1.0, (fifo_depth + 1) / np.maximum(events, 1))
+            new[k] = in_e - slack
+        if all((a is None and b is None) or (a is not None and b is not None and np.abs(a - b).max() < 0.5)
+               for a, b in zip(new, req)):
+            break
+        req = new
+    return done
 
 
 def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str, net=None,
@@ -218,14 +268,7 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
         })
     latency = np.zeros(n)
     for i in range(n):
-        # The pixel stream: row y's pixels, then its marker, one transfer per cycle.
-        starts = np.arange(pixel_rows) * (row_px + 1) + PIXEL_LATENCY
-        ends = starts + row_px
-        done = 0.0
-        for k, e in enumerate(net.engines):
-            c = per[k]
-            starts, ends, done = row_schedule(e, c["work"][i], c["drain_rows"][i], c["frame"][i], starts, ends)
-        latency[i] = done + 1          # the result register (Argmax)
+        latency[i] = frame_schedule(net.engines, per, i, pixel_rows, row_px, fifo_depth) + 1  # + the result register
     busy = [x["busy_cycles"] for x in layers]
     acc = sum(x["accumulate_cycles"] for x in layers)
     drain = sum(x["drain_cycles"] for x in layers)
