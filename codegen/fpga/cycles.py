@@ -146,13 +146,18 @@ def row_schedule(e, work, drain_rows, frame, row_start, row_end, min_end=None):
     layer its one row after the last input row), one after another, each no sooner than
     ``min_end[r]`` (back-pressure: the next engine must have taken all but a FIFO of its events).
     Returns the start and end of every output row, the start and end of the work on every input
-    row, and the cycle at which the engine is done with the frame."""
+    row, the cycle at which the engine is done with the frame, and the cycles it was busy or
+    blocked by the next engine (not waiting for input)."""
     free = 0.0
     out_start, out_end, in_start, in_end = [], [], [], []
     rows_in = len(work)
+    waited = 0.0                       # cycles spent waiting for input (not busy, not blocked)
     for y in range(rows_in):
         start = max(free, row_start[y])
+        if y:
+            waited += start - free
         free = max(start + work[y], row_end[y] + 1)
+        waited += free - (start + work[y])
         in_start.append(start)
         in_end.append(free)
         closing = (1 if y == rows_in - 1 else 0) if getattr(e, "frame", False) else int(e.close_rows[y])
@@ -163,20 +168,24 @@ def row_schedule(e, work, drain_rows, frame, row_start, row_end, min_end=None):
             if min_end is not None:
                 free = max(free, min_end[r])
             out_end.append(free)
-    return np.array(out_start), np.array(out_end), np.array(in_start), np.array(in_end), free + frame
+    occupied = free + frame - in_start[0] - waited if in_start else 0.0
+    return np.array(out_start), np.array(out_end), np.array(in_start), np.array(in_end), free + frame, occupied
 
 
 def frame_schedule(engines, per: list, i: int, pixel_rows: int, row_px: int, fifo_depth: int,
-                   rounds: int | None = None) -> float:
+                   rounds: int | None = None) -> tuple[float, list]:
     """Latency of image ``i`` (first pixel to result) with every engine's :func:`row_schedule`, fed
     row by row, and back-pressure: an engine's drain of output row ``r`` ends no sooner than the next
     engine's work on that row, less the time of the last ``fifo_depth + 1`` of its events (they wait
     in the FIFO and the input register). The coupling is solved by repeating the forward pass with
     the last pass's requirements until nothing moves by half a cycle (each pass carries a delay
     one row further; at most ``rounds`` passes, default 4x the rows of all engines).
+    Returns the cycle the last engine is done and, per engine, the cycles it was busy or blocked
+    (back to back, a frame cannot come faster than the largest of them).
     Against Verilator (isolated frames): the BCCD detector 1,207,011 vs 1,215,470 cycles."""
     req = [None] * len(engines)
     done = 0.0
+    occupied = [0.0] * len(engines)
     if rounds is None:
         rounds = 4 * (pixel_rows + sum(int(e.out_shape[1]) for e in engines)) + 8
     for _ in range(rounds):
@@ -185,8 +194,8 @@ def frame_schedule(engines, per: list, i: int, pixel_rows: int, row_px: int, fif
         passes = []
         for k, e in enumerate(engines):
             c = per[k]
-            starts, ends, in_s, in_e, done = row_schedule(e, c["work"][i], c["drain_rows"][i], c["frame"][i],
-                                                          starts, ends, req[k])
+            starts, ends, in_s, in_e, done, occupied[k] = row_schedule(e, c["work"][i], c["drain_rows"][i],
+                                                                       c["frame"][i], starts, ends, req[k])
             passes.append((in_s, in_e))
         new = [None] * len(engines)
         for k in range(len(engines) - 1):
@@ -202,7 +211,7 @@ def frame_schedule(engines, per: list, i: int, pixel_rows: int, row_px: int, fif
                for a, b in zip(new, req)):
             break
         req = new
-    return done
+    return done, occupied
 
 
 def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str, net=None,
@@ -213,8 +222,8 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
     The layers work on the same frame at once, row by row: :func:`row_schedule` of every engine,
     fed by the rows of the one before it (the first by the pixel stream, ``W * C`` pixels and one
     marker per row, one per cycle), gives ``cycles_per_inference``, the latency of a frame alone in
-    the pipeline (first pixel to result). ``frame_period``: back to back, a frame every
-    ``max`` over engines of its busy cycles (accumulate + drain) and the pixel stream. The
+    the pipeline (first pixel to result). ``frame_period``: back to back, a frame every ``max``
+    over engines of its occupied cycles (busy, or blocked by the next engine) and the pixel stream. The
     ``slowest_layer_limit`` is the largest of the pixel stream and every layer's event-driven limit
     (synaptic operations / lanes; a max-pool: one input spike per cycle), and
     ``latency_vs_limit`` the latency over it. ``cycles_sequential``: the layers one after another
@@ -267,9 +276,12 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
             "busy_cycles": round(float(np.mean(c["work"].sum(1) + c["drain"])), 3),
         })
     latency = np.zeros(n)
+    occupied = np.zeros((n, len(net.engines)))
     for i in range(n):
-        latency[i] = frame_schedule(net.engines, per, i, pixel_rows, row_px, fifo_depth) + 1  # + the result register
-    busy = [x["busy_cycles"] for x in layers]
+        done, occupied[i] = frame_schedule(net.engines, per, i, pixel_rows, row_px, fifo_depth)
+        latency[i] = done + 1          # + the result register
+    for k, x in enumerate(layers):
+        x["occupied_cycles"] = round(float(np.mean(occupied[:, k])), 3)
     acc = sum(x["accumulate_cycles"] for x in layers)
     drain = sum(x["drain_cycles"] for x in layers)
     limit = sum(x["event_driven_limit"] for x in layers)
@@ -283,7 +295,7 @@ def cycle_estimate(model: IntModel, lanes: int, phases: list | None, source: str
             "drain_cycles": round(drain, 3), "formula_cycles": round(acc + drain, 3),
             "event_driven_limit": round(limit, 3), "pixel_input_cycles": stream,
             "cycles_per_inference": round(cpi, 3),
-            "frame_period": round(max([float(stream)] + busy), 3),
+            "frame_period": round(max([float(stream)] + [x["occupied_cycles"] for x in layers]), 3),
             "slowest_layer_limit": round(slowest, 3),
             "latency_vs_limit": round(cpi / slowest, 3) if slowest else None,
             "cycles_sequential": round(float(sequential), 3),
