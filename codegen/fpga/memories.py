@@ -99,11 +99,13 @@ def memories(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, net=None
         if net.fifo_depth >= 2:
             width = payload_bits(enc if prev is None else prev, e)
             # Phase bits that are constant 0 in every event written: Yosys drops them from the FIFO.
-            # A one-lane ConvEngine sends its FireUnit's T.bit_length()-bit search result directly and
+            # A ConvEngine with one live lane sends its FireUnit's T.bit_length()-bit search result directly and
             # a max-pool its T.bit_length()-bit phase word; Yosys does not see the zero upper bits
             # through a multi-lane collector's multiplexer, nor for the encoder's table output.
             live = None
-            if prev is not None and not prev.readout and (not is_conv_engine(prev) or prev.lanes == 1):
+            one_lane = is_conv_engine(prev) and (prev.lanes == 1 or (prev.groups == 1 and prev.out_shape[0] == 1)) \
+                if prev is not None else False
+            if prev is not None and not prev.readout and (not is_conv_engine(prev) or one_lane):
                 live = width - PHASE_BITS + min(PHASE_BITS, int(prev.T).bit_length())
             mems.append(Mem(f"fifo{k}.storage", "fifo", net.fifo_depth - 1, width, False, live))
         if is_conv_engine(e):

@@ -24,6 +24,10 @@ class Mul:
     b_bits: int     # the other operand (the constant's odd part)
     y_bits: int     # product bits that are used
     const: int | None = None
+    # A lane no channel uses (a firing layer with fewer channels than lanes): its accumulator bits are
+    # never read, and Yosys's iCE40 flow removes the multiplier with them before DSP mapping (the
+    # ECP5 flow maps it first; measured on tests/test_synth.py's small conv model).
+    dead: bool = False
 
 
 def _tz(c: int) -> int:
@@ -139,7 +143,8 @@ def engine_multipliers(k: int, e) -> list[Mul]:
         for lane in range(L):
             # signed 8 x signed (d_bits + 1) (the decode value zero-extended); the product of an int8
             # and a non-negative value needs 8 + d_bits bits.
-            out.append(Mul(f"{site}.lane{lane}", 8, d_bits + 1, 8 + d_bits))
+            dead = not e.readout and G == 1 and lane >= C_out
+            out.append(Mul(f"{site}.lane{lane}", 8, d_bits + 1, 8 + d_bits, dead=dead))
         if not e.frame:
             _row_offset_muls(out, f"{site}.row_offset", C_in, W)
         # first_w = tap_y[y] + tap_x[x] + c * G (none if every weight word is the same, e.g. a
@@ -215,7 +220,8 @@ def multipliers(model: IntModel, lanes: int, b: FpgaBoard | None, net=None, stor
            "constant": [{"site": mu.site, "a_bits": mu.a_bits, "const": mu.const, "y_bits": mu.y_bits}
                         for mu in const]}
     if b is not None:
-        per = {mu.site: mul_dsps(mu.a_bits, mu.b_bits, mu.y_bits, b) for mu in muls}
+        per = {mu.site: 0 if mu.dead and b.family == "ice40" else mul_dsps(mu.a_bits, mu.b_bits, mu.y_bits, b)
+               for mu in muls}
         out["dsp"] = sum(per.values())
         out["dsp_lane"] = sum(per[mu.site] for mu in lane)
         out["dsp_constant"] = sum(per[mu.site] for mu in const)
