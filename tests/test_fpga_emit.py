@@ -309,8 +309,10 @@ def test_ram_store_refuses_theta_minus_bias_overflow(tmp_path):
     st = fpga.resolve_store(m, "icebreaker", 8)
     assert st[0] == "rom"
     assert fpga.fits(m, board("icebreaker"), 8, store="ram") is False
-    with pytest.raises(UserError, match=r"^model does not fit icebreaker .*lanes=4 fits"):
+    with pytest.raises(UserError, match=r"^model does not fit icebreaker .*lanes=\d fits") as e:
         fpga.emit(m, "00" * 32, "repro", tmp_path / "out", board="icebreaker", lanes=8)
+    hint = int(re.search(r"lanes=(\d) fits", str(e.value)).group(1))
+    assert fpga.fits(m, board("icebreaker"), hint) and not fpga.fits(m, board("icebreaker"), hint + 1)
     man = fpga.emit(m, "00" * 32, "repro", tmp_path / "ok", board="icebreaker", lanes=4)
     assert man["store"]["layers"][0] == "rom"
     # The readout (no thresholds) may still go to RAM.
