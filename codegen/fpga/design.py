@@ -9,10 +9,13 @@ from .store import FIFO_DEPTH
 
 
 def result_bits(model: IntModel) -> int:
-    from rtl.layouts import result_layout
+    """Width of the network's output payload: ``{cls, logits}`` of a classifier, one map logit
+    ``{index, value, last}`` of a detector (its map is streamed, ``rtl.network.Network``)."""
+    from rtl.layouts import logit_layout, result_layout
 
     spec.validate(model)
-    return result_layout(model.num_classes, model.layers[-1].acc_bits).size
+    layout = logit_layout if model.task == "detect" else result_layout
+    return layout(model.num_classes, model.layers[-1].acc_bits).size
 
 
 def network(model: IntModel, lanes: int, fifo_depth: int = FIFO_DEPTH, store="rom"):

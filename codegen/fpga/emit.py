@@ -152,8 +152,12 @@ def _emit(model, model_sha256, name, out_dir, b, lanes, fifo_depth, n_images, st
             "module": sym, "file": f"{sym}.v",
             "ports": {"clk": "clock", "rst": "synchronous reset, active high",
                       "i__payload": "[7:0] pixel, C*H*W per frame in (H, W, C) order (camera order)", "i__valid": "in", "i__ready": "out",
-                      "o__payload": f"[{payload - 1}:0] {{logits[{model.num_classes - 1}..0] (signed, "
-                                    f"{model.layers[-1].acc_bits} bits each), cls}}, cls in the low bits",
+                      "o__payload": (f"[{payload - 1}:0] {{last, value (signed, {model.layers[-1].acc_bits} bits), "
+                                     f"index}}: one logit of the readout map per transfer (flat (C, H, W) index), "
+                                     f"rows in order as they complete, last on the frame's final logit"
+                                     if model.task == "detect" else
+                                     f"[{payload - 1}:0] {{logits[{model.num_classes - 1}..0] (signed, "
+                                     f"{model.layers[-1].acc_bits} bits each), cls}}, cls in the low bits"),
                       "o__valid": "out", "o__ready": "in",
                       **({"load__payload": "[7:0] byte of weights.bin, in file order", "load__valid": "in",
                           "load__ready": "out (low after the load)",
