@@ -503,6 +503,28 @@ def test_refuses_cnn_that_does_not_fit(cnn, tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+def test_lanes_auto_fits_the_board_per_layer(cnn, tmp_path):
+    """``--lanes auto`` (the default with a board): lanes per layer that fit, the slowest layer (most
+    synaptic operations per lane) first; max-pools keep 1. The MNIST CNN on the ULX3S: every layer's
+    lanes are at least 1 and some differ, the design fits, and it is what emit writes."""
+    b = board("ulx3s")
+    lanes = fpga.fit_lanes(cnn, b, n_images=3)
+    assert lanes is not None and len(lanes) == len(cnn.layers) and fpga.fits(cnn, b, lanes)
+    assert [ln for ln, l in zip(lanes, cnn.layers) if l.kind == "maxpool"] == [1, 1]
+    assert len(set(lanes)) > 1
+    est = fpga.estimate(cnn, b, lanes, n_images=3)
+    layers = est["cycles"]["layers"]
+    slow = max(range(len(layers)), key=lambda i: layers[i]["event_driven_limit"])
+    assert cnn.layers[slow].kind == "conv2d" and lanes[slow] == max(lanes)   # conv2: 276k of 357k SOPs
+    man = fpga.emit(cnn, "00" * 32, "mnist-cnn", tmp_path / "out", board="ulx3s", lanes="auto", n_images=3)
+    assert man["lanes"] == lanes
+    assert json.loads((tmp_path / "out" / "estimate.json").read_text())["boards"]["ulx3s"]["fits"]
+    assert fpga.fit_lanes(cnn, board("icebreaker"), n_images=0) is None
+    with pytest.raises(UserError, match=r"^--lanes auto needs --board"):
+        fpga.emit(cnn, "00" * 32, "mnist-cnn", tmp_path / "none", lanes="auto")
+    assert fpga.parse_lanes("4,1,8") == [4, 1, 8] and fpga.parse_lanes("6") == 6 and fpga.lanes_text([4, 1]) == "4,1"
+
+
 def test_refuses_too_big_for_board(mlp, tmp_path):
     # Weights in block RAM: the UP5K's 30 EBR are far too few at any lane count.
     with pytest.raises(UserError) as e:
