@@ -397,6 +397,23 @@ def cmd_detect(args) -> int:
     return 0
 
 
+def _fifo_depth(text, default):
+    """``--fifo-depth N`` or ``auto`` (``default`` when not given)."""
+    from runtime.errors import UserError
+
+    if text is None:
+        return default
+    if str(text).strip() == "auto":
+        return "auto"
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < 0:
+        raise UserError(f"--fifo-depth must be a non-negative integer or auto, not {text!r}")
+    return v
+
+
 def cmd_emit(args) -> int:
     from codegen import outputs
     from codegen import lut
@@ -408,7 +425,7 @@ def cmd_emit(args) -> int:
     # every option is checked before the model is read and before anything is written
     if args.target != "fpga":
         for flag, given in (("--store", args.store is not None), ("--lanes", args.lanes is not None),
-                            ("--synth", args.synth)):
+                            ("--fifo-depth", args.fifo_depth is not None), ("--synth", args.synth)):
             if given:
                 raise UserError(f"{flag} applies to the fpga target, not {args.target}")
     if args.target != "c" and args.count_images is not None:
@@ -428,6 +445,9 @@ def cmd_emit(args) -> int:
             fpga.check_lanes(lanes)
         elif not args.board:
             raise UserError("--lanes auto needs --board (it picks the lanes per layer that fit the board)")
+        fifo = _fifo_depth(args.fifo_depth, "auto" if lanes == "auto" else fpga.FIFO_DEPTH)
+        if fifo == "auto" and lanes != "auto":
+            raise UserError("--fifo-depth auto goes with --lanes auto (it picks both for the board)")
         if args.board:
             from boards import registry
 
@@ -456,7 +476,8 @@ def cmd_emit(args) -> int:
         import inspect as _inspect
 
         kw = {"progress": not args.quiet} if "progress" in _inspect.signature(fpga.emit).parameters else {}
-        man = fpga.emit(m, sha, name, out, board=args.board, lanes=lanes, store=args.store or "auto", **kw)
+        man = fpga.emit(m, sha, name, out, board=args.board, lanes=lanes, fifo_depth=fifo, store=args.store or "auto",
+                        **kw)
         print((out / "estimate.txt").read_text().rstrip())
         if args.synth:
             from codegen.fpga import synth
@@ -482,6 +503,7 @@ def cmd_verify(args) -> int:
     on_fpga = args.target == "fpga"
     if not on_fpga:
         for flag, given in (("--sim", args.sim is not None), ("--lanes", args.lanes is not None),
+                            ("--fifo-depth", args.fifo_depth is not None),
                             ("--store", args.store is not None), ("--waves", args.waves),
                             ("--clean", args.clean), ("--keep", args.keep)):
             if given:
@@ -501,6 +523,9 @@ def cmd_verify(args) -> int:
         if lanes == "auto":
             raise UserError("--lanes auto applies to codegen emit --board; give verify the lanes (N or one per layer)")
         fpga.check_lanes(lanes)
+        args.fifo_depth = _fifo_depth(args.fifo_depth, fpga.FIFO_DEPTH)
+        if args.fifo_depth == "auto":
+            raise UserError("--fifo-depth auto applies to codegen emit --board; give verify the depth its manifest records")
         board = registry.fpga(args.board, "verify --target fpga") if args.board else None
     else:
         board = registry.mcu(args.board, "verify --target c") if args.board else None
@@ -554,6 +579,7 @@ def _verify_fpga(args, m, x, sim: str, lanes: int, board, work: Path) -> int:
     # The same store as emit: resolved for --board when given (an FPGA board name), else "rom" for auto.
     store = fpga.resolve_store(m, board, lanes, args.store or "auto")
     r = fpga_sim.verify(m, x, sim, lanes=lanes, store=store, waves=args.waves, work=work, keep=args.keep,
+                        fifo_depth=args.fifo_depth,
                         keep_build=args.keep, progress=not args.quiet,
                         **({"gap": 0.0, "stall": 0.0, "reset": False} if args.clean else {}))
     print(r.summary())
@@ -689,6 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "FPGA target: icebreaker (iCE40 UP5K), ulx3s (ECP5-25k)")
     e.add_argument("--lanes", help="FPGA: synapse lanes of every layer (N), of each layer (N,N,...), or auto: the lanes "
                                   "per layer that fit --board, the slowest layer first (default: auto with --board, else 8)")
+    e.add_argument("--fifo-depth", help="FPGA: the event FIFO in front of every engine (N), or auto with --lanes auto: "
+                                       "the depth and lanes of the lowest estimated latency that fit --board "
+                                       "(default: auto with --lanes auto, else 16)")
     e.add_argument("--store", choices=("auto", "rom", "ram"),
                    help="FPGA: weights in block RAM (rom), in SPRAM loaded at run time from weights.bin (ram, "
                         "iCE40 UP5K), or auto (default: rom unless it does not fit the board and the board has SPRAM)")
@@ -713,6 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "passing run (default: removed)")
     v.add_argument("--sim", help="FPGA simulator: icarus or verilator (default icarus)")
     v.add_argument("--lanes", help="FPGA: synapse lanes of every layer (N) or of each layer (N,N,...; default 8)")
+    v.add_argument("--fifo-depth", help="FPGA: the event FIFO in front of every engine (default 16; as the "
+                                       "emitted manifest records it)")
     v.add_argument("--store", choices=("auto", "rom", "ram"),
                    help="FPGA: as for emit (auto, the default, resolves for --board when given, else rom)")
     v.add_argument("--waves", action="store_true", help="FPGA: write a waveform of the run")

@@ -56,19 +56,21 @@ from ..lut import layer_summary, mem_lines, tables, tool_versions, write_with_ma
 from rtl.pins import LOAD_PINS, PINS, pins_verilog
 
 from .design import hdl_versions, inspect_network, result_bits, verilog
-from .fit import check_design_size, check_fit, design_bits, estimate, fit_lanes
+from .fit import check_design_size, check_fit, design_bits, estimate, fit_design, fit_lanes
 from .report import format_text
 from .store import FIFO_DEPTH, N_COUNT, check_fifo_depth, check_lanes, get_board, symbol
 
 
 def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | None = None, lanes=8,
-         fifo_depth: int = FIFO_DEPTH, n_images: int = N_COUNT, store="auto", progress: bool = False) -> dict:
+         fifo_depth=FIFO_DEPTH, n_images: int = N_COUNT, store="auto", progress: bool = False) -> dict:
     """Write the fpga target into ``out_dir`` (atomically) and return the manifest.
 
     ``board``: a name from :data:`boards.registry.FPGA_BOARDS` (refuse what does not fit it) or None (estimate
     for every board, refuse nothing). ``lanes``: output channels updated per cycle in every dense, conv2d and
     avg-pool engine (an int), one per layer (a list), or ``"auto"`` (with a board: :func:`fit_lanes`, the
-    lanes per layer that fit it, the slowest layer first).
+    lanes per layer that fit it, the slowest layer first). ``fifo_depth``: the event FIFO in front of
+    every engine, or ``"auto"`` with ``lanes="auto"`` (:func:`fit_design`: the depth and lanes of the
+    lowest estimated latency that fit).
     ``store``: where the weights go, as :func:`resolve_store` (``"auto"``: block RAM, or SPRAM where
     the board has it and block RAM is not enough).
     ``progress``: a tqdm bar on stderr over the stages (estimate, Verilog, tables, write).
@@ -77,12 +79,20 @@ def emit(model: IntModel, model_sha256: str, name: str, out_dir, board: str | No
 
     from tqdm import tqdm
 
-    fifo_depth = check_fifo_depth(fifo_depth)
+    auto_fifo = isinstance(fifo_depth, str) and fifo_depth == "auto"
+    fifo_depth = FIFO_DEPTH if auto_fifo else check_fifo_depth(fifo_depth)
     b = get_board(board) if board is not None else None
+    if auto_fifo and not (isinstance(lanes, str) and lanes == "auto"):
+        raise UserError("--fifo-depth auto goes with --lanes auto (it picks both for the board)")
     if isinstance(lanes, str) and lanes == "auto":
         if b is None:
             raise UserError("--lanes auto needs --board (it picks the lanes per layer that fit the board)")
-        found = fit_lanes(model, b, fifo_depth, store, n_images)
+        if auto_fifo:
+            found = fit_design(model, b, store, n_images)
+            if found is not None:
+                found, fifo_depth = found
+        else:
+            found = fit_lanes(model, b, fifo_depth, store, n_images)
         if found is None:   # even one lane per engine does not fit: the refusal names the numbers
             check_fit(model, estimate(model, b, 1, fifo_depth, 0, store=store), b, store)
         lanes = found
