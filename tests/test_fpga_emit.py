@@ -523,6 +523,13 @@ def test_lanes_auto_fits_the_board_per_layer(cnn, tmp_path):
     with pytest.raises(UserError, match=r"^--lanes auto needs --board"):
         fpga.emit(cnn, "00" * 32, "mnist-cnn", tmp_path / "none", lanes="auto")
     assert fpga.parse_lanes("4,1,8") == [4, 1, 8] and fpga.parse_lanes("6") == 6 and fpga.lanes_text([4, 1]) == "4,1"
+    # With the FIFO depth too (--fifo-depth auto, the default with --lanes auto on the command line): the
+    # depth of the lowest estimated latency that fits, no slower than depth 16's design.
+    ph = fpga.golden_phases(cnn, 3)
+    lanes2, depth = fpga.fit_design(cnn, b, phases=ph)
+    assert depth in fpga.FIFO_CANDIDATES and fpga.fits(cnn, b, lanes2, depth)
+    lat = lambda ln, d: fpga.estimate(cnn, b, ln, d, phases=ph)["cycles"]["cycles_per_inference"]  # noqa: E731
+    assert lat(lanes2, depth) <= lat(lanes, 16)
 
 
 def test_refuses_too_big_for_board(mlp, tmp_path):
