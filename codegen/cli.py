@@ -482,7 +482,8 @@ def cmd_emit(args) -> int:
         if args.synth:
             from codegen.fpga import synth
 
-            print(synth.synthesize_into(out, m, args.board, man["lanes"], name, man["store"]["layers"]))
+            print(synth.synthesize_into(out, m, args.board, man["lanes"], name, man["store"]["layers"],
+                                        man["fifo_depth"]))
         print(f"wrote {out}")
         return 0
     man = lut.emit(m, sha, name, out)

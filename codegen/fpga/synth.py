@@ -331,7 +331,8 @@ def format_text(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def synthesize_into(out: Path, m: IntModel, board: str, lanes: int, name: str, store) -> str:
+def synthesize_into(out: Path, m: IntModel, board: str, lanes, name: str, store,
+                    fifo_depth: int = FIFO_DEPTH) -> str:
     """Yosys + nextpnr in a temp folder beside ``out``, then moved to ``out/synth`` and listed in its manifest."""
     import hashlib
     import json
@@ -343,7 +344,7 @@ def synthesize_into(out: Path, m: IntModel, board: str, lanes: int, name: str, s
 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.synth."))
     try:
-        rep = synthesize(m, board, lanes, tmp, name=name, store=store)
+        rep = synthesize(m, board, lanes, tmp, name=name, store=store, fifo_depth=fifo_depth)
         man = json.loads((out / MANIFEST).read_text())
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         man["files"] = [e for e in man["files"] if not e["name"].startswith("synth/")] + [
