@@ -506,7 +506,7 @@ def cmd_verify(args) -> int:
         for flag, given in (("--sim", args.sim is not None), ("--lanes", args.lanes is not None),
                             ("--fifo-depth", args.fifo_depth is not None),
                             ("--store", args.store is not None), ("--waves", args.waves),
-                            ("--clean", args.clean), ("--keep", args.keep)):
+                            ("--clean", args.clean), ("--keep", args.keep), ("--bulk", args.bulk)):
             if given:
                 raise UserError(f"{flag} applies to the fpga target, not {args.target}")
     if args.input and args.dataset:
@@ -520,6 +520,8 @@ def cmd_verify(args) -> int:
         sim = "icarus" if args.sim is None else args.sim
         if sim not in fpga_sim.SIMULATORS:
             raise UserError(f"unknown simulator {sim!r}; supported: {', '.join(fpga_sim.SIMULATORS)}")
+        if args.bulk and sim != "verilator":
+            raise UserError("--bulk runs the compiled Verilator harness: use it with --sim verilator")
         lanes = fpga.parse_lanes(8 if args.lanes is None else args.lanes)
         if lanes == "auto":
             raise UserError("--lanes auto applies to codegen emit --board; give verify the lanes (N or one per layer)")
@@ -579,6 +581,18 @@ def _verify_fpga(args, m, x, sim: str, lanes: int, board, work: Path) -> int:
 
     # The same store as emit: resolved for --board when given (an FPGA board name), else "rom" for auto.
     store = fpga.resolve_store(m, board, lanes, args.store or "auto")
+    if args.bulk:
+        from codegen.fpga import bulk
+
+        r = bulk.bulk_verify(m, x, lanes, fifo_depth=args.fifo_depth, store=store, work=work,
+                             **({"gap": 0.0, "stall": 0.0} if args.clean else {"gap": 0.25, "stall": 0.3}))
+        print(r.summary())
+        for mm in r.mismatches[:5]:
+            print(f"  mismatch: frame {mm[0]}, {mm[1]}, neuron {mm[2]}: expected {mm[3]}, got {mm[4]}")
+        if r.error:
+            print(f"  error: {r.error}")
+        print(f"  build {r.build_s:.1f} s, simulation {r.sim_s:.1f} s; work folder: {work}")
+        return 0 if r.passed else 1
     r = fpga_sim.verify(m, x, sim, lanes=lanes, store=store, waves=args.waves, work=work, keep=args.keep,
                         fifo_depth=args.fifo_depth,
                         keep_build=args.keep, progress=not args.quiet,
@@ -749,6 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FPGA: as for emit (auto, the default, resolves for --board when given, else rom)")
     v.add_argument("--waves", action="store_true", help="FPGA: write a waveform of the run")
     v.add_argument("--clean", action="store_true", help="FPGA: no input gaps, output stalls or reset (for cycle counts)")
+    v.add_argument("--bulk", action="store_true",
+                   help="FPGA: the compiled Verilator harness instead of cocotb (whole test sets: every result and every "
+                        "layer's phases compared with the golden model; input gaps and result stalls unless --clean, "
+                        "no reset; the cocotb bench checks event order, time stamps and the reset)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_verify)
     for sp in sub.choices.values():    # -v before or after the subcommand

@@ -197,6 +197,7 @@ def test_check_dir_unit(tmp_path):
     (["emit", MLP, "--target", "fpga", "--fifo-depth", "-1"], "--fifo-depth must be a non-negative integer or auto, not '-1'"),
     (["emit", MLP, "--target", "lut", "--fifo-depth", "4"], "--fifo-depth applies to the fpga target"),
     (["verify", MLP, "--target", "fpga", "--fifo-depth", "auto"], "--fifo-depth auto applies to codegen emit --board"),
+    (["verify", MLP, "--target", "fpga", "--sim", "icarus", "--bulk"], "--bulk runs the compiled Verilator harness"),
     (["emit", MLP, "--target", "fpga", "--synth"], "--synth needs --board"),
     (["emit", MLP, "--target", "fpga", "--board", "nosuch"], "nosuch"),
     (["emit", MLP, "--target", "c", "--board", "nosuch"], "unknown board 'nosuch'"),

@@ -1,0 +1,188 @@
+// Bulk parity harness: the generated onespike_top under Verilator, driven by compiled C++ instead
+// of cocotb (codegen/fpga/bulk.py builds and runs it; docs/fpga-verify.md "Bulk parity").
+//
+//   harness PIXELS N_FRAMES N_PIXELS OUT LOAD|- SLOTS INDEX_BITS SLOT_SIZES RESULT_BITS GAP STALL SEED MAX_CYCLES
+//
+// PIXELS: N_FRAMES x N_PIXELS bytes (camera order). LOAD: the store image sent on load_* first
+// ("-": none). SLOT_SIZES: comma-separated output neurons of each debug slot. GAP / STALL:
+// probability (in 1/65536) of an idle input cycle before a pixel / of result_ready low in a cycle.
+// OUT gets, per frame in order: result_cls (one 32-bit word), result_logits (RESULT_BITS, its
+// width, rounded up to 32-bit words, little-endian), then for every slot its phases (one byte per
+// neuron, raster index order, 0xFF where nothing came: phases are at most 254), then the cycle the
+// frame's first pixel was taken and the cycle its result was taken (two uint64). The process exits
+// 0 when every frame's result and every slot's end-of-frame marker arrived, 3 on a timeout.
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "Vonespike_top.h"
+#include "verilated.h"
+
+namespace {
+
+template <typename T>
+void words_of(const T& v, std::vector<uint32_t>& out) {
+    out.clear();
+    if constexpr (std::is_integral<T>::value) {
+        uint64_t x = static_cast<uint64_t>(v);
+        out.push_back(static_cast<uint32_t>(x));
+        out.push_back(static_cast<uint32_t>(x >> 32));
+    } else {
+        for (size_t i = 0; i < sizeof(T) / sizeof(uint32_t); ++i) out.push_back(v[i]);
+    }
+}
+
+uint64_t bits(const std::vector<uint32_t>& w, unsigned lo, unsigned width) {
+    uint64_t r = 0;
+    for (unsigned b = 0; b < width; ++b) {
+        unsigned k = lo + b;
+        if (k / 32 < w.size() && ((w[k / 32] >> (k % 32)) & 1u)) r |= uint64_t(1) << b;
+    }
+    return r;
+}
+
+struct Rng {  // xorshift64*: the same stream for the same seed on every machine
+    uint64_t s;
+    explicit Rng(uint64_t seed) : s(seed * 2654435761u + 1) {}
+    uint32_t next16() {
+        s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+        return static_cast<uint32_t>((s * 2685821657736338717ull) >> 48);
+    }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 14) {
+        std::fprintf(stderr, "usage: %s PIXELS N_FRAMES N_PIXELS OUT LOAD SLOTS INDEX_BITS SLOT_SIZES RESULT_BITS GAP STALL SEED MAX_CYCLES\n",
+                     argv[0]);
+        return 2;
+    }
+    const long n_frames = std::atol(argv[2]), n_pixels = std::atol(argv[3]);
+    const int slots = std::atoi(argv[6]), index_bits = std::atoi(argv[7]);
+    const unsigned result_bits = static_cast<unsigned>(std::atoi(argv[9]));
+    const uint32_t gap = static_cast<uint32_t>(std::atol(argv[10])), stall = static_cast<uint32_t>(std::atol(argv[11]));
+    Rng rng(static_cast<uint64_t>(std::atoll(argv[12])));
+    std::vector<long> sizes;
+    for (const char* p = argv[8]; *p;) {
+        sizes.push_back(std::strtol(p, const_cast<char**>(&p), 10));
+        if (*p == ',') ++p;
+    }
+    if (static_cast<int>(sizes.size()) != slots) return 2;
+
+    std::vector<uint8_t> pixels(static_cast<size_t>(n_frames * n_pixels));
+    FILE* f = std::fopen(argv[1], "rb");
+    if (!f || std::fread(pixels.data(), 1, pixels.size(), f) != pixels.size()) return 2;
+    std::fclose(f);
+    std::vector<uint8_t> load;
+    if (std::strcmp(argv[5], "-") != 0) {
+        f = std::fopen(argv[5], "rb");
+        if (!f) return 2;
+        int c;
+        while ((c = std::fgetc(f)) != EOF) load.push_back(static_cast<uint8_t>(c));
+        std::fclose(f);
+    }
+    FILE* out = std::fopen(argv[4], "wb");
+    if (!out) return 2;
+
+    Verilated::commandArgs(argc, argv);
+    auto* top = new Vonespike_top;
+    const unsigned result_words = (result_bits + 31) / 32;
+    // Per slot: the frame it is in and that frame's phases (raster index order).
+    std::vector<long> slot_frame(slots, 0);
+    std::vector<std::vector<std::vector<uint8_t>>> phases(slots);
+    std::vector<std::vector<uint32_t>> results(n_frames);
+    std::vector<uint64_t> start_cycle(n_frames, 0), result_cycle(n_frames, 0);
+    std::vector<uint32_t> w_idx, w_ph, w_res, w_val, w_eof, w_cls;
+
+    uint64_t cycle = 0;
+    auto tick = [&]() {
+        top->clk = 0; top->eval();
+        top->clk = 1; top->eval();
+        ++cycle;
+    };
+    top->rst = 1; top->pixel_valid = 0; top->load_valid = 0; top->result_ready = 0;
+    for (int i = 0; i < 3; ++i) tick();
+    top->rst = 0;
+
+    size_t load_pos = 0;
+    long frame_in = 0, pixel_in = 0, results_in = 0;
+    bool idle = false, pending = false;
+    const uint64_t max_cycles = static_cast<uint64_t>(std::atoll(argv[13]));
+    while (results_in < n_frames && cycle < max_cycles) {
+        // Inputs for this cycle (set before the rising edge, sampled at it).
+        top->load_valid = load_pos < load.size();
+        if (load_pos < load.size()) top->load_data = load[load_pos];
+        bool offer = frame_in < n_frames && (load_pos >= load.size()) && top->loaded;
+        // An offered pixel stays offered until it is taken; gaps come only between pixels.
+        if (offer && !pending && !idle && gap && rng.next16() < gap) idle = true;
+        else if (idle) idle = false;
+        top->pixel_valid = offer && !idle;
+        if (top->pixel_valid) top->pixel_data = pixels[static_cast<size_t>(frame_in * n_pixels + pixel_in)];
+        top->result_ready = !(stall && rng.next16() < stall);
+        top->clk = 0; top->eval();
+        const bool take_pixel = top->pixel_valid && top->pixel_ready;
+        const bool take_load = top->load_valid && top->load_ready;
+        const bool take_result = top->result_valid && top->result_ready;
+        if (take_result) {
+            words_of(top->result_cls, w_cls);
+            words_of(top->result_logits, w_res);
+            std::vector<uint32_t> r(1 + result_words, 0);
+            r[0] = w_cls[0];
+            for (unsigned i = 0; i < result_words && i < w_res.size(); ++i) r[1 + i] = w_res[i];
+            results[results_in] = std::move(r);
+            result_cycle[results_in] = cycle;
+        }
+        top->clk = 1; top->eval();
+        ++cycle;
+        if (take_load) ++load_pos;
+        pending = top->pixel_valid && !take_pixel;
+        if (take_pixel) {
+            if (pixel_in == 0) start_cycle[frame_in] = cycle;
+            if (++pixel_in == n_pixels) { pixel_in = 0; ++frame_in; }
+        }
+        if (take_result) ++results_in;
+        // The debug taps are registered: they show the previous cycle's transfers now.
+        if (slots) {
+            words_of(top->dbg_valid, w_val);
+            words_of(top->dbg_eof, w_eof);
+            words_of(top->dbg_index, w_idx);
+            words_of(top->dbg_phase, w_ph);
+            for (int s = 0; s < slots; ++s) {
+                if (!bits(w_val, s, 1)) continue;
+                long fr = slot_frame[s];
+                if (fr >= n_frames) continue;
+                if (static_cast<long>(phases[s].size()) <= fr)
+                    phases[s].resize(fr + 1, std::vector<uint8_t>(static_cast<size_t>(sizes[s]), 0xFF));
+                if (bits(w_eof, s, 1)) { ++slot_frame[s]; continue; }
+                uint64_t idx = bits(w_idx, static_cast<unsigned>(s * index_bits), static_cast<unsigned>(index_bits));
+                uint8_t ph = static_cast<uint8_t>(bits(w_ph, static_cast<unsigned>(s * 8), 8));
+                if (idx < static_cast<uint64_t>(sizes[s])) phases[s][fr][idx] = ph;
+            }
+        }
+    }
+    // Every slot's end-of-frame markers, a few cycles after the last result at most.
+    for (int i = 0; i < 16; ++i) tick();
+    for (long fr = 0; fr < n_frames; ++fr) {
+        std::vector<uint32_t> r = results[fr];
+        r.resize(1 + result_words, 0);
+        std::fwrite(r.data(), sizeof(uint32_t), r.size(), out);
+        for (int s = 0; s < slots; ++s) {
+            std::vector<uint8_t> p = fr < static_cast<long>(phases[s].size()) ? phases[s][fr]
+                                                                               : std::vector<uint8_t>(sizes[s], 0xFF);
+            std::fwrite(p.data(), 1, p.size(), out);
+        }
+        uint64_t t[2] = {start_cycle[fr], result_cycle[fr]};
+        std::fwrite(t, sizeof(uint64_t), 2, out);
+    }
+    std::fclose(out);
+    bool complete = results_in == n_frames;
+    for (int s = 0; s < slots; ++s) complete = complete && slot_frame[s] >= n_frames;
+    top->final();
+    delete top;
+    return complete ? 0 : 3;
+}

@@ -1,0 +1,61 @@
+"""The compiled Verilator harness (codegen/fpga/bulk.py): whole test sets against the golden model,
+in agreement with the cocotb bench on the same frames."""
+import numpy as np
+import pytest
+
+from codegen.fpga import bulk
+from codegen.fpga import sim as fpga_sim
+from randmodels import random_images, valid_model
+from runtime import modelfile
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.cocotb
+
+WORK = ROOT / "build" / "fpga_sim"
+
+
+@pytest.fixture(scope="module")
+def conv_model():
+    model, rng = valid_model(0, ["conv2d", "maxpool", "dense"], 5, (1.5, 7))
+    return model, random_images(rng, model, 12)
+
+
+def test_bulk_equals_golden_and_the_cocotb_bench(conv_model):
+    """Clean stimulus: every frame matches, and every frame's cycles (first pixel taken to result)
+    equal the cocotb bench's on the same design and frames."""
+    model, x = conv_model
+    r = bulk.bulk_verify(model, x, 2, work=WORK)
+    assert r.passed and r.matched == r.total == len(x) and r.n_mismatches == 0, r.mismatches
+    c = fpga_sim.verify(model, x, "verilator", lanes=2, gap=0.0, stall=0.0, reset=False, work=WORK)
+    assert c.passed
+    assert r.cycles == c.cycles
+
+
+def test_bulk_with_gaps_and_stalls_and_a_corrupted_expectation(conv_model):
+    model, x = conv_model
+    r = bulk.bulk_verify(model, x, 2, gap=0.3, stall=0.4, seed=5, work=WORK)
+    assert r.passed, r.mismatches
+    bad = bulk.bulk_verify(model, x, 2, gap=0.3, stall=0.4, seed=5, work=WORK, mutate=True)
+    assert not bad.passed and bad.matched == len(x) - 1 and bad.n_mismatches == 1
+    assert bad.mismatches[0][:3] == (len(x) // 2, "logit", 0)
+
+
+def test_bulk_mnist_mlp_ram_store():
+    """The MNIST MLP with its first layer in a RAM store: the harness sends the load image first."""
+    model = modelfile.load(ROOT / "models" / "mnist-mlp.pt")
+    from codegen.frontend import datasets
+
+    x, _ = datasets.load("mnist", "test")
+    r = bulk.bulk_verify(model, x[:40], 4, store=["ram", "rom"], work=WORK)
+    assert r.passed and r.matched == 40, r.mismatches
+    assert np.median(r.cycles) > 0
+
+
+def test_bulk_refuses_detectors():
+    from randmodels import random_detector
+    from runtime.errors import UserError
+
+    m = random_detector(0)
+    with pytest.raises(UserError, match="does not take detectors yet"):
+        bulk.bulk_verify(m, random_images(np.random.default_rng(0), m, 1), 2, work=WORK)
