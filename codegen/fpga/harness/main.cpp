@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
     std::vector<uint32_t> w_idx, w_ph, w_res, w_val, w_eof, w_cls;
 
     uint64_t cycle = 0;
+    uint32_t last_seq = 0;
     auto tick = [&]() {
         top->clk = 0; top->eval();
         top->clk = 1; top->eval();
@@ -146,8 +147,11 @@ int main(int argc, char** argv) {
             if (++pixel_in == n_pixels) { pixel_in = 0; ++frame_in; }
         }
         if (take_result) ++results_in;
-        // The debug taps are registered: they show the previous cycle's transfers now.
-        if (slots) {
+        // The debug taps are registered: they show the previous cycle's transfers now; dbg_seq
+        // counts the cycles with any of them, so nothing is decoded in the other cycles.
+        const uint32_t seq = static_cast<uint32_t>(top->dbg_seq);
+        if (slots && seq != last_seq) {
+            last_seq = seq;
             words_of(top->dbg_valid, w_val);
             words_of(top->dbg_eof, w_eof);
             words_of(top->dbg_index, w_idx);
