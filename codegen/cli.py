@@ -522,6 +522,11 @@ def cmd_verify(args) -> int:
             raise UserError(f"unknown simulator {sim!r}; supported: {', '.join(fpga_sim.SIMULATORS)}")
         if args.bulk and sim != "verilator":
             raise UserError("--bulk runs the compiled Verilator harness: use it with --sim verilator")
+        if (args.workers is not None or args.cluster) and not args.bulk:
+            raise UserError("--workers and --cluster split the frames of --bulk: add --bulk")
+        if args.workers is not None:
+            check_int(args.workers, "--workers", lo=1)
+            args.workers = int(args.workers)
         lanes = fpga.parse_lanes(8 if args.lanes is None else args.lanes)
         if lanes == "auto":
             raise UserError("--lanes auto applies to codegen emit --board; give verify the lanes (N or one per layer)")
@@ -585,6 +590,7 @@ def _verify_fpga(args, m, x, sim: str, lanes: int, board, work: Path) -> int:
         from codegen.fpga import bulk
 
         r = bulk.bulk_verify(m, x, lanes, fifo_depth=args.fifo_depth, store=store, work=work,
+                             workers=args.workers or 1, cluster=args.cluster, progress=not args.quiet,
                              **({"gap": 0.0, "stall": 0.0} if args.clean else {"gap": 0.25, "stall": 0.3}))
         print(r.summary())
         for mm in r.mismatches[:5]:
@@ -763,6 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FPGA: as for emit (auto, the default, resolves for --board when given, else rom)")
     v.add_argument("--waves", action="store_true", help="FPGA: write a waveform of the run")
     v.add_argument("--clean", action="store_true", help="FPGA: no input gaps, output stalls or reset (for cycle counts)")
+    v.add_argument("--workers", type=int, help="FPGA --bulk: split the frames over N worker processes (an embedded Dask cluster)")
+    v.add_argument("--cluster", help="FPGA --bulk: the address of a running Dask scheduler (tcp://HOST:8786) to run them on")
     v.add_argument("--bulk", action="store_true",
                    help="FPGA: the compiled Verilator harness instead of cocotb (whole test sets: every result and every "
                         "layer's phases compared with the golden model; input gaps and result stalls unless --clean, "

@@ -198,6 +198,8 @@ def test_check_dir_unit(tmp_path):
     (["emit", MLP, "--target", "lut", "--fifo-depth", "4"], "--fifo-depth applies to the fpga target"),
     (["verify", MLP, "--target", "fpga", "--fifo-depth", "auto"], "--fifo-depth auto applies to codegen emit --board"),
     (["verify", MLP, "--target", "fpga", "--sim", "icarus", "--bulk"], "--bulk runs the compiled Verilator harness"),
+    (["verify", MLP, "--target", "fpga", "--sim", "verilator", "--workers", "2"], "--workers and --cluster split the frames of --bulk"),
+    (["verify", MLP, "--target", "fpga", "--sim", "verilator", "--bulk", "--workers", "0"], "--workers must be a positive integer, not 0"),
     (["emit", MLP, "--target", "fpga", "--synth"], "--synth needs --board"),
     (["emit", MLP, "--target", "fpga", "--board", "nosuch"], "nosuch"),
     (["emit", MLP, "--target", "c", "--board", "nosuch"], "unknown board 'nosuch'"),

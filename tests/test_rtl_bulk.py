@@ -59,3 +59,18 @@ def test_bulk_refuses_detectors():
     m = random_detector(0)
     with pytest.raises(UserError, match="does not take detectors yet"):
         bulk.bulk_verify(m, random_images(np.random.default_rng(0), m, 1), 2, work=WORK)
+
+
+def test_bulk_on_two_workers_and_a_lost_chunk(conv_model):
+    """Dask distributed (an embedded local cluster of 2 worker processes): the same verdict frame by
+    frame; a chunk whose worker fails on every try is reported and its frames counted as not checked,
+    never as matched."""
+    model, x = conv_model
+    r = bulk.bulk_verify(model, x, 2, workers=2, work=WORK)
+    assert r.passed and r.matched == r.checked == len(x) and r.workers == 2, r.error
+    bad = bulk.bulk_verify(model, x, 2, workers=2, work=WORK, fail_chunk=1)
+    assert not bad.passed and bad.checked < len(x) and bad.matched == bad.checked
+    assert "frames not checked" in bad.error and "chunk 1" in bad.error
+    assert "not checked" in bad.summary()
+    one = bulk.bulk_verify(model, x, 2, workers=1, work=WORK, fail_chunk=0)    # in this process
+    assert not one.passed and one.checked == 0 and "chunk 0" in one.error

@@ -42,21 +42,25 @@ class BulkResult:
 
     matched: int
     total: int
+    checked: int = 0
     mismatches: list = field(default_factory=list)
     n_mismatches: int = 0
     cycles: list = field(default_factory=list)
     build_s: float = 0.0
     sim_s: float = 0.0
+    workers: int = 1
     error: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.matched == self.total
+        return self.error is None and self.matched == self.total == self.checked
 
     def summary(self) -> str:
         c = (f"; cycles per inference min/median/max {min(self.cycles)}/{float(np.median(self.cycles)):g}/"
              f"{max(self.cycles)}" if self.cycles else "")
-        return f"verilator (compiled harness): {self.matched}/{self.total} matched{c}"
+        w = f" on {self.workers} workers" if self.workers > 1 else ""
+        unchecked = f" ({self.total - self.checked} not checked)" if self.checked != self.total else ""
+        return f"verilator (compiled harness{w}): {self.matched}/{self.total} matched{unchecked}{c}"
 
 
 def _verilator() -> str:
@@ -95,11 +99,15 @@ def build(design_dir: Path, build_dir: Path) -> Path:
 
 def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPTH, store="rom",
                 gap: float = 0.0, stall: float = 0.0, seed: int = 0, work: str | Path | None = None,
-                keep_mismatches: int = 20, mutate: bool = False) -> BulkResult:
+                keep_mismatches: int = 20, mutate: bool = False, workers: int = 1, cluster: str | None = None,
+                progress: bool = False, fail_chunk: int | None = None) -> BulkResult:
     """Run ``images`` (N, C, H, W) uint8 through the design in the compiled harness and compare
     every result and every firing layer's phases with the golden model. ``gap`` / ``stall``: the
     probability of an idle input cycle before a pixel / of ``result_ready`` low in a cycle.
-    ``mutate``: corrupt one expected logit (the comparison must then fail; a self-test)."""
+    ``mutate``: corrupt one expected logit (the comparison must then fail; a self-test).
+    ``workers`` > 1 or a ``cluster`` address: the frames are split into contiguous chunks run on
+    Dask distributed (:func:`_run_all`); each chunk starts from a reset. ``fail_chunk`` (tests): that
+    chunk's job gets a broken harness, so its worker fails on every try."""
     from rtl.layouts import raster_to_flat
     from rtl.sim import pixel_order
 
@@ -124,30 +132,42 @@ def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPT
     firing = [int(k) for k in desc["firing_layers"]]
     sizes = [int(desc["layer_sizes"][k]) for k in firing]
     acc, C = int(desc["acc_bits"]), int(desc["num_classes"])
-    run_dir = design_dir / "bulk-run"
-    run_dir.mkdir(exist_ok=True)
-    (run_dir / "pixels.bin").write_bytes(np.ascontiguousarray(pixel_order(images), dtype=np.uint8).tobytes())
+    pixels = np.ascontiguousarray(pixel_order(images), dtype=np.uint8)
     load = design_dir / LOAD_FILE
+    n_px = int(desc["n_pixels"])
     # A hang ends: 64 cycles per pixel and per neuron of every frame, and the store image twice.
-    max_cycles = int(64 * n * (int(desc["n_pixels"]) + sum(int(v) for v in desc["layer_sizes"]))
-                     / (1 - min(gap, 0.9)) / (1 - min(stall, 0.9)) + 8 * int(desc.get("load_bytes", 0)) + 100000)
+    per_frame = 64 * (n_px + sum(int(v) for v in desc["layer_sizes"])) / (1 - min(gap, 0.9)) / (1 - min(stall, 0.9))
+    fixed = [str(len(firing)), str(int(desc["index_bits"])), ",".join(map(str, sizes)), str(acc * C),
+             str(int(round(gap * 65536))), str(int(round(stall * 65536)))]
+    files = {p_.name: p_.read_bytes() for p_ in [exe] + sorted(design_dir.glob("*.hex"))}
+    if int(desc.get("load_bytes", 0)):
+        files[LOAD_FILE] = load.read_bytes()
+    chunks = _chunks(n, max(1, int(workers)))
     t0 = time.perf_counter()
-    out_file = run_dir / "out.bin"
-    args = [str(exe), str(run_dir / "pixels.bin"), str(n), str(int(desc["n_pixels"])), str(out_file),
-            str(load) if int(desc.get("load_bytes", 0)) else "-", str(len(firing)), str(int(desc["index_bits"])),
-            ",".join(map(str, sizes)), str(acc * C), str(int(round(gap * 65536))),
-            str(int(round(stall * 65536))), str(int(seed)), str(max_cycles)]
-    p = subprocess.run(args, cwd=design_dir, capture_output=True, text=True)
+    jobs = [(files, pixels[a:b].tobytes(), b - a, n_px, fixed, int(seed) + k,
+             int(per_frame * (b - a) + 8 * int(desc.get("load_bytes", 0)) + 100000))
+            for k, (a, b) in enumerate(chunks)]
+    if fail_chunk is not None:
+        jobs[fail_chunk] = ({**jobs[fail_chunk][0], BINARY: b"not a program"},) + jobs[fail_chunk][1:]
+    outs, lost = _run_all(jobs, workers, cluster, progress)
     sim_s = time.perf_counter() - t0
-    if p.returncode not in (0, 3) or not out_file.is_file():
-        raise ToolError(f"the bulk harness failed (exit {p.returncode}): {(p.stderr or '').strip()[-300:]}")
 
     words = (acc * C + 31) // 32
     rec = 4 + 4 * words + sum(sizes) + 16
-    raw = np.fromfile(out_file, dtype=np.uint8)
-    if raw.size != n * rec:
-        raise ToolError(f"the bulk harness wrote {raw.size} bytes, not {n * rec}")
-    raw = raw.reshape(n, rec)
+    raw = np.zeros((n, rec), dtype=np.uint8)
+    checked = np.zeros(n, dtype=bool)
+    timeouts = []
+    for (a, b), out in zip(chunks, outs):
+        if out is None:
+            continue
+        code, data = out
+        arr = np.frombuffer(data, dtype=np.uint8)
+        if arr.size != (b - a) * rec:
+            raise ToolError(f"the bulk harness wrote {arr.size} bytes for frames {a}..{b - 1}, not {(b - a) * rec}")
+        raw[a:b] = arr.reshape(b - a, rec)
+        checked[a:b] = True
+        if code == 3:
+            timeouts.append(f"{a}..{b - 1}")
     cls = raw[:, :4].copy().view("<u4")[:, 0].astype(np.int64)
     lw = raw[:, 4:4 + 4 * words].copy().view("<u4").astype(np.uint64)
     logits = np.zeros((n, C), dtype=np.int64)
@@ -191,11 +211,84 @@ def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPT
         rr, jj = np.nonzero(d)
         note(rr, f"{k}:{model.layers[k].kind}", flat[jj], want[rr, jj], got[rr, jj])
     t = raw[:, off:off + 16].copy().view("<u8")
-    cycles = (t[:, 1].astype(np.int64) - t[:, 0].astype(np.int64)).tolist()
-    error = None if p.returncode == 0 else "timeout: not every result or end-of-frame marker arrived"
-    mism.sort()
-    return BulkResult(matched=int((~bad).sum()), total=n, mismatches=mism, n_mismatches=count, cycles=cycles,
-                      build_s=build_s, sim_s=sim_s, error=error)
+    cycles = (t[:, 1].astype(np.int64) - t[:, 0].astype(np.int64))[checked].tolist()
+    errors = []
+    if timeouts:
+        errors.append("timeout: not every result or end-of-frame marker arrived in frames " + ", ".join(timeouts))
+    if lost:
+        errors.append("frames not checked (their worker failed after retries): " + "; ".join(lost))
+    mism = sorted(m for m in mism if checked[m[0]])
+    return BulkResult(matched=int((~bad & checked).sum()), total=n, checked=int(checked.sum()), mismatches=mism,
+                      n_mismatches=count, cycles=cycles, build_s=build_s, sim_s=sim_s, workers=int(workers),
+                      error="; ".join(errors) or None)
+
+
+def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous frame ranges: a few per worker, so that a lost one costs little and the engine balances."""
+    k = min(n, workers * 4 if workers > 1 else 1)
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def run_chunk(files: dict, pixels: bytes, n: int, n_px: int, fixed: list, seed: int, max_cycles: int):
+    """One worker's job: the harness and the design's memory files written to a temp folder (so that
+    a remote worker needs nothing but this project's Python), run on ``n`` frames; returns (exit
+    code, the output bytes)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="onespike-bulk-") as d:
+        d = Path(d)
+        for name, data in files.items():
+            (d / name).write_bytes(data)
+        exe = d / BINARY
+        exe.chmod(0o755)
+        (d / "pixels.bin").write_bytes(pixels)
+        load = d / LOAD_FILE
+        args = [str(exe), str(d / "pixels.bin"), str(n), str(n_px), str(d / "out.bin"),
+                str(load) if load.is_file() else "-", *fixed, str(seed), str(max_cycles)]
+        p = subprocess.run(args, cwd=d, capture_output=True, text=True)
+        if p.returncode not in (0, 3) or not (d / "out.bin").is_file():
+            raise ToolError(f"the bulk harness failed (exit {p.returncode}): {(p.stderr or '').strip()[-300:]}")
+        return p.returncode, (d / "out.bin").read_bytes()
+
+
+def _run_all(jobs: list, workers: int, cluster: str | None, progress: bool):
+    """Every job, in this process (one worker, no cluster) or on Dask distributed: an embedded
+    local cluster of ``workers`` processes, or the scheduler at ``cluster``. A job whose worker dies
+    is retried (twice) by the engine; one that still fails is reported, never dropped silently."""
+    from tqdm import tqdm
+
+    outs, lost = [None] * len(jobs), []
+    if workers <= 1 and cluster is None:
+        for k, job in enumerate(tqdm(jobs, desc="bulk parity", unit="chunk", disable=not progress, leave=False)):
+            for attempt in range(3):                 # as the engine's retries=2
+                try:
+                    outs[k] = run_chunk(*job)
+                    break
+                except (OSError, ToolError) as e:
+                    if attempt == 2:
+                        lost.append(f"chunk {k}: {type(e).__name__}: {e}")
+        return outs, lost
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    local = None
+    if cluster is None:
+        local = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(local if local is not None else cluster)
+    try:
+        futs = {client.submit(run_chunk, *job, retries=2, pure=False): k for k, job in enumerate(jobs)}
+        for fut in tqdm(as_completed(futs), total=len(futs), desc="bulk parity", unit="chunk",
+                        disable=not progress, leave=False):
+            k = futs[fut]
+            try:
+                outs[k] = fut.result()
+            except Exception as e:          # noqa: BLE001 -- reported per chunk, the rest still counts
+                lost.append(f"chunk {k}: {type(e).__name__}: {e}")
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
+    return outs, lost
 
 
 def _out_shape(model: IntModel, k: int) -> tuple:
