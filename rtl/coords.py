@@ -1,9 +1,9 @@
-"""Flat neuron index <-> (channel, row, column), and which windows an input pixel falls in.
+"""Constant division by reciprocal multiplication, and which windows an input pixel falls in.
 
-Events carry a flat ``(C, H, W)`` index (see :mod:`rtl.layouts`); the conv and pool engines need
-the coordinates. Dividing by the constants ``H * W`` and ``W`` is done by multiplying with a
-"magic" reciprocal and shifting, with the constant pair checked exhaustively over every index the
-hardware can see (so the division is exact by construction, not by argument).
+Events carry a raster index (see :mod:`rtl.layouts`); a row-buffered engine takes the row from the
+row markers and splits the offset in the row, ``x * C + c``, dividing by the constant ``C`` (when it
+is not a power of two) with a "magic" reciprocal and a shift, the constant pair checked
+exhaustively over every value the hardware can see (so the division is exact by construction).
 
 For a window of ``k`` taps, stride ``s`` and padding ``p`` along one axis, the outputs that read
 input coordinate ``y`` are the contiguous run ``o in [lo, lo + n)`` where
@@ -16,7 +16,7 @@ import functools
 import numpy as np
 from amaranth.hdl import Const, Value, unsigned
 
-__all__ = ["magic_divisor", "div_const", "unflatten", "window_runs", "ring_plan"]
+__all__ = ["magic_divisor", "div_const", "window_runs", "ring_plan"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,16 +58,6 @@ def div_const(value: Value, divisor: int, n_max: int) -> Value:
         return value
     mult, shift = magic_divisor(divisor, n_max)
     return (value * Const(mult, unsigned(max(1, mult.bit_length())))) >> shift
-
-
-def unflatten(index: Value, shape: tuple[int, int, int]) -> tuple[Value, Value, Value]:
-    """``(c, y, x)`` of a flat index into a ``(C, H, W)`` activation (combinational)."""
-    C, H, W = (int(v) for v in shape)
-    c = div_const(index, H * W, C * H * W - 1)
-    r = (index - c * (H * W))[:max(1, (H * W - 1).bit_length())]
-    y = div_const(r, W, H * W - 1)
-    x = (r - y * W)[:max(1, (W - 1).bit_length())]
-    return c, y, x
 
 
 def window_runs(size: int, k: int, s: int, p: int, out: int) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from boards.kinds import FpgaBoard
 from runtime.spec import IntModel
@@ -67,45 +66,6 @@ def _const_mul(out: list, site: str, a: int, const: int, need: int, copies: int 
         return
     for i in range(copies):
         out.append(Mul(site if copies == 1 else f"{site}#{i}", a, odd.bit_length(), y, odd))
-
-
-def _table(values) -> tuple[int, bool]:
-    """``(bits, rom)`` of a constant table ``Array(Const(v, _uint(max)))`` indexed by a signal.
-
-    ``rom``: Yosys's ``proc_rom`` turns the lookup into a ROM (at least 8 entries that cover every
-    index value, i.e. a power of two); otherwise it is a multiplexer of constants, which Yosys folds
-    to a constant (bits 0) when every entry is the same. Amaranth writes an expression once per
-    assignment that uses it; Yosys merges the identical copies, except those that read such ROMs
-    (each copy reads its own ROM), so their multipliers stay duplicated."""
-    values = np.asarray(values)
-    n = len(values)
-    rom = n >= 8 and n & (n - 1) == 0
-    if not rom and len(np.unique(values)) < 2:
-        return 0, False
-    return max(1, int(values.max()).bit_length()), rom
-
-
-def _unflatten_muls(out: list, site: str, n_index_bits: int, shape) -> None:
-    """The constant multiplies of :func:`rtl.coords.unflatten` (``c = index // (H*W)`` and
-    ``y = r // W`` by a reciprocal multiply and shift, then ``index - c*(H*W)``, ``r - y*W``)."""
-    from rtl.coords import magic_divisor
-
-    C, H, W = (int(v) for v in shape)
-    HW = H * W
-    if HW == 1:
-        return
-    ib = n_index_bits
-    m1, s1 = magic_divisor(HW, C * HW - 1)
-    _const_mul(out, f"{site}.c", ib, m1, ib + m1.bit_length())
-    c_bits = max(0, ib + m1.bit_length() - s1)           # the shift drops the low product bits
-    r_bits = max(1, (HW - 1).bit_length())
-    _const_mul(out, f"{site}.c*HW", c_bits, HW, r_bits)
-    if W == 1:
-        return
-    m2, s2 = magic_divisor(W, HW - 1)
-    _const_mul(out, f"{site}.y", r_bits, m2, r_bits + m2.bit_length())
-    y_bits = max(0, r_bits + m2.bit_length() - s2)
-    _const_mul(out, f"{site}.y*W", y_bits, W, max(1, (W - 1).bit_length()))
 
 
 def _row_offset_muls(out: list, site: str, C: int, W: int) -> None:
