@@ -52,13 +52,48 @@ def test_bulk_mnist_mlp_ram_store():
     assert np.median(r.cycles) > 0
 
 
-def test_bulk_refuses_detectors():
+def test_bulk_with_a_reset_that_cuts_frames_in_flight(conv_model):
+    """A reset in the middle of a frame while earlier ones are still in the layers: every frame
+    without a result is sent again and checked from scratch, as in the cocotb bench."""
+    model, x = conv_model
+    r = bulk.bulk_verify(model, x, 2, gap=0.2, stall=0.3, seed=3, reset=True, work=WORK)
+    assert r.passed and r.matched == len(x), r.mismatches
+    assert r.stats["resets"] == 1 and r.stats["frames_sent_again"] >= 2, r.stats    # one still in flight
+    bad = bulk.bulk_verify(model, x, 2, gap=0.2, stall=0.3, seed=3, reset=True, work=WORK, mutate=True)
+    assert not bad.passed and bad.matched == len(x) - 1
+
+
+def test_bulk_mnist_mlp_ram_store_with_a_reset_in_the_load():
+    """The RAM store's load cut by a reset a third of the way in and sent again, then a reset in a frame."""
+    model = modelfile.load(ROOT / "models" / "mnist-mlp.pt")
+    from codegen.frontend import datasets
+
+    x, _ = datasets.load("mnist", "test")
+    r = bulk.bulk_verify(model, x[:12], 4, store=["ram", "rom"], reset=True, stall=0.2, work=WORK)
+    assert r.passed and r.matched == 12, r.mismatches
+    assert r.stats["load_resets"] == 1 and r.stats["resets"] == 1, r.stats
+
+
+@pytest.fixture(scope="module")
+def detector():
     from randmodels import random_detector
-    from runtime.errors import UserError
 
     m = random_detector(0)
-    with pytest.raises(UserError, match="does not take detectors yet"):
-        bulk.bulk_verify(m, random_images(np.random.default_rng(0), m, 1), 2, work=WORK)
+    return m, random_images(np.random.default_rng(0), m, 4)
+
+
+def test_bulk_detector_map_equals_golden_and_the_cocotb_bench(detector):
+    """A detector's map, one logit per transfer: every logit compared, the detections decoded from
+    it equal the golden model's, and the cycles equal the cocotb bench's."""
+    m, x = detector
+    r = bulk.bulk_verify(m, x, 2, work=WORK)
+    assert r.passed and r.matched == len(x) and r.detections_matched == len(x), r.mismatches
+    c = fpga_sim.verify(m, x, "verilator", lanes=2, gap=0.0, stall=0.0, reset=False, work=WORK)
+    assert c.passed and r.cycles == c.cycles
+    s = bulk.bulk_verify(m, x, 2, gap=0.2, stall=0.3, reset=True, seed=1, work=WORK)
+    assert s.passed and s.detections_matched == len(x), s.mismatches
+    bad = bulk.bulk_verify(m, x, 2, work=WORK, mutate=True)
+    assert not bad.passed and bad.matched == len(x) - 1 and bad.mismatches[0][:3] == (len(x) // 2, "logit", 0)
 
 
 def test_bulk_on_two_workers_and_a_lost_chunk(conv_model):

@@ -26,6 +26,7 @@ from runtime import golden
 from runtime.errors import ToolError, UserError
 from runtime.spec import IntModel
 
+from .engine import run_jobs
 from .sim_top import DESC_FILE, LOAD_FILE, TOP_FILE, design_digest, write_top
 from .store import FIFO_DEPTH
 
@@ -50,6 +51,11 @@ class BulkResult:
     sim_s: float = 0.0
     workers: int = 1
     error: str | None = None
+    # A detector: how many frames' detections decoded from the RTL's map equal those decoded from the
+    # golden model's (frames whose map is incomplete count as different).
+    detections_matched: int | None = None
+    # Summed over the chunks: resets, frames_sent_again, load_resets, cycles (the harness's counts).
+    stats: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -60,7 +66,9 @@ class BulkResult:
              f"{max(self.cycles)}" if self.cycles else "")
         w = f" on {self.workers} workers" if self.workers > 1 else ""
         unchecked = f" ({self.total - self.checked} not checked)" if self.checked != self.total else ""
-        return f"verilator (compiled harness{w}): {self.matched}/{self.total} matched{unchecked}{c}"
+        det = (f"; detections decoded from the map equal the golden model's on {self.detections_matched}/{self.total}"
+               if self.detections_matched is not None else "")
+        return f"verilator (compiled harness{w}): {self.matched}/{self.total} matched{unchecked}{c}{det}"
 
 
 def _verilator() -> str:
@@ -80,9 +88,13 @@ def build(design_dir: Path, build_dir: Path) -> Path:
     if exe.is_file() and stamp.is_file() and stamp.read_text() == key:
         return exe
     build_dir.mkdir(parents=True, exist_ok=True)
+    # The memory files are read at run time from the worker's folder (run_chunk puts them there), so
+    # the harness's copy of the Verilog names them without the design folder's absolute path.
+    src = build_dir / TOP_FILE
+    src.write_text((design_dir / TOP_FILE).read_text().replace(f'$readmemh("{design_dir.absolute()}/', '$readmemh("'))
     cmd = [_verilator(), "--cc", "--exe", "--build", "-j", str(max(1, os.cpu_count() or 1)), "-O3", "-Wno-fatal", "-Wno-lint", "--no-timing",
            "--top-module", "onespike_top", "-Mdir", str(build_dir), "-o", BINARY,
-           "-CFLAGS", "-O2 -std=c++17", str(design_dir / TOP_FILE), str(HARNESS)]
+           "-CFLAGS", "-O2 -std=c++17", str(src), str(HARNESS)]
     from .sim import verilator_build_env
 
     env = {**os.environ, **verilator_build_env(os.environ)}
@@ -97,20 +109,22 @@ def build(design_dir: Path, build_dir: Path) -> Path:
 def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPTH, store="rom",
                 gap: float = 0.0, stall: float = 0.0, seed: int = 0, work: str | Path | None = None,
                 keep_mismatches: int = 20, mutate: bool = False, workers: int = 1, cluster: str | None = None,
-                progress: bool = False, fail_chunk: int | None = None) -> BulkResult:
+                progress: bool = False, fail_chunk: int | None = None, reset: bool = False) -> BulkResult:
     """Run ``images`` (N, C, H, W) uint8 through the design in the compiled harness and compare
     every result and every firing layer's phases with the golden model. ``gap`` / ``stall``: the
     probability of an idle input cycle before a pixel / of ``result_ready`` low in a cycle.
-    ``mutate``: corrupt one expected logit (the comparison must then fail; a self-test).
+    ``mutate``: corrupt one expected logit (the comparison must then fail; a self-test). ``reset``:
+    each chunk is cut by a reset 4 pixels into its middle frame, while the frame before it is still
+    in the layers (and, with a store image, a third of the way into its load), as in the cocotb
+    bench, and every frame without a result is sent again (:attr:`BulkResult.stats` counts them). A detector's map
+    arrives one logit per transfer; every logit is compared, and the detections decoded from the
+    map (:attr:`BulkResult.detections_matched`).
     ``workers`` > 1 or a ``cluster`` address: the frames are split into contiguous chunks run on
-    Dask distributed (:func:`_run_all`); each chunk starts from a reset. ``fail_chunk`` (tests): that
+    Dask distributed (:func:`.engine.run_jobs`); each chunk starts from a reset. ``fail_chunk`` (tests): that
     chunk's job gets a broken harness, so its worker fails on every try."""
     from rtl.layouts import raster_to_flat
     from rtl.sim import pixel_order
 
-    if model.task == "detect":
-        raise UserError("the bulk harness does not take detectors yet (their map is a stream of logits); "
-                        "use codegen verify without --bulk")
     images = golden.check_images(model, images)
     n = len(images)
     if n == 0:
@@ -134,7 +148,8 @@ def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPT
     n_px = int(desc["n_pixels"])
     # A hang ends: 64 cycles per pixel and per neuron of every frame, and the store image twice.
     per_frame = 64 * (n_px + sum(int(v) for v in desc["layer_sizes"])) / (1 - min(gap, 0.9)) / (1 - min(stall, 0.9))
-    fixed = [str(len(firing)), str(int(desc["index_bits"])), ",".join(map(str, sizes)), str(acc * C),
+    detect = bool(desc.get("detect"))
+    fixed = [str(len(firing)), str(int(desc["index_bits"])), ",".join(map(str, sizes)), str(acc if detect else acc * C),
              str(int(round(gap * 65536))), str(int(round(stall * 65536)))]
     files = {p_.name: p_.read_bytes() for p_ in [exe] + sorted(design_dir.glob("*.hex"))}
     if int(desc.get("load_bytes", 0)):
@@ -142,22 +157,25 @@ def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPT
     chunks = _chunks(n, max(1, int(workers)))
     t0 = time.perf_counter()
     jobs = [(files, pixels[a:b].tobytes(), b - a, n_px, fixed, int(seed) + k,
-             int(per_frame * (b - a) + 8 * int(desc.get("load_bytes", 0)) + 100000))
+             int(per_frame * (b - a + (2 if reset else 0)) + 16 * int(desc.get("load_bytes", 0)) + 100000),
+             C if detect else 0, (b - a) // 2 if reset else -1)
             for k, (a, b) in enumerate(chunks)]
     if fail_chunk is not None:
         jobs[fail_chunk] = ({**jobs[fail_chunk][0], BINARY: b"not a program"},) + jobs[fail_chunk][1:]
-    outs, lost = _run_all(jobs, workers, cluster, progress)
+    outs, lost = run_jobs(run_chunk, jobs, workers, cluster, progress=progress, desc="bulk parity", unit="chunk")
     sim_s = time.perf_counter() - t0
 
-    words = (acc * C + 31) // 32
-    rec = 4 + 4 * words + sum(sizes) + 16
+    words = C if detect else (acc * C + 31) // 32
+    rec = 8 + 4 * words + sum(sizes) + 4 * len(sizes) + 16
     raw = np.zeros((n, rec), dtype=np.uint8)
     checked = np.zeros(n, dtype=bool)
-    timeouts = []
+    timeouts, stats = [], {}
     for (a, b), out in zip(chunks, outs):
         if out is None:
             continue
-        code, data = out
+        code, data, counts = out
+        for key_, v in counts.items():
+            stats[key_] = stats.get(key_, 0) + v
         arr = np.frombuffer(data, dtype=np.uint8)
         if arr.size != (b - a) * rec:
             raise ToolError(f"the bulk harness wrote {arr.size} bytes for frames {a}..{b - 1}, not {(b - a) * rec}")
@@ -165,17 +183,22 @@ def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPT
         checked[a:b] = True
         if code == 3:
             timeouts.append(f"{a}..{b - 1}")
-    cls = raw[:, :4].copy().view("<u4")[:, 0].astype(np.int64)
-    lw = raw[:, 4:4 + 4 * words].copy().view("<u4").astype(np.uint64)
-    logits = np.zeros((n, C), dtype=np.int64)
-    for c in range(C):
-        v = np.zeros(n, dtype=np.uint64)
-        for b in range(acc):
-            bit = c * acc + b
-            v |= ((lw[:, bit // 32] >> np.uint64(bit % 32)) & np.uint64(1)) << np.uint64(b)
-        v = v.astype(np.int64)
-        logits[:, c] = np.where(v >= (1 << (acc - 1)), v - (1 << acc), v)
-    off = 4 + 4 * words
+    head = raw[:, :8].copy().view("<u4").astype(np.int64)
+    lw = raw[:, 8:8 + 4 * words].copy().view("<u4").astype(np.uint64)
+    if detect:
+        cls = gold.classes.astype(np.int64).copy()          # no class: only the map is compared
+        logits = lw.astype(np.int64)
+    else:
+        cls = head[:, 0]
+        logits = np.zeros((n, C), dtype=np.int64)
+        for c in range(C):
+            v = np.zeros(n, dtype=np.uint64)
+            for b in range(acc):
+                bit = c * acc + b
+                v |= ((lw[:, bit // 32] >> np.uint64(bit % 32)) & np.uint64(1)) << np.uint64(b)
+            logits[:, c] = v.astype(np.int64)
+    logits = np.where(logits >= (1 << (acc - 1)), logits - (1 << acc), logits)
+    off = 8 + 4 * words
     want_logits = gold.logits.astype(np.int64).copy()
     if mutate:
         want_logits[n // 2, 0] += 1
@@ -195,6 +218,12 @@ def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPT
     bad |= cdiff
     note(np.flatnonzero(cdiff), "class", [None] * int(cdiff.sum()), gold.classes[cdiff], cls[cdiff])
     count = int(diff.sum() + cdiff.sum())
+    if detect:
+        for col, what, want in ((0, "map: logits received", C), (1, "map: transfers out of range, repeated or unended", 0)):
+            m_ = head[:, col] != want
+            bad |= m_
+            count += int(m_.sum())
+            note(np.flatnonzero(m_), what, [None] * int(m_.sum()), [want] * int(m_.sum()), head[m_, col])
     for s, k in enumerate(firing):
         got = raw[:, off:off + sizes[s]].astype(np.int64)
         off += sizes[s]
@@ -207,6 +236,14 @@ def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPT
         count += int(d.sum())
         rr, jj = np.nonzero(d)
         note(rr, f"{k}:{model.layers[k].kind}", flat[jj], want[rr, jj], got[rr, jj])
+    order = raw[:, off:off + 4 * len(sizes)].copy().view("<u4").astype(np.int64)
+    off += 4 * len(sizes)
+    for s_, k in enumerate(firing):
+        o = order[:, s_] != 0
+        bad |= o
+        count += int(order[:, s_].sum())
+        note(np.flatnonzero(o), f"{k}:{model.layers[k].kind} events out of raster order", [None] * int(o.sum()),
+             [0] * int(o.sum()), order[o, s_])
     t = raw[:, off:off + 16].copy().view("<u8")
     cycles = (t[:, 1].astype(np.int64) - t[:, 0].astype(np.int64))[checked].tolist()
     errors = []
@@ -215,7 +252,18 @@ def bulk_verify(model: IntModel, images, lanes=8, *, fifo_depth: int = FIFO_DEPT
     if lost:
         errors.append("frames not checked (their worker failed after retries): " + "; ".join(lost))
     mism = sorted(m for m in mism if checked[m[0]])
-    return BulkResult(matched=int((~bad & checked).sum()), total=n, checked=int(checked.sum()), mismatches=mism,
+    same = None
+    if detect:
+        from runtime import spec
+
+        hw, shape = tuple(model.input_shape[1:]), tuple(model.layers[-1].out_shape)
+        whole = checked & (head[:, 0] == C) & (head[:, 1] == 0)
+        same = 0
+        for k in np.flatnonzero(whole):
+            d = spec.decode_detections(logits[k].reshape(shape), model.head, hw)
+            want = spec.decode_detections(gold.logits[k].reshape(shape), model.head, hw)
+            same += int(d.shape == want.shape and (d == want).all())
+    return BulkResult(detections_matched=same, stats=stats, matched=int((~bad & checked).sum()), total=n, checked=int(checked.sum()), mismatches=mism,
                       n_mismatches=count, cycles=cycles, build_s=build_s, sim_s=sim_s, workers=int(workers),
                       error="; ".join(errors) or None)
 
@@ -227,7 +275,8 @@ def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def run_chunk(files: dict, pixels: bytes, n: int, n_px: int, fixed: list, seed: int, max_cycles: int):
+def run_chunk(files: dict, pixels: bytes, n: int, n_px: int, fixed: list, seed: int, max_cycles: int,
+              map_len: int = 0, reset_at: int = -1):
     """One worker's job: the harness and the design's memory files written to a temp folder (so that
     a remote worker needs nothing but this project's Python), run on ``n`` frames; returns (exit
     code, the output bytes)."""
@@ -242,55 +291,13 @@ def run_chunk(files: dict, pixels: bytes, n: int, n_px: int, fixed: list, seed: 
         (d / "pixels.bin").write_bytes(pixels)
         load = d / LOAD_FILE
         args = [str(exe), str(d / "pixels.bin"), str(n), str(n_px), str(d / "out.bin"),
-                str(load) if load.is_file() else "-", *fixed, str(seed), str(max_cycles)]
+                str(load) if load.is_file() else "-", *fixed, str(seed), str(max_cycles),
+                str(map_len), str(reset_at)]
         p = subprocess.run(args, cwd=d, capture_output=True, text=True)
         if p.returncode not in (0, 3) or not (d / "out.bin").is_file():
             raise ToolError(f"the bulk harness failed (exit {p.returncode}): {(p.stderr or '').strip()[-300:]}")
-        return p.returncode, (d / "out.bin").read_bytes()
-
-
-def _run_all(jobs: list, workers: int, cluster: str | None, progress: bool):
-    """Every job, in this process (one worker, no cluster) or on Dask distributed: an embedded
-    local cluster of ``workers`` processes, or the scheduler at ``cluster``. A job whose worker dies
-    is retried (twice) by the engine; one that still fails is reported, never dropped silently."""
-    from tqdm import tqdm
-
-    outs, lost = [None] * len(jobs), []
-    if workers <= 1 and cluster is None:
-        for k, job in enumerate(tqdm(jobs, desc="bulk parity", unit="chunk", disable=not progress, leave=False)):
-            for attempt in range(3):                 # as the engine's retries=2
-                try:
-                    outs[k] = run_chunk(*job)
-                    break
-                except (OSError, ToolError) as e:
-                    if attempt == 2:
-                        lost.append(f"chunk {k}: {type(e).__name__}: {e}")
-        return outs, lost
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    local = None
-    if cluster is None:
-        local = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
-    try:
-        client = Client(local if local is not None else cluster)
-    except (OSError, TimeoutError) as e:
-        if local is not None:
-            local.close()
-        raise UserError(f"--cluster {cluster}: no Dask scheduler answered ({e})") from None
-    try:
-        futs = {client.submit(run_chunk, *job, retries=2, pure=False): k for k, job in enumerate(jobs)}
-        for fut in tqdm(as_completed(futs), total=len(futs), desc="bulk parity", unit="chunk",
-                        disable=not progress, leave=False):
-            k = futs[fut]
-            try:
-                outs[k] = fut.result()
-            except Exception as e:          # noqa: BLE001 -- reported per chunk, the rest still counts
-                lost.append(f"chunk {k}: {type(e).__name__}: {e}")
-    finally:
-        client.close()
-        if local is not None:
-            local.close()
-    return outs, lost
+        words = p.stdout.split()
+        return p.returncode, (d / "out.bin").read_bytes(), dict(zip(words[::2], map(int, words[1::2])))
 
 
 def _out_shape(model: IntModel, k: int) -> tuple:
