@@ -32,6 +32,16 @@ def test_bulk_equals_golden_and_the_cocotb_bench(conv_model):
     assert r.cycles == c.cycles
 
 
+def test_bulk_profile_guided_build_gives_the_same_results(conv_model):
+    """The harness built with GCC's profile (the default from 1000 frames): the same frames, cycles
+    and verdict; a corrupted expectation still fails."""
+    model, x = conv_model
+    plain = bulk.bulk_verify(model, x, 2, gap=0.2, stall=0.2, seed=2, work=WORK, pgo=False)
+    fast = bulk.bulk_verify(model, x, 2, gap=0.2, stall=0.2, seed=2, work=WORK, pgo=True)
+    assert plain.passed and fast.passed and fast.cycles == plain.cycles and fast.stats == plain.stats
+    assert not bulk.bulk_verify(model, x, 2, gap=0.2, stall=0.2, seed=2, work=WORK, pgo=True, mutate=True).passed
+
+
 def test_bulk_with_gaps_and_stalls_and_a_corrupted_expectation(conv_model):
     model, x = conv_model
     r = bulk.bulk_verify(model, x, 2, gap=0.3, stall=0.4, seed=5, work=WORK)
