@@ -520,10 +520,13 @@ def cmd_verify(args) -> int:
         sim = "icarus" if args.sim is None else args.sim
         if sim not in fpga_sim.SIMULATORS:
             raise UserError(f"unknown simulator {sim!r}; supported: {', '.join(fpga_sim.SIMULATORS)}")
+        if (args.workers is not None or args.cluster) and not args.bulk:
+            if sim != "verilator":
+                raise UserError("--workers and --cluster split the frames over the compiled Verilator harness "
+                                "(--bulk): use them with --sim verilator")
+            args.bulk = True                  # frames split over workers: the compiled harness
         if args.bulk and sim != "verilator":
             raise UserError("--bulk runs the compiled Verilator harness: use it with --sim verilator")
-        if (args.workers is not None or args.cluster) and not args.bulk:
-            raise UserError("--workers and --cluster split the frames of --bulk: add --bulk")
         if args.workers is not None:
             check_int(args.workers, "--workers", lo=1)
             args.workers = int(args.workers)
@@ -591,7 +594,7 @@ def _verify_fpga(args, m, x, sim: str, lanes: int, board, work: Path) -> int:
 
         r = bulk.bulk_verify(m, x, lanes, fifo_depth=args.fifo_depth, store=store, work=work,
                              workers=args.workers or 1, cluster=args.cluster, progress=not args.quiet,
-                             **({"gap": 0.0, "stall": 0.0} if args.clean else {"gap": 0.25, "stall": 0.3}))
+                             **({"gap": 0.0, "stall": 0.0} if args.clean else {"gap": 0.25, "stall": 0.3, "reset": True}))
         print(r.summary())
         for mm in r.mismatches[:5]:
             print(f"  mismatch: frame {mm[0]}, {mm[1]}, neuron {mm[2]}: expected {mm[3]}, got {mm[4]}")
@@ -642,6 +645,75 @@ def _verify_c(args, m, name: str, x, board, work: Path) -> int:
             ok &= matched_q == nq
     print(f"  work folder: {work}")
     return 0 if ok else 1
+
+
+def cmd_sweep(args) -> int:
+    import shlex
+
+    from codegen import fpga, outputs
+    from codegen.fpga import cycles as fpga_cycles
+    from codegen.fpga import sweep
+    from runtime import modelfile
+    from runtime.errors import UserError
+
+    # 1. every option, before the model is read and before any work
+    lanes = sweep.parse_lanes_list(args.lanes)
+    stores = sweep.parse_stores(args.store)
+    boards = sweep.parse_boards(args.board)
+    fifo = _fifo_depth(args.fifo_depth, fpga.FIFO_DEPTH)
+    if fifo == "auto":
+        raise UserError("--fifo-depth auto is emit's search; a sweep builds every point at one depth N (default 16)")
+    n = check_int(args.n, "-n")
+    workers = None if args.workers is None else check_int(args.workers, "--workers")
+    if args.input:
+        from runtime.io import check_regular_file
+
+        check_regular_file(Path(args.input), ".npy file")
+    sweep.check_tools(boards)
+    # 2. the model; the output and work folders can be written, and replace nothing they may not
+    m = modelfile.load(args.model)
+    sweep.check_points(m, lanes)
+    name = _model_name(Path(args.model))
+    out = Path(args.out) if args.out else Path("build") / name / "sweep"
+    work = Path(args.work) if args.work else Path("build") / name / "sweep-work"
+    res_out = outputs.check_dir(out, sweep.OUTPUT_KIND, [args.model], force=args.force, option="--out")
+    w = work.resolve()
+    if w == res_out or res_out in w.parents or w in res_out.parents:
+        raise UserError(f"--work {work} and --out {out} must be separate folders (the output folder is replaced "
+                        f"as a whole)")
+    outputs.check_work_folder(work)
+    # 3. the frames of the cycle benchmark: --input, else the model's own test set
+    if args.input:
+        from codegen.frontend import images
+
+        x, source = images.load_npy(args.input, m), args.input
+    else:
+        x = fpga_cycles.test_images(m, n)
+        if x is None:
+            raise UserError(f"{args.model}: no test set to benchmark on (the model records no dataset, or it is "
+                            f"missing): give --input FILE.npy")
+        source = f"the {m.meta['dataset']} test set"
+    x = x[:n]
+    points = sweep.make_points(boards, stores, lanes)
+    if workers is None:
+        workers = max(1, min(len(points), os.cpu_count() or 1))
+    # 4. the work
+    res = sweep.run_sweep(m, points, x, name=name, fifo_depth=fifo, work=work, workers=workers,
+                          cluster=args.cluster, progress=not args.quiet, frames_source=f"the first {len(x)} of {source}")
+    argv = ["codegen", "sweep", args.model, "--lanes", args.lanes, "--store", args.store, "--board", args.board]
+    argv += (["--fifo-depth", str(args.fifo_depth)] if args.fifo_depth is not None else []) + ["-n", str(n)]
+    argv += ["--input", args.input] if args.input else []
+    argv += ["--workers", str(workers)] if args.cluster is None else ["--cluster", args.cluster]
+    paths = sweep.write_outputs(out, res, name, modelfile.file_sha256(args.model), shlex.join(argv))
+    print(sweep.format_table(res.records))
+    print(res.summary())
+    for line in res.lost:
+        print(f"  lost: {line}")
+    for r in res.failed_parity:
+        print(f"  parity failed: {r['board']} lanes {r['lanes']} store {r['store']}: {r['parity']['matched']}/"
+              f"{r['parity']['total']} matched")
+    print(f"wrote {', '.join(str(p) for p in paths)}; work folder: {work}")
+    return 1 if res.lost or res.failed_parity else 0
 
 
 def show_progress() -> bool:
@@ -777,6 +849,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "no reset; the cocotb bench checks event order, time stamps and the reset)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_verify)
+    sw = sub.add_parser("sweep", help="FPGA design-space sweep: synthesis, cycle benchmark and parity for every "
+                                      "point of lanes x store x board; a table and a Pareto plot (LUTs vs latency)")
+    sw.add_argument("model")
+    sw.add_argument("--lanes", required=True,
+                    help="comma-separated points, each N (every layer), N/N/... (one per layer) or auto (the lanes "
+                         "fit_lanes picks for the board), e.g. 2,4,4/1/8/1/4/4,auto")
+    sw.add_argument("--store", default="auto", help="comma-separated stores: auto, rom, ram (default auto)")
+    sw.add_argument("--board", required=True, help="comma-separated FPGA boards: icebreaker, ulx3s")
+    sw.add_argument("--fifo-depth", help="the event FIFO in front of every engine, every point (default 16)")
+    sw.add_argument("-n", type=int, default=20, help="frames of the cycle benchmark and parity check (default 20, "
+                                                     "the first of the model's test set)")
+    sw.add_argument("--input", help=".npy of uint8 frames (N, C, H, W) instead of the model's test set")
+    sw.add_argument("--workers", type=int, help="points in parallel on an embedded Dask cluster of N worker "
+                                               "processes (default: one per CPU core, at most one per point; "
+                                               "1: in this process)")
+    sw.add_argument("--cluster", help="the address of a running Dask scheduler (tcp://HOST:8786) to run the points on")
+    sw.add_argument("--out", help="output folder: sweep.json, sweep.md, sweep.csv, pareto.png (default "
+                                  "build/NAME/sweep)")
+    sw.add_argument("--work", help="work folder of the points' synthesis and benchmark builds (default "
+                                   "build/NAME/sweep-work)")
+    sw.add_argument("--force", action="store_true", help="replace an earlier sweep output even if it was modified")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
     for sp in sub.choices.values():    # -v before or after the subcommand
         sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     return p
