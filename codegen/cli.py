@@ -432,6 +432,15 @@ def cmd_emit(args) -> int:
         raise UserError(f"--count-images applies to the c target, not {args.target}")
     if args.target == "lut" and args.board:
         raise UserError("--board applies to the c and fpga targets")
+    if args.target != "c" and args.firmware is not None:
+        raise UserError(f"--firmware applies to the c target, not {args.target}")
+    uart = args.target == "c" and args.firmware == "uart"
+    if uart:
+        from codegen import deploy
+
+        deploy.check_uart_board(args.board)   # one line, before anything else
+        if args.count_images is not None:
+            raise UserError("--count-images counts the semihosting parity firmware; not with --firmware uart")
     if args.target == "c":
         from boards import registry
 
@@ -456,9 +465,14 @@ def cmd_emit(args) -> int:
             raise UserError("--synth needs --board (icebreaker or ulx3s)")
     m = modelfile.load(args.model)
     name = _model_name(Path(args.model))
-    out = Path(args.output) if args.output else Path("build") / name / args.target
+    out = Path(args.output) if args.output else Path("build") / name / ("c-uart" if uart else args.target)
     outputs.check_dir(out, args.target, [args.model], force=args.force)
     sha = modelfile.file_sha256(args.model)
+    if uart:
+        man = deploy.emit_uart(m, sha, name, out, args.board)
+        print(deploy.format_emit(man, out))
+        print(f"wrote {out}")
+        return 0
     if args.target == "c":
         from codegen.c import report as c_report
 
@@ -716,6 +730,39 @@ def cmd_sweep(args) -> int:
     return 1 if res.lost or res.failed_parity else 0
 
 
+def cmd_deploy(args) -> int:
+    from codegen import deploy
+    from codegen.frontend import images
+    from runtime import golden, modelfile
+    from runtime.errors import UserError
+
+    # every option is checked before the model is read and before the port is opened
+    port = deploy.check_port(args.port)
+    if args.input and args.dataset:
+        raise UserError("give --dataset NAME or --input FILE.npy, not both")
+    n = deploy.DEFAULT_FRAMES if args.n is None else check_int(args.n, "-n")
+    timeout = deploy.check_timeout(args.timeout)
+    baud = check_int(args.baud, "--baud")
+    m = modelfile.load(args.model)
+    if args.input:
+        x = images.load_npy(args.input, m)
+    else:
+        from codegen.c import report as c_report
+
+        ds = args.dataset or m.meta.get("dataset")
+        if not ds:
+            raise UserError(f"{args.model} records no dataset: give --dataset NAME or --input FILE.npy")
+        x = c_report._test_images(m, ds, n)
+    x = golden.check_images(m, x[:n])
+    try:
+        res = deploy.deploy(m, args.model, x, port, baud=baud, timeout=timeout, progress=not args.quiet)
+    except deploy.LinkError as e:
+        print(f"codegen: error: {e}".replace("\n", " "), file=sys.stderr)
+        return deploy.LinkError.exit_code
+    print(deploy.format_result(res, int(x[0].size)))
+    return 0 if res.matched == res.n else 1
+
+
 def show_progress() -> bool:
     """Progress bars go to stderr when it is a terminal, or when ``ONESPIKE_PROGRESS=1`` (``0`` hides them)."""
     env = os.environ.get("ONESPIKE_PROGRESS", "")
@@ -816,6 +863,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "iCE40 UP5K), or auto (default: rom unless it does not fit the board and the board has SPRAM)")
     e.add_argument("--synth", action="store_true", help="FPGA: also run Yosys + nextpnr for --board and report resources and Fmax")
     e.add_argument("--count-images", type=int, help="test images whose instructions are counted (C target; default 10, 0 skips)")
+    e.add_argument("--firmware", choices=("semihost", "uart"),
+                   help="C target: semihost (default: the semihosting parity firmware, its report and instruction "
+                        "counts) or uart (the device-protocol firmware for codegen deploy, built to an ELF; "
+                        "mps2-an386, nucleo-f446re; default folder build/NAME/c-uart)")
     e.add_argument("--force", action="store_true",
                    help="replace an earlier output of the same target even if files in it were changed")
     e.add_argument("-q", "--quiet", action="store_true")
@@ -849,6 +900,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "no reset; the cocotb bench checks event order, time stamps and the reset)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_verify)
+    dp = sub.add_parser("deploy", help="run a model on a board over its UART (device protocol v1; an emulator via "
+                                       "socket://HOST:PORT) and check every result against the golden model")
+    dp.add_argument("model")
+    dp.add_argument("--port", required=True, help="serial device (/dev/ttyACM0, COM3) or pyserial URL "
+                                                  "(socket://127.0.0.1:5555 for QEMU's TCP serial)")
+    dp.add_argument("--dataset", help="test images of this dataset (default: the model's own)")
+    dp.add_argument("--input", help=".npy of uint8 images (N, C, H, W) instead of a dataset")
+    dp.add_argument("-n", type=int, help="first N images (default 100)")
+    dp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
+    dp.add_argument("--baud", type=int, default=115200, help="baud rate of a serial device (default 115200)")
+    dp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    dp.set_defaults(func=cmd_deploy)
     sw = sub.add_parser("sweep", help="FPGA design-space sweep: synthesis, cycle benchmark and parity for every "
                                       "point of lanes x store x board; a table and a Pareto plot (LUTs vs latency)")
     sw.add_argument("model")
