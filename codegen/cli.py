@@ -730,6 +730,31 @@ def cmd_sweep(args) -> int:
     return 1 if res.lost or res.failed_parity else 0
 
 
+def cmd_build(args) -> int:
+    from codegen import fpga, outputs
+    from codegen.fpga import build as fbuild
+    from runtime import modelfile
+
+    # every option is checked before the model is read and before anything is written
+    baud = check_int(args.baud, "--baud")
+    fbuild.check_options(args.board, baud, args.store, args.clock)
+    lanes = fpga.parse_lanes(args.lanes) if args.lanes is not None else "auto"
+    if lanes != "auto":
+        fpga.check_lanes(lanes)
+    m = modelfile.load(args.model)
+    name = _model_name(Path(args.model))
+    out = Path(args.output) if args.output else Path("build") / name / f"bitstream-{args.board}"
+    outputs.check_dir(out, fbuild.KIND, [args.model], force=args.force)
+    sha = modelfile.file_sha256(args.model)
+    rep = fbuild.build(m, sha, name, args.board, out, lanes=lanes, store=args.store, baud=baud, clock_mhz=args.clock)
+    print(fbuild.format_report(rep))
+    print(f"wrote {out}")
+    if rep["ok"]:
+        print(f"then: codegen deploy {args.model} --port {'/dev/ttyUSB1' if args.board == 'icebreaker' else '/dev/ttyUSB0'}"
+              f" --baud {baud}")
+    return 0 if rep["ok"] else 1
+
+
 def cmd_deploy(args) -> int:
     from codegen import deploy
     from codegen.frontend import images
@@ -935,6 +960,20 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--force", action="store_true", help="replace an earlier sweep output even if it was modified")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
+    bd = sub.add_parser("build", help="FPGA bitstream of the board top (the model behind the device protocol on the "
+                                      "board's USB UART): iceprog / openFPGALoader it, then codegen deploy")
+    bd.add_argument("model")
+    bd.add_argument("--board", required=True, help="icebreaker or ulx3s")
+    bd.add_argument("--lanes", help="synapse lanes: N, one per layer (N,N,...) or auto (default: auto, what fits)")
+    bd.add_argument("--store", choices=("auto", "rom", "ram"), default="auto",
+                    help="weights in block RAM (rom), in SPRAM loaded from the flash (ram, iCEBreaker) or auto "
+                         "(default)")
+    bd.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    bd.add_argument("--clock", type=float, help="design clock in MHz (default: the board oscillator, 12 or 25; "
+                                                "the iCEBreaker's PLL makes others exactly, e.g. 18)")
+    bd.add_argument("-o", "--output", help="output folder (default build/NAME/bitstream-BOARD)")
+    bd.add_argument("--force", action="store_true", help="replace an earlier build even if files in it were changed")
+    bd.set_defaults(func=cmd_build)
     for sp in sub.choices.values():    # -v before or after the subcommand
         sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     return p
