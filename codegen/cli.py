@@ -755,6 +755,9 @@ def cmd_build(args) -> int:
     return 0 if rep["ok"] else 1
 
 
+SIM_DEPLOY_TIMEOUT_S = 600.0   # a simulator is far slower than the board: Icarus takes ~10 s a MNIST frame
+
+
 def cmd_deploy(args) -> int:
     from codegen import deploy
     from codegen.frontend import images
@@ -762,12 +765,33 @@ def cmd_deploy(args) -> int:
     from runtime.errors import UserError
 
     # every option is checked before the model is read and before the port is opened
-    port = deploy.check_port(args.port)
+    if (args.port is None) == (args.sim is None):
+        raise UserError("give --port PORT (a board or an emulator) or --sim icarus|verilator (the FPGA board top "
+                        "in a simulator), one of them")
+    port = deploy.check_port(args.port) if args.port is not None else None
+    if args.sim is not None:
+        from codegen import fpga
+        from codegen.fpga import build as fbuild
+
+        if args.sim not in ("icarus", "verilator"):
+            raise UserError(f"--sim must be icarus or verilator, not {args.sim!r}")
+        board = args.board or "icebreaker"
+        if board not in fbuild.BOARDS:
+            raise UserError(f"--sim runs an FPGA board top: --board must be one of {', '.join(fbuild.BOARDS)}, "
+                            f"not {board!r}")
+        lanes = fpga.parse_lanes(args.lanes) if args.lanes is not None else "auto"
+        if lanes != "auto":
+            fpga.check_lanes(lanes)
+    elif args.board is not None or args.lanes is not None or args.store != "auto" or args.clock is not None:
+        raise UserError("--board, --lanes, --store and --clock choose the simulated board: they go with --sim")
     if args.input and args.dataset:
         raise UserError("give --dataset NAME or --input FILE.npy, not both")
     n = deploy.DEFAULT_FRAMES if args.n is None else check_int(args.n, "-n")
-    timeout = deploy.check_timeout(args.timeout)
-    baud = check_int(args.baud, "--baud")
+    timeout = deploy.check_timeout(args.timeout if args.timeout is not None else
+                                   (5.0 if args.sim is None else SIM_DEPLOY_TIMEOUT_S))
+    baud = check_int(args.baud, "--baud") if args.baud is not None else None
+    if args.sim is not None:
+        fbuild.check_options(board, baud or 115200, args.store, args.clock)
     m = modelfile.load(args.model)
     if args.input:
         x = images.load_npy(args.input, m)
@@ -779,11 +803,28 @@ def cmd_deploy(args) -> int:
             raise UserError(f"{args.model} records no dataset: give --dataset NAME or --input FILE.npy")
         x = c_report._test_images(m, ds, n)
     x = golden.check_images(m, x[:n])
+    board_sim = None
     try:
-        res = deploy.deploy(m, args.model, x, port, baud=baud, timeout=timeout, progress=not args.quiet)
+        if args.sim is None:
+            res = deploy.deploy(m, args.model, x, port, baud=baud or deploy.DEFAULT_BAUD, timeout=timeout,
+                                progress=not args.quiet)
+        else:
+            from codegen.fpga.board_sim import SimBoard
+
+            board_sim = SimBoard(m, args.sim, board, lanes, args.store, baud, args.clock, name=_model_name(Path(args.model)),
+                                 sha256=modelfile.file_sha256(args.model), work=args.work)
+            print(f"{board_sim.describe()}: building", file=sys.stderr, flush=True)
+            with board_sim:
+                print(f"listening on {board_sim.url} (build {board_sim.build_s:.1f} s)", file=sys.stderr, flush=True)
+                res = deploy.deploy(m, args.model, x, board_sim.url, baud=board_sim.baud, timeout=timeout,
+                                    progress=not args.quiet)
     except deploy.LinkError as e:
         print(f"codegen: error: {e}".replace("\n", " "), file=sys.stderr)
         return deploy.LinkError.exit_code
+    if board_sim is not None:
+        r = board_sim.results or {}
+        print(f"{board_sim.describe()}: {r.get('cycles', 0):,} cycles simulated in {board_sim.wall_s:.1f} s "
+              f"(build {board_sim.build_s:.1f} s)")
     print(deploy.format_result(res, int(x[0].size)))
     return 0 if res.matched == res.n else 1
 
@@ -928,13 +969,21 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("deploy", help="run a model on a board over its UART (device protocol v1; an emulator via "
                                        "socket://HOST:PORT) and check every result against the golden model")
     dp.add_argument("model")
-    dp.add_argument("--port", required=True, help="serial device (/dev/ttyACM0, COM3) or pyserial URL "
-                                                  "(socket://127.0.0.1:5555 for QEMU's TCP serial)")
+    dp.add_argument("--port", help="serial device (/dev/ttyACM0, COM3) or pyserial URL "
+                                   "(socket://127.0.0.1:5555 for QEMU's TCP serial)")
+    dp.add_argument("--sim", help="instead of --port: the FPGA board top of codegen build under this simulator "
+                                  "(icarus or verilator), its UART on a local socket")
+    dp.add_argument("--board", help="with --sim: icebreaker (default) or ulx3s")
+    dp.add_argument("--lanes", help="with --sim: synapse lanes, as codegen build (default auto)")
+    dp.add_argument("--store", choices=("auto", "rom", "ram"), default="auto", help="with --sim: as codegen build")
+    dp.add_argument("--clock", type=float, help="with --sim: the design clock in MHz, as codegen build")
+    dp.add_argument("--work", help="with --sim: folder of the simulator builds (default build/board_sim)")
     dp.add_argument("--dataset", help="test images of this dataset (default: the model's own)")
     dp.add_argument("--input", help=".npy of uint8 images (N, C, H, W) instead of a dataset")
     dp.add_argument("-n", type=int, help="first N images (default 100)")
-    dp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
-    dp.add_argument("--baud", type=int, default=115200, help="baud rate of a serial device (default 115200)")
+    dp.add_argument("--timeout", type=float, help="seconds to wait for each reply (default 5; with --sim 600)")
+    dp.add_argument("--baud", type=int, help="baud rate of a serial device (default 115200; with --sim the "
+                                             "fastest of 3M, 2M, 1M ... the board clock makes)")
     dp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     dp.set_defaults(func=cmd_deploy)
     sw = sub.add_parser("sweep", help="FPGA design-space sweep: synthesis, cycle benchmark and parity for every "

@@ -214,10 +214,11 @@ class BoardTop(Elaboratable):
     (default: the board oscillator, :data:`BOARD_CLOCKS`; on the iCEBreaker another one that
     :func:`ice40_pll` makes exactly, from an SB_PLL40_PAD on the 12 MHz pad, the design held in
     reset until the PLL locks; the ULX3S has no PLL here); ``name``,
-    ``sha256``: the model file's, for INFO."""
+    ``sha256``: the model file's, for INFO; ``timeout_ms``: the protocol's inter-byte timeout."""
 
     def __init__(self, model, lanes, store, board: str, baud: int = DEFAULT_BAUD, clock_hz: int | None = None, *,
-                 name: str = "model", sha256: str = "0" * 64, fifo_depth: int = 16):
+                 name: str = "model", sha256: str = "0" * 64, fifo_depth: int = 16,
+                 timeout_ms: int = P.DEFAULT_TIMEOUT_MS):
         self._MustUse__silence = True       # no "never used" warning when a check below refuses
         if board not in BOARD_CLOCKS:
             raise ValueError(f"no board top for {board!r} (icebreaker, ulx3s)")
@@ -231,7 +232,7 @@ class BoardTop(Elaboratable):
                                  f"not {clock_hz / 1e6:g} MHz")
             self.pll = ice40_pll(osc, int(clock_hz))
         self.board, self.clock_hz, self.baud = board, int(clock_hz), int(baud)
-        self.info = board_info(model, name, sha256, board, clock_hz)
+        self.info = board_info(model, name, sha256, board, clock_hz, timeout_ms)
         self.core = BoardCore(model, lanes, store, self.info, baud, fifo_depth)
         if self.core.flash is not None and board != "icebreaker":
             raise ValueError("a RAM store (SPRAM) needs the iCEBreaker")

@@ -112,18 +112,17 @@ def _tools(family: str) -> dict:
     return env
 
 
-def build(model: IntModel, model_sha256: str, name: str, board: str, out, lanes="auto", store="auto",
-          baud: int = 115200, fifo_depth: int = FIFO_DEPTH, seed: int = 1, timeout: float = 3600,
-          clock_mhz: float | None = None) -> dict:
-    """Build the bitstream into ``out``; return the report (``ok``: fits and meets timing).
-    ``clock_mhz``: the design clock (default: the board oscillator; the iCEBreaker's PLL makes
-    others, :func:`rtl.boards.ice40_pll`)."""
-    from rtl.boards import FLASH_OFFSET, BoardTop, platform_for
-    from codegen.lut import tool_versions
-    from codegen.outputs import replace_dir
+def board_design(model: IntModel, board: str, lanes="auto", store="auto", baud: int = 115200,
+                 clock_mhz: float | None = None, fifo_depth: int = FIFO_DEPTH, *, name: str = "model",
+                 sha256: str = "0" * 64, timeout_ms: int | None = None) -> dict:
+    """The board top :func:`build` makes a bitstream of (and :class:`codegen.fpga.board_sim.SimBoard`
+    simulates): the options checked, ``lanes`` "auto" resolved to what fits, the store resolved, the
+    fit checked (one-line UserErrors). Returns ``top`` (:class:`rtl.boards.BoardTop`), ``board`` (the
+    store.Board), ``clock`` (Hz), ``lanes``, ``store`` (one per layer), ``fifo_depth``."""
+    from rtl.boards import BoardTop
+    from boards import protocol as P
 
     from .fit import check_fit, estimate, fit_lanes
-    from .synth import classify, count_cells, parse_pnr_log, tool_version
 
     b, clock = check_options(board, baud, store if isinstance(store, str) else "auto", clock_mhz)
     if isinstance(lanes, str) and lanes == "auto":
@@ -136,9 +135,27 @@ def build(model: IntModel, model_sha256: str, name: str, board: str, out, lanes=
     check_fit(model, est, b, store)
     st = est["store"]
     try:
-        top = BoardTop(model, lanes, st, board, baud, clock, name=name, sha256=model_sha256, fifo_depth=fifo_depth)
+        top = BoardTop(model, lanes, st, board, baud, clock, name=name, sha256=sha256, fifo_depth=fifo_depth,
+                       timeout_ms=P.DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms)
     except ValueError as e:
         raise UserError(str(e)) from None
+    return {"top": top, "board": b, "clock": clock, "lanes": lanes, "store": st, "fifo_depth": fifo_depth}
+
+
+def build(model: IntModel, model_sha256: str, name: str, board: str, out, lanes="auto", store="auto",
+          baud: int = 115200, fifo_depth: int = FIFO_DEPTH, seed: int = 1, timeout: float = 3600,
+          clock_mhz: float | None = None) -> dict:
+    """Build the bitstream into ``out``; return the report (``ok``: fits and meets timing).
+    ``clock_mhz``: the design clock (default: the board oscillator; the iCEBreaker's PLL makes
+    others, :func:`rtl.boards.ice40_pll`)."""
+    from rtl.boards import FLASH_OFFSET, platform_for
+    from codegen.lut import tool_versions
+    from codegen.outputs import replace_dir
+
+    from .synth import classify, count_cells, parse_pnr_log, tool_version
+
+    d = board_design(model, board, lanes, store, baud, clock_mhz, fifo_depth, name=name, sha256=model_sha256)
+    top, b, clock, lanes, st = d["top"], d["board"], d["clock"], d["lanes"], d["store"]
     ram = top.core.flash is not None
     env_tools = _tools(b.family)
     t0 = time.monotonic()

@@ -477,9 +477,9 @@ def verify(model: IntModel, images, sim: str = "icarus", lanes=8, waves: bool = 
     return res
 
 
-def _build(sim: str, waves: bool, design_dir: Path, build_dir: Path):
-    """Build ``design_dir``'s Verilog for ``sim`` in ``build_dir`` (the runner skips an up-to-date
-    build); call with the build's lock held. Returns the runner."""
+def _build(sim: str, waves: bool, design_dir: Path, build_dir: Path, sources=None, top: str | None = None):
+    """Build ``design_dir``'s Verilog (or ``sources``, top module ``top``) for ``sim`` in ``build_dir``
+    (the runner skips an up-to-date build); call with the build's lock held. Returns the runner."""
     from cocotb_tools.runner import get_runner
 
     from rtl.top import TOP_NAME
@@ -490,7 +490,7 @@ def _build(sim: str, waves: bool, design_dir: Path, build_dir: Path):
     log = build_dir / "build.log"
     with _runner_env(sim):
         try:
-            runner.build(sources=[design_dir / TOP_FILE], hdl_toplevel=TOP_NAME, build_dir=build_dir,
+            runner.build(sources=sources or [design_dir / TOP_FILE], hdl_toplevel=top or TOP_NAME, build_dir=build_dir,
                          build_args=VERILATOR_ARGS if sim == "verilator" else [], timescale=TIMESCALE,
                          waves=waves, log_file=log)
         except (RuntimeError, SystemExit) as e:
