@@ -264,6 +264,13 @@ def test_bitstream_mnist_mlp_icebreaker(tmp_path, mlp):
     assert rep["fits"] and rep["timing_met"] and rep["ok"], rep.get("error")
     assert rep["fmax_mhz"] >= 12.0
     assert rep["store"] == ["ram", "rom"]
+    # Yosys's cells equal the estimate for the network at these lanes, plus the INFO ROM's block RAM
+    from codegen import fpga
+
+    est = fpga.estimate(m, "icebreaker", rep["lanes"], n_images=0)["boards"]["icebreaker"]
+    c = rep["cells"]
+    assert (c["spram"], c["bram"], c["dsp"]) == (est["spram"], est["block_rams"] + 1, est["dsp"]) == (4, 20, 5)
+    assert rep["utilisation"]["ICESTORM_SPRAM"]["used"] == 4
     bit = (out / "top.bin").read_bytes()
     assert len(bit) > 100_000
     assert (out / "weights.bin").stat().st_size == rep["flash"]["bytes"]

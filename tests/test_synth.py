@@ -14,6 +14,7 @@ neither board) are measured in docs/fpga-target.md and docs/benchmarks.md
 (``python -m codegen.fpga.synth models/mnist-mlp.pt --board ulx3s --lanes 4 --out DIR``); the ECP5
 flow is covered here by the small conv model.
 """
+import os
 import json
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def check_files(work, rep):
     assert on_disk["fits"] == rep["fits"]
 
 
+@pytest.mark.skipif(not os.environ.get("ONESPIKE_ALL_BITSTREAMS"),
+                    reason="the suite's MNIST MLP iCEBreaker bitstream (test_board_build.py) checks the same fit; "
+                           "this one runs with ONESPIKE_ALL_BITSTREAMS=1")
 def test_mnist_mlp_up5k_spram_fits(mlp, tmp_path):
+    """The network's own top (the 34-pin wrapper of ``emit --target fpga``) on the UP5K, lanes 4: SPRAM,
+    block RAM and DSP counts equal the estimate. (57 s; beyond the suite's budget, see the skip.)"""
     need("yosys", "nextpnr-ice40")
     rep = synth.synthesize(mlp, "icebreaker", 4, tmp_path, name="mnist-mlp", n_images=0, chart=False)
     assert rep["store"] == ["ram", "rom"] and rep["pins"] == 34
