@@ -12,8 +12,8 @@ simulated as is by tests/test_board_build.py)::
 :class:`BoardTop` puts it on an amaranth-boards platform (``ICEBreakerPlatform``,
 ``ULX3S_25F_Platform``): the design runs in the ``sync`` domain of the platform's default clock,
 i.e. the board oscillator (12 MHz on the iCEBreaker, 25 MHz on the ULX3S; no PLL), with the
-platform's power-on reset (or, ``clock_hz`` on the iCEBreaker, an SB_PLL40_PAD's output, in reset until
-it locks: :func:`ice40_pll`); the UART is the board's ``uart`` resource (the FTDI's second channel on
+platform's power-on reset (or, with another ``clock_hz``, a PLL's output, the design in reset until
+it locks: an SB_PLL40_PAD on the iCEBreaker, :func:`ice40_pll`; an EHXPLLL on the ULX3S, :func:`ecp5_pll`); the UART is the board's ``uart`` resource (the FTDI's second channel on
 both boards), the LEDs are the board's.
 
 Behaviour
@@ -52,8 +52,8 @@ from .protocol import ProtoDevice
 from .spiflash import SpiFlashReader
 from .uart import UartRx, UartTx, divisor_for
 
-__all__ = ["BOARD_CLOCKS", "BoardCore", "BoardTop", "DEFAULT_BAUD", "FLASH_OFFSET", "board_info", "ice40_pll",
-           "platform_for"]
+__all__ = ["BOARD_CLOCKS", "BoardCore", "BoardTop", "DEFAULT_BAUD", "FLASH_OFFSET", "board_info", "ecp5_pll",
+           "ice40_pll", "make_pll", "platform_for"]
 
 DEFAULT_BAUD = 115200
 #: Flash byte address of the load image of a "ram" store (``iceprog -o 1M weights.bin``).
@@ -80,6 +80,34 @@ def ice40_pll(fin_hz: int, fout_hz: int) -> dict:
                 return {"DIVR": divr, "DIVF": int(divf1) - 1, "DIVQ": divq, "FILTER_RANGE": rng}
     raise ValueError(f"the iCE40 PLL cannot make exactly {fout_hz / 1e6:g} MHz from {fin_hz / 1e6:g} MHz "
                      f"(16..275 MHz, e.g. 18, 24, 30 MHz)")
+
+
+def ecp5_pll(fin_hz: int, fout_hz: int) -> dict:
+    """EHXPLLL parameters (CLKOP fed back) that make exactly ``fout_hz`` from ``fin_hz``, searched in
+    ``ecppll``'s ranges (PFD 3.125..400 MHz, VCO 400..800 MHz, output 3.125..400 MHz; CLKI_DIV 1..128,
+    CLKFB_DIV 1..80, CLKOP_DIV 1..128; ``fout = fin / CLKI_DIV * CLKFB_DIV``, ``VCO = fout *
+    CLKOP_DIV``): the smallest CLKI_DIV, then the VCO nearest 600 MHz, ``CLKOP_CPHASE = CLKOP_DIV // 2``
+    (what ``ecppll`` writes for 12 -> 16 MHz: 3, 4, 37, 18); ValueError (one line) when none does.
+    25 MHz -> 50 MHz: CLKI_DIV 1, CLKFB_DIV 2, CLKOP_DIV 12, CLKOP_CPHASE 6."""
+    if 3.125e6 <= fout_hz <= 400e6:
+        for idiv in range(1, 129):
+            pfd = fin_hz / idiv
+            if not 3.125e6 <= pfd <= 400e6:
+                continue
+            fbdiv = fout_hz * idiv / fin_hz
+            if fbdiv != int(fbdiv) or not 1 <= fbdiv <= 80:
+                continue
+            odivs = [o for o in range(1, 129) if 400e6 <= fout_hz * o <= 800e6]
+            if odivs:
+                odiv = min(odivs, key=lambda o: abs(fout_hz * o - 600e6))
+                return {"CLKI_DIV": idiv, "CLKFB_DIV": int(fbdiv), "CLKOP_DIV": odiv, "CLKOP_CPHASE": odiv // 2}
+    raise ValueError(f"the ECP5 PLL cannot make exactly {fout_hz / 1e6:g} MHz from {fin_hz / 1e6:g} MHz "
+                     f"(3.125..400 MHz, e.g. 30, 40, 50 MHz)")
+
+
+def make_pll(board: str, fin_hz: int, fout_hz: int) -> dict:
+    """The PLL parameters of ``board`` (:func:`ice40_pll` or :func:`ecp5_pll`)."""
+    return ice40_pll(fin_hz, fout_hz) if board == "icebreaker" else ecp5_pll(fin_hz, fout_hz)
 
 
 def platform_for(board: str):
@@ -211,9 +239,9 @@ class BoardTop(Elaboratable):
 
     ``model``: an IntModel; ``lanes``, ``store``: resolved (:func:`codegen.fpga.resolve_store`);
     ``board``: ``icebreaker`` or ``ulx3s``; ``baud``: the UART rate; ``clock_hz``: the clock
-    (default: the board oscillator, :data:`BOARD_CLOCKS`; on the iCEBreaker another one that
-    :func:`ice40_pll` makes exactly, from an SB_PLL40_PAD on the 12 MHz pad, the design held in
-    reset until the PLL locks; the ULX3S has no PLL here); ``name``,
+    (default: the board oscillator, :data:`BOARD_CLOCKS`; another one that the board's PLL makes
+    exactly, :func:`make_pll`: an SB_PLL40_PAD on the iCEBreaker's 12 MHz pad, an EHXPLLL on the
+    ULX3S's 25 MHz clock, the design held in reset until the PLL locks); ``name``,
     ``sha256``: the model file's, for INFO; ``timeout_ms``: the protocol's inter-byte timeout."""
 
     def __init__(self, model, lanes, store, board: str, baud: int = DEFAULT_BAUD, clock_hz: int | None = None, *,
@@ -227,10 +255,7 @@ class BoardTop(Elaboratable):
             clock_hz = osc
         self.pll = None
         if clock_hz != osc:
-            if board != "icebreaker":
-                raise ValueError(f"the {board} top runs at its oscillator, {osc / 1e6:g} MHz (no ECP5 PLL yet), "
-                                 f"not {clock_hz / 1e6:g} MHz")
-            self.pll = ice40_pll(osc, int(clock_hz))
+            self.pll = make_pll(board, osc, int(clock_hz))
         self.board, self.clock_hz, self.baud = board, int(clock_hz), int(baud)
         self.info = board_info(model, name, sha256, board, clock_hz, timeout_ms)
         self.core = BoardCore(model, lanes, store, self.info, baud, fifo_depth)
@@ -247,14 +272,30 @@ class BoardTop(Elaboratable):
             m.submodules[name] = b = io.Buffer(direction, port)
             return b
 
-        if self.pll is not None:     # SB_PLL40_PAD on the 12 MHz pad: the sync domain at clock_hz
+        if self.pll is not None:     # a PLL on the oscillator pad: the sync domain at clock_hz
             clk_in = platform.request(platform.default_clk, dir="-")
             m.domains.sync = cd = ClockDomain("sync")
             pll_clk, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
-            m.submodules.pll = Instance(
-                "SB_PLL40_PAD", p_FEEDBACK_PATH="SIMPLE", p_DIVR=self.pll["DIVR"], p_DIVF=self.pll["DIVF"],
-                p_DIVQ=self.pll["DIVQ"], p_FILTER_RANGE=self.pll["FILTER_RANGE"],
-                i_PACKAGEPIN=clk_in.io, i_RESETB=1, i_BYPASS=0, o_PLLOUTGLOBAL=pll_clk, o_LOCK=lock)
+            p = self.pll
+            if self.board == "icebreaker":
+                m.submodules.pll = Instance(
+                    "SB_PLL40_PAD", p_FEEDBACK_PATH="SIMPLE", p_DIVR=p["DIVR"], p_DIVF=p["DIVF"],
+                    p_DIVQ=p["DIVQ"], p_FILTER_RANGE=p["FILTER_RANGE"],
+                    i_PACKAGEPIN=clk_in.io, i_RESETB=1, i_BYPASS=0, o_PLLOUTGLOBAL=pll_clk, o_LOCK=lock)
+            else:                    # EHXPLLL as ecppll writes it: CLKOP fed back, the other outputs off
+                m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_in)
+                m.submodules.pll = Instance(
+                    "EHXPLLL", a_FREQUENCY_PIN_CLKI=f"{BOARD_CLOCKS[self.board] / 1e6:g}",
+                    a_FREQUENCY_PIN_CLKOP=f"{self.clock_hz / 1e6:g}", a_ICP_CURRENT="12", a_LPF_RESISTOR="8",
+                    a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                    p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                    p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+                    p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=p["CLKI_DIV"],
+                    p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p["CLKOP_DIV"], p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
+                    p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=p["CLKFB_DIV"],
+                    i_RST=0, i_STDBY=0, i_CLKI=clk_buf.i, i_CLKFB=pll_clk, o_CLKOP=pll_clk,
+                    i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+                    i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=lock)
             m.d.comb += cd.clk.eq(pll_clk)
             platform.add_clock_constraint(pll_clk, self.clock_hz)
             m.submodules.rst_sync = ResetSynchronizer(~lock, domain="sync")

@@ -85,6 +85,21 @@ def test_ice40_pll():
             ice40_pll(12_000_000, bad)
 
 
+def test_ecp5_pll():
+    from rtl.boards import ecp5_pll
+
+    # what ecppll writes (its generated EHXPLLL instances: 12 -> 16 MHz, 25 -> 137.5 MHz)
+    assert ecp5_pll(12_000_000, 16_000_000) == {"CLKI_DIV": 3, "CLKFB_DIV": 4, "CLKOP_DIV": 37, "CLKOP_CPHASE": 18}
+    assert ecp5_pll(25_000_000, 137_500_000) == {"CLKI_DIV": 2, "CLKFB_DIV": 11, "CLKOP_DIV": 4, "CLKOP_CPHASE": 2}
+    for fout in (30_000_000, 40_000_000, 50_000_000, 75_000_000):
+        p = ecp5_pll(25_000_000, fout)
+        pfd = 25e6 / p["CLKI_DIV"]
+        assert pfd * p["CLKFB_DIV"] == fout and 3.125e6 <= pfd and 400e6 <= fout * p["CLKOP_DIV"] <= 800e6
+    for bad in (16_000_000, 3_000_000, 401_000_000, 33_333_333):
+        with pytest.raises(ValueError, match="the ECP5 PLL cannot make exactly"):
+            ecp5_pll(25_000_000, bad)
+
+
 def test_top_with_pll_elaborates():
     model, _ = small_model()
     top = BoardTop(model, 2, "rom", "icebreaker", clock_hz=18_000_000, name="rand", sha256=SHA)
@@ -92,8 +107,12 @@ def test_top_with_pll_elaborates():
     plan = platform_for("icebreaker").build(top, name="top", do_build=False)
     assert "set_frequency pll_clk 18.0" in plan.files["top.pcf"]
     assert "cell \\SB_PLL40_PAD \\pll" in plan.files["top.il"]
-    with pytest.raises(ValueError, match="no ECP5 PLL"):
-        BoardTop(model, 2, "rom", "ulx3s", clock_hz=50_000_000)
+    top = BoardTop(model, 2, "rom", "ulx3s", clock_hz=50_000_000, name="rand", sha256=SHA)
+    assert top.pll == {"CLKI_DIV": 1, "CLKFB_DIV": 2, "CLKOP_DIV": 12, "CLKOP_CPHASE": 6}
+    plan = platform_for("ulx3s").build(top, name="top", do_build=False)
+    assert 'FREQUENCY NET "pll_clk" 50000000.0 HZ' in plan.files["top.lpf"]
+    il = plan.files["top.il"]
+    assert "cell \\EHXPLLL \\pll" in il and "parameter \\CLKOP_DIV 12" in il
 
 
 def test_cli_build_refuses_before_work(tmp_path, capsys):
@@ -107,8 +126,8 @@ def test_cli_build_refuses_before_work(tmp_path, capsys):
     assert "--store ram needs SPRAM" in capsys.readouterr().err
     assert main(["build", MLP, "--board", "icebreaker", "--clock", "13", "-o", str(tmp_path / "x")]) == 2
     assert "--clock 13: the iCE40 PLL cannot make exactly 13 MHz" in capsys.readouterr().err
-    assert main(["build", MLP, "--board", "ulx3s", "--clock", "50", "-o", str(tmp_path / "x")]) == 2
-    assert "no ECP5 PLL" in capsys.readouterr().err
+    assert main(["build", MLP, "--board", "ulx3s", "--clock", "16", "-o", str(tmp_path / "x")]) == 2
+    assert "--clock 16: the ECP5 PLL cannot make exactly 16 MHz" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

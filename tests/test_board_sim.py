@@ -50,7 +50,7 @@ def test_deploy_sim_option_refusals(capsys):
                       (["--sim", "ghdl"], "--sim must be icarus or verilator"),
                       (["--sim", "icarus", "--board", "nucleo-f446re"], "--board must be one of icebreaker, ulx3s"),
                       (["--port", "loop://", "--board", "ulx3s"], "they go with --sim"),
-                      (["--sim", "icarus", "--board", "ulx3s", "--clock", "30"], "no ECP5 PLL"),
+                      (["--sim", "icarus", "--board", "ulx3s", "--clock", "16"], "the ECP5 PLL cannot make exactly"),
                       (["--sim", "icarus", "--baud", "3000000", "--board", "ulx3s"], "--baud 3000000")]:
         assert cli.main(["deploy", str(MLP)] + argv) == 2, argv
         err = capsys.readouterr().err

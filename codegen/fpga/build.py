@@ -1,8 +1,8 @@
 """``codegen build MODEL.pt --board icebreaker|ulx3s``: a bitstream of the board top (rtl/boards.py).
 
 The design is :class:`rtl.boards.BoardTop` (the network behind the device protocol v1 on the
-board's FTDI UART, at the board oscillator's clock or, ``--clock`` on the iCEBreaker, an
-SB_PLL40_PAD's) on its amaranth-boards platform. Amaranth's
+board's FTDI UART, at the board oscillator's clock or, ``--clock``, a PLL's: SB_PLL40_PAD on the
+iCEBreaker, EHXPLLL on the ULX3S) on its amaranth-boards platform. Amaranth's
 build plan (``platform.build(top, do_build=False)``) is extracted into a temp folder beside the
 output and its script run with the tools :func:`codegen.fpga.synth.find_tool` finds (Debian's
 ``yosys`` / ``nextpnr-ice40`` / ``icepack`` when installed, else the YoWASP ones in the venv:
@@ -43,9 +43,9 @@ KIND = "bitstream"
 
 
 def check_clock(board, clock_mhz) -> int:
-    """The design clock in Hz: the board oscillator (``clock_mhz`` None), or what the iCEBreaker's
-    PLL makes exactly (one-line UserError otherwise)."""
-    from rtl.boards import BOARD_CLOCKS, ice40_pll
+    """The design clock in Hz: the board oscillator (``clock_mhz`` None), or what the board's PLL
+    makes exactly (iCE40 SB_PLL40 or ECP5 EHXPLLL; one-line UserError otherwise)."""
+    from rtl.boards import BOARD_CLOCKS, make_pll
 
     osc = BOARD_CLOCKS[board]
     if clock_mhz is None:
@@ -53,11 +53,8 @@ def check_clock(board, clock_mhz) -> int:
     hz = round(float(clock_mhz) * 1e6)
     if hz == osc:
         return osc
-    if board != "icebreaker":
-        raise UserError(f"--clock {clock_mhz:g}: the {board} top runs at its {osc / 1e6:g} MHz oscillator (no ECP5 "
-                        f"PLL yet)")
     try:
-        ice40_pll(osc, hz)
+        make_pll(board, osc, hz)
     except ValueError as e:
         raise UserError(f"--clock {clock_mhz:g}: {e}") from None
     return hz
@@ -112,6 +109,24 @@ def _tools(family: str) -> dict:
     return env
 
 
+def protocol_brams(model: IntModel, b) -> int:
+    """Block RAMs of the board top's protocol device (rtl/protocol.py): the INFO reply ROM (one,
+    ``rom_style`` block) and, for a detector with more than one map channel, the map reorder buffer
+    (as the estimate maps memories, :func:`codegen.fpga.memories.map_memory`)."""
+    import numpy as np
+
+    from .design import inspect_network
+    from .memories import Mem, map_memory
+
+    n = 1
+    if model.task == "detect" and int(model.layers[-1].out_shape[0]) > 1:
+        acc_bits = inspect_network(model, 1, FIFO_DEPTH, ["rom"] * len(model.layers)).engines[-1].acc_bits
+        m = map_memory(Mem("dev.reorder", "accumulators", int(np.prod(model.layers[-1].out_shape)), acc_bits,
+                           False), b)
+        n += m["cells"] if m["style"] == "bram" else 0
+    return n
+
+
 def board_design(model: IntModel, board: str, lanes="auto", store="auto", baud: int = 115200,
                  clock_mhz: float | None = None, fifo_depth: int = FIFO_DEPTH, *, name: str = "model",
                  sha256: str = "0" * 64, timeout_ms: int | None = None) -> dict:
@@ -119,20 +134,28 @@ def board_design(model: IntModel, board: str, lanes="auto", store="auto", baud: 
     simulates): the options checked, ``lanes`` "auto" resolved to what fits, the store resolved, the
     fit checked (one-line UserErrors). Returns ``top`` (:class:`rtl.boards.BoardTop`), ``board`` (the
     store.Board), ``clock`` (Hz), ``lanes``, ``store`` (one per layer), ``fifo_depth``."""
+    from dataclasses import replace
+
     from rtl.boards import BoardTop
     from boards import protocol as P
 
     from .fit import check_fit, estimate, fit_lanes
 
     b, clock = check_options(board, baud, store if isinstance(store, str) else "auto", clock_mhz)
-    if isinstance(lanes, str) and lanes == "auto":
-        found = fit_lanes(model, b, fifo_depth, store)
-        if found is None:
-            check_fit(model, estimate(model, b, 1, fifo_depth, 0, store=store), b, store)
-        lanes = found
-    lanes = check_lanes(lanes, len(model.layers))
-    est = estimate(model, b, lanes, fifo_depth, 0, store=store)
-    check_fit(model, est, b, store)
+    # the network gets the board's block RAM less what the board top's protocol device takes
+    own = protocol_brams(model, b)
+    b_net = replace(b, bram_count=b.bram_count - own)
+    try:
+        if isinstance(lanes, str) and lanes == "auto":
+            found = fit_lanes(model, b_net, fifo_depth, store)
+            if found is None:
+                check_fit(model, estimate(model, b_net, 1, fifo_depth, 0, store=store), b_net, store)
+            lanes = found
+        lanes = check_lanes(lanes, len(model.layers))
+        est = estimate(model, b_net, lanes, fifo_depth, 0, store=store)
+        check_fit(model, est, b_net, store)
+    except UserError as e:
+        raise UserError(f"{e} (the board top's protocol device takes {own} of the {b.bram_count} {b.bram_name})") from None
     st = est["store"]
     try:
         top = BoardTop(model, lanes, st, board, baud, clock, name=name, sha256=sha256, fifo_depth=fifo_depth,
@@ -146,8 +169,8 @@ def build(model: IntModel, model_sha256: str, name: str, board: str, out, lanes=
           baud: int = 115200, fifo_depth: int = FIFO_DEPTH, seed: int = 1, timeout: float = 3600,
           clock_mhz: float | None = None) -> dict:
     """Build the bitstream into ``out``; return the report (``ok``: fits and meets timing).
-    ``clock_mhz``: the design clock (default: the board oscillator; the iCEBreaker's PLL makes
-    others, :func:`rtl.boards.ice40_pll`)."""
+    ``clock_mhz``: the design clock (default: the board oscillator; the board's PLL makes others,
+    :func:`rtl.boards.make_pll`)."""
     from rtl.boards import FLASH_OFFSET, platform_for
     from codegen.lut import tool_versions
     from codegen.outputs import replace_dir
@@ -252,8 +275,12 @@ def format_report(rep: dict) -> str:
                  f"{'met' if rep['timing_met'] else 'NOT met'}; fits: {'yes' if rep['fits'] else 'NO'}")
     if rep.get("pll"):
         p = rep["pll"]
-        lines.append(f"  clock: SB_PLL40_PAD from the 12 MHz oscillator (DIVR {p['DIVR']}, DIVF {p['DIVF']}, DIVQ "
-                     f"{p['DIVQ']}, FILTER_RANGE {p['FILTER_RANGE']})")
+        if "DIVR" in p:
+            lines.append(f"  clock: SB_PLL40_PAD from the 12 MHz oscillator (DIVR {p['DIVR']}, DIVF {p['DIVF']}, DIVQ "
+                         f"{p['DIVQ']}, FILTER_RANGE {p['FILTER_RANGE']})")
+        else:
+            lines.append(f"  clock: EHXPLLL from the 25 MHz oscillator (CLKI_DIV {p['CLKI_DIV']}, CLKFB_DIV "
+                         f"{p['CLKFB_DIV']}, CLKOP_DIV {p['CLKOP_DIV']}, CLKOP_CPHASE {p['CLKOP_CPHASE']})")
     s = rep["seconds"]
     lines.append(f"  time: elaborate {s['elaborate']} s, yosys + nextpnr + pack {s['tools']} s")
     if rep.get("error"):
