@@ -170,6 +170,13 @@ def cmd_convert(args) -> int:
     outputs.check_file(out, inputs=[src], judge=_judge_model(src), force=args.force, kind="one-spike model")
     # 3. the ANN file, and whether the options can give a valid model at all
     net, input_shape, ann_meta = ann.load(src)
+    code = ann_meta.get("onespike_code") or {}      # an ANN from codegen finetune: its units and codes
+    if args.norm is None:
+        args.norm = "none" if code.get("normalised") else "percentile"
+    if args.Q is None and args.T is None:          # the code it was trained at (else: searched as usual)
+        args.Q, args.T = code.get("Q"), code.get("T")
+    args.input_Q = code.get("input_Q", 1.02) if args.input_Q is None else args.input_Q
+    args.input_T = code.get("input_T", 255) if args.input_T is None else args.input_T
     convert.check_options(Q=args.Q, T=args.T, F=args.F, norm=args.norm, percentile=args.percentile,
                           max_disagree=args.error_target, input_Q=args.input_Q, input_T=args.input_T)
     convert.lower(net, input_shape)  # every structural refusal before the datasets are read
@@ -868,9 +875,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--F", help="fraction bits of the decode tables, 0..30, or 'auto': the smallest whose held-out "
                                "disagreement is within 0.05 points of the default's (default: largest <= 16 that "
                                "fits 32-bit accumulators)")
-    c.add_argument("--input-Q", type=float, default=1.02, help="phase base of the input pixel code, in (1, 2] (default 1.02)")
-    c.add_argument("--input-T", type=int, default=255, help="phases of the input pixel code, 1..255 (default 255)")
-    c.add_argument("--norm", choices=("max", "percentile"), default="percentile", help="activation normalisation")
+    c.add_argument("--input-Q", type=float, help="phase base of the input pixel code, in (1, 2] (default 1.02, or "
+                                                 "the code an ANN from codegen finetune records)")
+    c.add_argument("--input-T", type=int, help="phases of the input pixel code, 1..255 (default 255, or the code an "
+                                               "ANN from codegen finetune records)")
+    c.add_argument("--norm", choices=("max", "percentile", "none"), default=None,
+                   help="activation normalisation (default percentile; none, lambda = 1, for an ANN from codegen "
+                        "finetune, which is the default for such a file)")
     c.add_argument("--percentile", type=float, default=99.99, help="percentile of --norm percentile, in (0, 100] "
                                                                    "(default 99.99)")
     c.add_argument("--calib", type=int, default=10000, help="calibration images from the train split, at least 2 "

@@ -33,7 +33,8 @@ Behaviour
 
     *LEDs*: ``led_heartbeat`` toggles every 2**23 cycles at 12 MHz (about 0.7 s; 2**24 at 25 MHz);
     ``led_busy`` is on while a frame is in the network or a reply is being sent (and during the
-    flash load); ``led_error`` goes on with any ERROR reply or UART framing error and stays on
+    flash load); ``led_error`` goes on with any ERROR reply, UART framing error or receive overrun (a byte
+    lost because the network did not take the previous pixel in time) and stays on
     until the next good request. iCEBreaker: heartbeat = the green LED (LEDG, pin 37), error = the
     red LED (LEDR, pin 11), busy = the break-off PMOD section's ``led_g 1`` resource (FPGA pin 27;
     amaranth-boards' ``break_off_pmod``). ULX3S: LED0 heartbeat, LED1 busy, LED2 error, LED7 ``loaded``.
@@ -228,7 +229,7 @@ class BoardCore(wiring.Component):
         ev = dev.rx.o
         with m.If(ev.valid & ev.ready):
             m.d.sync += err.eq(ev.payload.code != 0)
-        with m.Elif(urx.error):
+        with m.Elif(urx.error | urx.overrun):     # a framing error, or a byte lost: the network fell behind
             m.d.sync += err.eq(1)
         m.d.comb += self.led_error.eq(err)
         return m

@@ -63,8 +63,13 @@ def calibrate(low: Lowered, images_u8: np.ndarray, norm: str = "percentile", per
 
     ``progress`` shows one bar (stderr): a step per batch of images, then one per firing stage.
     """
-    if norm not in ("max", "percentile"):
-        raise UserError(f"normalisation must be 'max' or 'percentile', not {norm!r}")
+    if norm not in ("max", "percentile", "none"):
+        raise UserError(f"normalisation must be 'max', 'percentile' or 'none', not {norm!r}")
+    if norm == "none":      # the ANN is already in the one-spike units (codegen finetune writes such ANNs)
+        for st in low.stages:
+            if st.fires:
+                st.scale = np.ones(st.out_shape[0])
+        return
     if not (isinstance(percentile, (int, float)) and not isinstance(percentile, bool) and 0 < percentile <= 100):
         raise UserError(f"percentile must be a number in (0, 100], not {percentile}")
     # keep one batch's activations (float64) within about 256 MiB, whatever the network's size

@@ -6,7 +6,8 @@ Pipeline (``convert``):
    Conv2d/Linear, drop Dropout/Identity, attach each ReLU to its affine layer (a ReLU after a MaxPool
    commutes with it), check every shape.
 2. **Calibrate**: run the float ANN on calibration images and take, per channel of every firing stage,
-   the activation scale ``lambda`` (``max`` or a ``percentile`` of the positive activations).
+   the activation scale ``lambda`` (``max`` or a ``percentile`` of the positive activations; ``none``:
+   1, for an ANN already in the one-spike units, as ``codegen finetune`` writes them).
 3. **Normalise**: ``W' = W * lambda_in / lambda_out``, ``b' = b / lambda_out``, so activations live in
    [0, 1] where single-spike phase coding represents ``Q**-f``.
 4. **Quantise** for a base Q and T phases: int8 weights per output channel (scale ``s_o``), the decode
@@ -154,8 +155,8 @@ def check_options(Q=None, T=None, F=None, norm="percentile", percentile=99.99, m
         raise UserError(f"input Q must be a number in (1, 2], not {input_Q}")
     if not (integer(input_T) and 1 <= input_T <= MAX_T):
         raise UserError(f"input T must be an integer in 1..{MAX_T}, not {input_T}")
-    if norm not in ("max", "percentile"):
-        raise UserError(f"normalisation must be 'max' or 'percentile', not {norm!r}")
+    if norm not in ("max", "percentile", "none"):
+        raise UserError(f"normalisation must be 'max', 'percentile' or 'none', not {norm!r}")
     if not (real(percentile) and 0 < percentile <= 100):
         raise UserError(f"percentile must be a number in (0, 100], not {percentile}")
     if not (real(max_disagree) and 0 <= max_disagree <= 100):
