@@ -127,6 +127,113 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    import math
+
+    import numpy as np
+
+    from codegen import outputs
+    from codegen.frontend import ann, convert, datasets
+    from codegen.frontend import finetune as ft
+    from runtime.errors import UserError
+    from runtime.spec import MAX_T
+
+    # 1. every option, before anything is loaded
+    def number(opt, v, ok, what):
+        if v is not None and not (math.isfinite(v) and ok(v)):
+            raise UserError(f"{opt} must be {what}, not {v:g}")
+
+    number("--Q", args.Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
+    number("--T", args.T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
+    if (args.Q is None) != (args.T is None):
+        raise UserError("give --Q and --T together (or neither: the pair codegen convert picks for the ANN)")
+    number("--input-Q", args.input_Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
+    number("--input-T", args.input_T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
+    number("--budget", args.budget, lambda v: 0 < v <= 1, "a share of the start network's SOPs in (0, 1]")
+    number("--lr", args.lr, lambda v: 0 < v < 1, "a learning rate in (0, 1)")
+    check_int(args.epochs, "--epochs")
+    check_int(args.batch, "--batch")
+    check_int(args.val, "--val", lo=100)
+    check_int(args.calib, "--calib", lo=2)
+    check_int(args.seed, "--seed", lo=0)
+    if args.gradient not in ft.GRADIENTS:
+        raise UserError(f"--gradient must be one of {', '.join(ft.GRADIENTS)}, not {args.gradient!r}")
+    src = Path(args.ann)
+    name = _model_name(src)
+    out = Path(args.output) if args.output else Path("build") / f"{name}-ft.ann.pt"
+
+    def judge(path):
+        _, _, meta = ann.load(path)
+        return "regenerate" if meta.get("finetune", {}).get("source_ann_sha256") == _sha(src) else "same-kind"
+
+    def _sha(path):
+        from runtime import modelfile
+
+        return modelfile.file_sha256(path) if Path(path).is_file() else None
+
+    outputs.check_file(out, inputs=[src], judge=judge, force=args.force, kind="ANN file")
+    net, input_shape, meta = ann.load(src)
+    if meta.get("task") == "detect":
+        raise UserError(f"{src} is a detector: codegen finetune trains classifiers (mnist, fashion-mnist)")
+    ds = datasets.canonical(args.dataset or meta.get("dataset") or "")
+    low = convert.lower(net, input_shape)
+    if any(st.kind == "avgpool" for st in low.stages):
+        raise UserError("codegen finetune does not take average-pooling layers yet")
+    # 2. the work
+    xtr, ytr = datasets.load(ds, "train")
+    if args.val >= len(ytr) - 100:
+        raise UserError(f"--val {args.val} leaves too few of the {len(ytr)} training images to train on")
+    x_fit, y_fit = xtr[:len(ytr) - args.val], ytr[:len(ytr) - args.val]
+    x_val, y_val = xtr[len(ytr) - args.val:], ytr[len(ytr) - args.val:]
+    rng = np.random.default_rng(args.seed)
+    calib = x_fit[np.sort(rng.choice(len(x_fit), size=min(args.calib, len(x_fit)), replace=False))]
+    progress = not args.quiet
+    in_Q, in_T = args.input_Q or 1.02, args.input_T or 255
+    Q, T = args.Q, args.T
+    if Q is None:       # the code codegen convert would pick for this ANN
+        conv = convert.convert(net, input_shape, calib, input_Q=in_Q, input_T=in_T, progress=progress)
+        Q, T, normd = conv.model.Q, conv.model.T, conv.normalised
+    else:
+        convert.calibrate(low, calib, progress=progress)
+        normd = convert.normalise(low)
+    torch_threads = _torch_threads()
+    onet = ft.OneSpikeNet(normd, Q, T, in_Q, in_T, args.gradient)
+    max_shift = int(meta.get("max_shift", 0) or 0)
+    res = ft.finetune(onet, x_fit, y_fit, x_val, y_val, epochs=args.epochs, lr=args.lr, batch_size=args.batch,
+                      budget=args.budget, max_shift=max_shift, seed=args.seed, progress=progress)
+    xte, yte = datasets.load(ds, "test")
+    test = ft.evaluate(onet, xte, yte)
+    seq = onet.to_sequential()
+    new_meta = dict(meta)
+    new_meta.update({
+        "dataset": ds, "onespike_code": {"normalised": True, "Q": float(Q), "T": int(T), "input_Q": float(in_Q),
+                                         "input_T": int(in_T)},
+        "test_accuracy": None,
+        "finetune": {"source_ann_sha256": _sha(src), "gradient": args.gradient, "budget": args.budget,
+                     "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch, "seed": args.seed,
+                     "validation_images": args.val, "best_epoch": res.best_epoch, "history": res.history,
+                     "start_validation": res.start, "best_validation": res.best, "test_float_onespike": test,
+                     "seconds_per_epoch": res.seconds_per_epoch, "torch_threads": torch_threads},
+    })
+    ann.save(out, seq, input_shape, new_meta)
+    s0, s1 = res.start, res.best
+    print(f"{name}: one-spike float network at Q={Q:g}, T={T}, input code ({in_Q:g}, {in_T}), gradient "
+          f"{args.gradient}")
+    print(f"  validation ({args.val} held-out training images): accuracy {100 * s0['accuracy']:.2f}% -> "
+          f"{100 * s1['accuracy']:.2f}%, SOPs per image {s0['sops']:,.0f} -> {s1['sops']:,.0f} "
+          f"({s1['sops'] / max(s0['sops'], 1):.2f}x), epoch {res.best_epoch} of {args.epochs} kept")
+    print(f"  test (float one-spike): accuracy {100 * test['accuracy']:.2f}%, SOPs per image {test['sops']:,.0f}; "
+          f"{res.seconds_per_epoch:.1f} s per epoch (median)")
+    print(f"wrote {out}; then: codegen convert {out} --dataset {ds}")
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def cmd_convert(args) -> int:
     import math
 
@@ -864,6 +971,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="replace an existing ANN file trained for another architecture")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    fp = sub.add_parser("finetune", help="spike-aware training of an ANN through the one-spike forward pass (STE or "
+                                        "neighbourhood-aggregation gradients, a SOP budget); writes an ANN file "
+                                        "for codegen convert")
+    fp.add_argument("ann")
+    fp.add_argument("--dataset", help="mnist or fashion-mnist (default: the ANN's own)")
+    fp.add_argument("-o", "--output", help="ANN file to write (default build/NAME-ft.ann.pt)")
+    fp.add_argument("--force", action="store_true", help="replace an ANN file fine-tuned from another ANN")
+    fp.add_argument("--Q", type=float, help="hidden phase base (with --T; default: the pair codegen convert picks)")
+    fp.add_argument("--T", type=int, help="hidden phases (with --Q)")
+    fp.add_argument("--input-Q", type=float, help="input code base (default 1.02)")
+    fp.add_argument("--input-T", type=int, help="input code phases (default 255; fewer raise the lowest pixel that "
+                                                "spikes, and so remove input spikes)")
+    fp.add_argument("--gradient", default="ste", help="ste (straight through) or na (neighbourhood aggregation)")
+    fp.add_argument("--budget", type=float, default=0.5,
+                    help="target SOPs as a share of the start network's, in (0, 1]; 1: no SOP penalty (default 0.5)")
+    fp.add_argument("--epochs", type=int, default=5)
+    fp.add_argument("--lr", type=float, default=1e-3)
+    fp.add_argument("--batch", type=int, default=128)
+    fp.add_argument("--val", type=int, default=5000, help="the last N training images: validation (default 5000)")
+    fp.add_argument("--calib", type=int, default=10000, help="calibration images for the start network (default 10000)")
+    fp.add_argument("--seed", type=int, default=0)
+    fp.add_argument("-q", "--quiet", action="store_true")
+    fp.set_defaults(func=cmd_finetune)
 
     c = sub.add_parser("convert", help="convert a trained ANN (ann.pt) into a one-spike model.pt")
     c.add_argument("ann")

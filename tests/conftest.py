@@ -45,7 +45,7 @@ LONG_TESTS = {
     "test_board_build.py::test_bitstream_mnist_mlp_icebreaker_pll_18mhz": 50,
     "test_deploy.py::test_mnist_cnn_100_images_match": 30,
     "test_sweep.py::test_two_point_sweep_on_two_workers": 30,
-    "test_board_build.py::test_bitstream_random_model_ulx3s": 30,
+    "test_board_build.py::test_bitstream_mnist_mlp_ulx3s_pll_40mhz": 90,
     "test_rtl_cocotb.py::test_shipped_cnn[verilator-fmnist-cnn]": 100,
     "test_rtl_cocotb.py::test_shipped_cnn[verilator-mnist-cnn]": 40,
     "test_c_host.py::test_shipped_models_full_test_set_parity[fmnist-cnn]": 64,

@@ -306,11 +306,14 @@ all_bitstreams = pytest.mark.skipif(not os.environ.get("ONESPIKE_ALL_BITSTREAMS"
 
 @pytest.mark.bitstream
 @all_bitstreams
-def test_bitstream_random_model_ulx3s(tmp_path):
-    model, _ = small_model()
-    rep, secs, out = _timed_build(tmp_path, model, SHA, "rand", "ulx3s", lanes=2)
+def test_bitstream_mnist_mlp_ulx3s_pll_40mhz(tmp_path, mlp):
+    """A shipped model on the ULX3S, clocked by the ECP5's EHXPLLL at 40 MHz from the 25 MHz oscillator."""
+    m, sha = mlp
+    rep, secs, out = _timed_build(tmp_path, m, sha, "mnist-mlp", "ulx3s", clock_mhz=40)
     assert rep["fits"] and rep["timing_met"] and rep["ok"], rep.get("error")
-    assert rep["fmax_mhz"] >= 25.0
+    assert rep["fmax_mhz"] >= 40.0 and rep["store"] == ["rom", "rom"]
+    assert rep["pll"] == {"CLKI_DIV": 5, "CLKFB_DIV": 8, "CLKOP_DIV": 15, "CLKOP_CPHASE": 7}
+    assert rep["utilisation"]["EHXPLLL"]["used"] == 1
     assert (out / "top.bit").stat().st_size > 100_000
     assert rep["program"].startswith("openFPGALoader -b ulx3s ")
 

@@ -25,9 +25,9 @@ conv2d or avgpool stage adds to every output it reaches: ``n_out`` for dense, ``
 output positions whose window holds it for conv2d, one per window for avgpool), from the spike maps
 (after max-pooling). The **SOP penalty** is their smooth version divided by the SOPs of the start
 network, with the spike indicator's gradient taken from the fire slope at ``theta_{T-1}`` (the
-same STE / NA choice); its weight ``mu`` follows the budget by dual ascent: after every epoch
-``mu += MU_STEP * (sops / budget - 1)`` (never below 0), so training drives the measured SOPs
-to ``budget`` times the start network's and no further.
+same STE / NA choice); its weight ``mu`` (starting at 0) follows the budget by dual ascent: after
+every batch ``mu += MU_STEP * (sops / (budget * sops_start) - 1)`` (never below 0), so training
+drives the measured SOPs to ``budget`` times the start network's and no further.
 
 The input spikes are fixed by the input code (the images do not train): ``input_T`` (fewer input
 phases) raises the lowest pixel value that spikes, ``theta_in_{T_in - 1}``, and so removes input
@@ -58,7 +58,7 @@ from .calibrate import Normalised
 GRADIENTS = ("ste", "na")
 NA_POINTS = 4          # K: finite differences per side of the neighbourhood
 NA_RADIUS = 1.5        # the neighbourhood, in level spacings (Q - 1) of the value
-MU_STEP = 0.5          # dual ascent step of the SOP weight, per epoch
+MU_STEP = 0.005        # dual ascent step of the SOP weight, per batch
 
 
 def _fire_phase(a: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -303,7 +303,7 @@ def evaluate(net: OneSpikeNet, images_u8: np.ndarray, labels: np.ndarray, batch:
 
 
 def finetune(net: OneSpikeNet, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-             epochs: int = 5, lr: float = 1e-3, batch_size: int = 128, budget: float = 0.5, mu: float = 1.0,
+             epochs: int = 5, lr: float = 1e-3, batch_size: int = 128, budget: float = 0.5, mu: float = 0.0,
              max_shift: int = 0, seed: int = 0, progress: bool = True, max_steps: int | None = None) -> FinetuneResult:
     """Train ``net`` (in place) with cross-entropy plus ``mu`` times the SOPs relative to the start
     network's, ``mu`` by dual ascent towards ``budget`` (the SOPs' target share of the start's;
@@ -345,8 +345,10 @@ def finetune(net: OneSpikeNet, x_train: np.ndarray, y_train: np.ndarray, x_val: 
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += float(loss.detach()) * len(idx)
             tot_sops += float(st.sops.sum())
+            if penalise:
+                mu = max(0.0, mu + MU_STEP * (float(st.sops.mean()) / (budget * sops0) - 1.0))
         secs.append(time.perf_counter() - t0)
         val = evaluate(net, x_val, y_val)
         rec = {"epoch": ep + 1, "loss": tot / len(y_train), "train_sops": tot_sops / len(y_train), "mu": mu,
@@ -362,8 +364,6 @@ def finetune(net: OneSpikeNet, x_train: np.ndarray, y_train: np.ndarray, x_val: 
         if best_key is None or key > best_key:
             best_key, best_epoch = key, ep + 1
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        if penalise:
-            mu = max(0.0, mu + MU_STEP * (rec["sop_ratio"] / budget - 1.0))
         if max_steps is not None and done >= max_steps:
             break
     net.load_state_dict(best_state)
