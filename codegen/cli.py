@@ -158,21 +158,39 @@ def cmd_finetune(args) -> int:
     check_int(args.seed, "--seed", lo=0)
     if args.gradient not in ft.GRADIENTS:
         raise UserError(f"--gradient must be one of {', '.join(ft.GRADIENTS)}, not {args.gradient!r}")
-    src = Path(args.ann)
-    name = _model_name(src)
+    if (args.ann is None) == (args.scratch is None):
+        raise UserError("give an ANN file to fine-tune or --scratch ARCH (direct training from random weights), one")
+    if args.scratch is not None:
+        from codegen.frontend import train
+
+        if args.scratch not in train.ARCHS:
+            raise UserError(f"--scratch: unknown architecture {args.scratch!r}; known: {', '.join(train.ARCHS)}")
+    src = Path(args.ann) if args.ann is not None else None
+    name = _model_name(src) if src is not None else args.scratch
     out = Path(args.output) if args.output else Path("build") / f"{name}-ft.ann.pt"
 
     def judge(path):
         _, _, meta = ann.load(path)
-        return "regenerate" if meta.get("finetune", {}).get("source_ann_sha256") == _sha(src) else "same-kind"
+        same = meta.get("finetune", {}).get("source_ann_sha256") == (_sha(src) if src is not None else args.scratch)
+        return "regenerate" if same else "same-kind"
 
     def _sha(path):
         from runtime import modelfile
 
         return modelfile.file_sha256(path) if Path(path).is_file() else None
 
-    outputs.check_file(out, inputs=[src], judge=judge, force=args.force, kind="ANN file")
-    net, input_shape, meta = ann.load(src)
+    outputs.check_file(out, inputs=[src] if src is not None else [], judge=judge, force=args.force, kind="ANN file")
+    if src is not None:
+        net, input_shape, meta = ann.load(src)
+    else:                   # seed 003: the one-spike network trained directly, from the ANN's random init
+        import torch
+
+        from codegen.frontend import train
+
+        builder, ds_name, _, shift = train.ARCHS[args.scratch]
+        torch.manual_seed(args.seed)
+        net, input_shape = builder().eval(), (1, 28, 28)
+        meta = {"arch": args.scratch, "dataset": ds_name, "max_shift": shift, "from_scratch": True}
     if meta.get("task") == "detect":
         raise UserError(f"{src} is a detector: codegen finetune trains classifiers (mnist, fashion-mnist)")
     ds = datasets.canonical(args.dataset or meta.get("dataset") or "")
@@ -190,6 +208,10 @@ def cmd_finetune(args) -> int:
     progress = not args.quiet
     in_Q, in_T = args.input_Q or 1.02, args.input_T or 255
     Q, T = args.Q, args.T
+    if args.budget is None:
+        args.budget = 1.0 if src is None else 0.5
+    if Q is None and src is None:
+        Q, T = 1.2, 16      # a random network has no code of its own to search for
     if Q is None:       # the code codegen convert would pick for this ANN
         conv = convert.convert(net, input_shape, calib, input_Q=in_Q, input_T=in_T, progress=progress)
         Q, T, normd = conv.model.Q, conv.model.T, conv.normalised
@@ -208,13 +230,13 @@ def cmd_finetune(args) -> int:
     new_meta.update({
         "dataset": ds, "onespike_code": {"normalised": True, "Q": float(Q), "T": int(T), "input_Q": float(in_Q),
                                          "input_T": int(in_T)},
-        "test_accuracy": None,
-        "finetune": {"source_ann_sha256": _sha(src), "gradient": args.gradient, "budget": args.budget,
+        "finetune": {"source_ann_sha256": _sha(src) if src is not None else args.scratch, "gradient": args.gradient, "budget": args.budget,
                      "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch, "seed": args.seed,
                      "validation_images": args.val, "best_epoch": res.best_epoch, "history": res.history,
                      "start_validation": res.start, "best_validation": res.best, "test_float_onespike": test,
                      "seconds_per_epoch": res.seconds_per_epoch, "torch_threads": torch_threads},
     })
+    new_meta.pop("test_accuracy", None)      # the ANN's: not this network's (its float one-spike figure is above)
     ann.save(out, seq, input_shape, new_meta)
     s0, s1 = res.start, res.best
     print(f"{name}: one-spike float network at Q={Q:g}, T={T}, input code ({in_Q:g}, {in_T}), gradient "
@@ -975,18 +997,22 @@ def build_parser() -> argparse.ArgumentParser:
     fp = sub.add_parser("finetune", help="spike-aware training of an ANN through the one-spike forward pass (STE or "
                                         "neighbourhood-aggregation gradients, a SOP budget); writes an ANN file "
                                         "for codegen convert")
-    fp.add_argument("ann")
+    fp.add_argument("ann", nargs="?", help="the trained ANN file (onespike-ann) to start from")
+    fp.add_argument("--scratch", help="instead of an ANN file: train this architecture (mnist-mlp, mnist-cnn, "
+                                      "fmnist-cnn) from random weights, directly as a one-spike network")
     fp.add_argument("--dataset", help="mnist or fashion-mnist (default: the ANN's own)")
     fp.add_argument("-o", "--output", help="ANN file to write (default build/NAME-ft.ann.pt)")
     fp.add_argument("--force", action="store_true", help="replace an ANN file fine-tuned from another ANN")
-    fp.add_argument("--Q", type=float, help="hidden phase base (with --T; default: the pair codegen convert picks)")
+    fp.add_argument("--Q", type=float, help="hidden phase base (with --T; default: the pair codegen convert picks; "
+                                            "with --scratch 1.2 and 16)")
     fp.add_argument("--T", type=int, help="hidden phases (with --Q)")
     fp.add_argument("--input-Q", type=float, help="input code base (default 1.02)")
     fp.add_argument("--input-T", type=int, help="input code phases (default 255; fewer raise the lowest pixel that "
                                                 "spikes, and so remove input spikes)")
     fp.add_argument("--gradient", default="ste", help="ste (straight through) or na (neighbourhood aggregation)")
-    fp.add_argument("--budget", type=float, default=0.5,
-                    help="target SOPs as a share of the start network's, in (0, 1]; 1: no SOP penalty (default 0.5)")
+    fp.add_argument("--budget", type=float,
+                    help="target SOPs as a share of the start network's, in (0, 1]; 1: no SOP penalty (default 0.5; "
+                         "with --scratch 1: a random start network's SOPs mean nothing)")
     fp.add_argument("--epochs", type=int, default=5)
     fp.add_argument("--lr", type=float, default=1e-3)
     fp.add_argument("--batch", type=int, default=128)
