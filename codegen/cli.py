@@ -151,6 +151,7 @@ def cmd_finetune(args) -> int:
     number("--input-T", args.input_T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
     number("--budget", args.budget, lambda v: 0 < v <= 1, "a share of the start network's SOPs in (0, 1]")
     number("--lr", args.lr, lambda v: 0 < v < 1, "a learning rate in (0, 1)")
+    number("--mu-step", args.mu_step, lambda v: 0 < v <= 1, "a step in (0, 1]")
     check_int(args.epochs, "--epochs")
     check_int(args.batch, "--batch")
     check_int(args.val, "--val", lo=100)
@@ -197,7 +198,10 @@ def cmd_finetune(args) -> int:
     low = convert.lower(net, input_shape)
     if any(st.kind == "avgpool" for st in low.stages):
         raise UserError("codegen finetune does not take average-pooling layers yet")
-    # 2. the work
+    # 2. the work (seeded: torch and numpy from --seed, 2 threads, deterministic algorithms)
+    from codegen.frontend import train as _train
+
+    _train.seeded(args.seed, 2)
     xtr, ytr = datasets.load(ds, "train")
     if args.val >= len(ytr) - 100:
         raise UserError(f"--val {args.val} leaves too few of the {len(ytr)} training images to train on")
@@ -222,7 +226,8 @@ def cmd_finetune(args) -> int:
     onet = ft.OneSpikeNet(normd, Q, T, in_Q, in_T, args.gradient)
     max_shift = int(meta.get("max_shift", 0) or 0)
     res = ft.finetune(onet, x_fit, y_fit, x_val, y_val, epochs=args.epochs, lr=args.lr, batch_size=args.batch,
-                      budget=args.budget, max_shift=max_shift, seed=args.seed, progress=progress)
+                      budget=args.budget, max_shift=max_shift, seed=args.seed, progress=progress,
+                      mu_step=args.mu_step)
     xte, yte = datasets.load(ds, "test")
     test = ft.evaluate(onet, xte, yte)
     seq = onet.to_sequential()
@@ -232,7 +237,7 @@ def cmd_finetune(args) -> int:
                                          "input_T": int(in_T)},
         "finetune": {"source_ann_sha256": _sha(src) if src is not None else args.scratch, "gradient": args.gradient, "budget": args.budget,
                      "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch, "seed": args.seed,
-                     "validation_images": args.val, "best_epoch": res.best_epoch, "history": res.history,
+                     "validation_images": args.val, "mu_step": args.mu_step, "best_epoch": res.best_epoch, "history": res.history,
                      "start_validation": res.start, "best_validation": res.best, "test_float_onespike": test,
                      "seconds_per_epoch": res.seconds_per_epoch, "torch_threads": torch_threads},
     })
@@ -1013,6 +1018,9 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--budget", type=float,
                     help="target SOPs as a share of the start network's, in (0, 1]; 1: no SOP penalty (default 0.5; "
                          "with --scratch 1: a random start network's SOPs mean nothing)")
+    fp.add_argument("--mu-step", type=float, default=0.005,
+                    help="dual ascent step of the SOP penalty's weight, per batch (default 0.005; smaller: a "
+                         "gentler descent to the budget, for larger networks)")
     fp.add_argument("--epochs", type=int, default=5)
     fp.add_argument("--lr", type=float, default=1e-3)
     fp.add_argument("--batch", type=int, default=128)

@@ -13,7 +13,7 @@ harness (cycles per frame back to back, median over the first --frames test imag
 checked equal to the golden model).
 
 Training throughput, same run, same network, same batch (128) and thread count: one training step
-(forward, backward, Adam) of the one-spike network (``codegen.frontend.finetune.OneSpikeNet``, the
+(forward with the SOP count and its penalty, as ``codegen finetune`` runs it, backward, Adam) of the one-spike network (``codegen.frontend.finetune.OneSpikeNet``, the
 closed form: no time loop) against snnTorch's time-stepped BPTT of the same layers with
 ``snn.Leaky`` neurons (beta 1, threshold 1, the fast-sigmoid surrogate) over T steps (the model's T),
 the image as a constant input current; the median of --batches steps after 2 warm-up steps, times
@@ -94,15 +94,14 @@ def snn_net(ann_seq, T):
     return net, forward
 
 
-def step_seconds(params, forward, xb, yb, batches):
+def step_seconds(params, loss_of, batches):
     import torch
 
     opt = torch.optim.Adam(params, lr=1e-3)
-    lossf = torch.nn.CrossEntropyLoss()
     times = []
     for k in range(batches + 2):
         t = time.perf_counter()
-        loss = lossf(forward(xb), yb)
+        loss = loss_of()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -123,10 +122,17 @@ def training_figures(name, Q, T, batches):
     C.calibrate(low, xtr[:2000])
     onet = OneSpikeNet(C.normalise(low), Q, T, 1.02, 255)
     xb_u8, yb = xtr[:128], torch.from_numpy(ytr[:128].astype(np.int64))
-    ours = step_seconds(onet.parameters(), lambda x: onet(x), onet.encode(xb_u8), yb, batches)
+    lossf = torch.nn.CrossEntropyLoss()
+    xo = onet.encode(xb_u8)
+
+    def ours_loss():            # what codegen finetune does per batch: the SOP count and its penalty
+        out, st = onet(xo, with_stats=True)
+        return lossf(out, yb) + 0.1 * st.soft_sops.mean() / 1e5
+
+    ours = step_seconds(onet.parameters(), ours_loss, batches)
     snet, fwd = snn_net(net.train(), T)
     xf = torch.from_numpy(xb_u8.astype(np.float32) / 255.0)
-    theirs = step_seconds(snet.parameters(), fwd, xf, yb, batches)
+    theirs = step_seconds(snet.parameters(), lambda: lossf(fwd(xf), yb), batches)
     steps = -(-55000 // 128)
     return {"T": T, "batch": 128, "threads": torch.get_num_threads(), "onespike_step_s": ours,
             "snntorch_step_s": theirs, "onespike_epoch_s": ours * steps, "snntorch_epoch_s": theirs * steps,

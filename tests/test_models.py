@@ -18,7 +18,10 @@ TARGETS = {"mnist-cnn": ("mnist", 0.992), "fmnist-cnn": ("fashion-mnist", 0.91),
 def test_shipped_model_meets_target(name):
     dataset, target = TARGETS[name]
     m = modelfile.load(ROOT / "models" / f"{name}.pt")
-    net, shape, _ = ann.load(ROOT / "models" / f"{name}.ann.pt")
+    # the ANN it was converted from: NAME-ft.ann.pt when the model was re-shipped after codegen finetune
+    src = next(p for p in (ROOT / "models" / f"{name}-ft.ann.pt", ROOT / "models" / f"{name}.ann.pt") if p.is_file())
+    assert modelfile.file_sha256(src) == m.meta["source_ann_sha256"], f"{name}.pt was not converted from {src.name}"
+    net, shape, ann_meta = ann.load(src)
     x, y = datasets.load(dataset, "test")
     assert len(y) == 10000
     res = golden.run_batched(m, x)
@@ -31,6 +34,11 @@ def test_shipped_model_meets_target(name):
     spn = res.spikes[:, [0] + [i + 1 for i, l in enumerate(m.layers) if l.fires]].sum(1).mean() / sum(m.neuron_counts())
     assert 0 < spn < 1
     assert np.isclose(m.meta["spikes_per_neuron"], spn)
+    if "finetune" in ann_meta:      # the SOPs as codegen finetune reported them, and its budget kept
+        ft = ann_meta["finetune"]
+        sops = float(res.sops.sum(1).mean())
+        assert abs(sops / ft["test_float_onespike"]["sops"] - 1) < 0.02, (sops, ft["test_float_onespike"]["sops"])
+        assert sops <= ft["budget"] * ft["start_validation"]["sops"], (sops, ft["start_validation"]["sops"])
 
 
 # detector -> (dataset, minimum integer mAP@0.5 on the test split, minimum WBC AP@0.5)
@@ -49,7 +57,10 @@ def test_shipped_detector_on_the_test_split(name, tmp_path):
 
     dataset, min_map, min_wbc = DETECTORS[name]
     m = modelfile.load(ROOT / "models" / f"{name}.pt")
-    net, shape, _ = ann.load(ROOT / "models" / f"{name}.ann.pt")
+    # the ANN it was converted from: NAME-ft.ann.pt when the model was re-shipped after codegen finetune
+    src = next(p for p in (ROOT / "models" / f"{name}-ft.ann.pt", ROOT / "models" / f"{name}.ann.pt") if p.is_file())
+    assert modelfile.file_sha256(src) == m.meta["source_ann_sha256"], f"{name}.pt was not converted from {src.name}"
+    net, shape, ann_meta = ann.load(src)
     c, h, w = m.input_shape
     ds = voc.load(dataset, "test", (w, h), c, classes=list(m.head.classes))
     assert len(ds.images) == 72

@@ -176,10 +176,12 @@ class OneSpikeNet(nn.Module):
     def forward(self, x: torch.Tensor, with_stats: bool = False):
         """``x``: the input levels (:meth:`encode`). Returns the logits (and :class:`Stats`)."""
         n = x.shape[0]
-        spk = (x > 0).to(x.dtype)              # the spike indicator of the current activation
         sops = torch.zeros(n, dtype=x.dtype)
         soft = torch.zeros(n, dtype=x.dtype)
-        spikes = [spk.reshape(n, -1).sum(1)]
+        spk, spikes = None, []
+        if with_stats:
+            spk = (x > 0).to(x.dtype)          # the spike indicator of the current activation
+            spikes.append(spk.reshape(n, -1).sum(1))
         k = 0
         for i, st in enumerate(self.stages):
             fan = self.fanout[i]
@@ -197,14 +199,16 @@ class OneSpikeNet(nn.Module):
                     return (out, Stats(sops, soft, spikes)) if with_stats else out
             elif st.kind == "maxpool":
                 x = Fn.max_pool2d(x, st.kernel, st.stride, st.padding)
-                spk = Fn.max_pool2d(spk, st.kernel, st.stride, st.padding)
+                if with_stats:
+                    spk = Fn.max_pool2d(spk, st.kernel, st.stride, st.padding)
                 continue
             else:
                 a = Fn.avg_pool2d(x, st.kernel, st.stride, st.padding, count_include_pad=True) * \
                     getattr(self, f"ratio{i}")[None, :, None, None]
             x = _Fire.apply(a, self.theta, self.lvt, self.gradient, self.radius)
-            spk = _Spike.apply(a, self.theta, self.gradient, self.radius)
-            spikes.append(spk.detach().reshape(n, -1).sum(1))
+            if with_stats:      # the spike map only feeds the SOP count
+                spk = _Spike.apply(a, self.theta, self.gradient, self.radius)
+                spikes.append(spk.detach().reshape(n, -1).sum(1))
         raise AssertionError("unreachable: lower() guarantees a readout")
 
     def phases(self, images_u8: np.ndarray) -> list[np.ndarray]:
@@ -306,7 +310,8 @@ def evaluate(net: OneSpikeNet, images_u8: np.ndarray, labels: np.ndarray, batch:
 
 def finetune(net: OneSpikeNet, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
              epochs: int = 5, lr: float = 1e-3, batch_size: int = 128, budget: float = 0.5, mu: float = 0.0,
-             max_shift: int = 0, seed: int = 0, progress: bool = True, max_steps: int | None = None) -> FinetuneResult:
+             max_shift: int = 0, seed: int = 0, progress: bool = True, max_steps: int | None = None,
+             mu_step: float = MU_STEP) -> FinetuneResult:
     """Train ``net`` (in place) with cross-entropy plus ``mu`` times the SOPs relative to the start
     network's, ``mu`` by dual ascent towards ``budget`` (the SOPs' target share of the start's;
     ``budget`` >= 1 or None: no penalty); the epoch kept is the one with the best validation
@@ -350,7 +355,7 @@ def finetune(net: OneSpikeNet, x_train: np.ndarray, y_train: np.ndarray, x_val: 
             tot += float(loss.detach()) * len(idx)
             tot_sops += float(st.sops.sum())
             if penalise:
-                mu = max(0.0, mu + MU_STEP * (float(st.sops.mean()) / ((1 - MARGIN) * budget * sops0) - 1.0))
+                mu = max(0.0, mu + mu_step * (float(st.sops.mean()) / ((1 - MARGIN) * budget * sops0) - 1.0))
         secs.append(time.perf_counter() - t0)
         val = evaluate(net, x_val, y_val)
         rec = {"epoch": ep + 1, "loss": tot / len(y_train), "train_sops": tot_sops / len(y_train), "mu": mu,
