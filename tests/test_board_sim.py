@@ -7,8 +7,9 @@ and the bench bridges them to a TCP socket. The real client (``codegen.deploy``,
 
 * the MNIST MLP on the iCEBreaker (lanes and store as ``codegen build`` picks them: the first layer's
   weights in SPRAM, loaded from the flash model at 1 MiB) under Verilator: every bad frame gets its
-  ERROR and the board stays usable; 20 test images, 20/20 matched through ``codegen deploy --sim``;
-* a small random model under Icarus: a corrupted frame, then every image matched;
+  ERROR and the board stays usable; then 20 test images through the client, 20/20 matched;
+* a small random model under Icarus: a corrupted frame gets its ERROR; then ``codegen deploy --sim
+  icarus`` matches every image;
 * the bench's reply framing (a pure function) and the option refusals.
 """
 import socket
@@ -105,21 +106,20 @@ def test_mnist_mlp_icebreaker_verilator_bad_frames_then_deploy(capsys):
             assert "logit 3" in deploy.compare(m, wrong, 1, r)
             # the cycles are counted from the first pixel: at least the 784 bytes' 10 bits of 4 cycles
             assert 784 * 40 < r.cycles < 784 * 40 + 20_000
+        # then the real client on the same board: 20 test images
+        res = deploy.deploy(m, MLP, x[:20], b.url, baud=b.baud, timeout=120)
+    assert (res.matched, res.n, res.first_mismatch) == (20, 20, None)
+    assert res.info.board == "icebreaker" and len(res.cycles) == 20
     st = b.results
-    assert st["connections"] == 1 and st["loaded"] == 1 and st["waited_for_load_cycles"] > 100_000
+    assert st["connections"] == 2 and st["loaded"] == 1 and st["waited_for_load_cycles"] > 100_000
     assert st["led_error"] == 0 and st["bytes_from_board"] > 0
-
-    rc = cli.main(["deploy", str(MLP), "--sim", "verilator", "-n", "20", "-q", "--work", str(WORK)])
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    assert "20/20 matched" in out and "mnist-mlp on icebreaker at 12 MHz" in out
-    assert "simulated icebreaker under verilator: lanes 4,1, store ram,rom, 12 MHz, 3000000 baud" in out
 
 
 @pytest.mark.cocotb
-def test_random_model_icarus_corrupted_frame_then_all_matched(tmp_path):
+def test_random_model_icarus_corrupted_frame_then_deploy_sim_cli(tmp_path, capsys):
     """A small random conv model on the iCEBreaker top (block RAM weights) under Icarus: a frame with
-    a flipped bit gets BAD_CHECKSUM, then ``deploy`` matches every image."""
+    a flipped bit gets BAD_CHECKSUM; then ``codegen deploy --sim icarus`` (the same design, cached)
+    matches every image."""
     need("icarus")
     from codegen.fpga.board_sim import SimBoard
 
@@ -131,13 +131,16 @@ def test_random_model_icarus_corrupted_frame_then_all_matched(tmp_path):
     x = random_images(rng, m, 6)
     with SimBoard(m, "icarus", "icebreaker", lanes=2, store="rom", name="rand", sha256=sha, work=WORK) as b:
         host, port = b.url.removeprefix("socket://").rsplit(":", 1)
-        mid = P.model_id(sha)
-        frame = bytearray(P.encode_request(P.MsgType.INFER, mid, P.image_payload(x[0], tuple(m.input_shape))))
+        frame = bytearray(P.encode_request(P.MsgType.INFER, P.model_id(sha), P.image_payload(x[0], tuple(m.input_shape))))
         frame[P.HEADER_SIZE] ^= 0x01
         with socket.create_connection((host, int(port))) as s:
             s.sendall(bytes(frame))
             assert _reply(s) == P.Error(P.ErrorCode.BAD_CHECKSUM, P.MsgType.INFER, P.crc32(bytes(frame[:-4])))
-        res = deploy.deploy(m, path, x, b.url, baud=b.baud, timeout=120)
-    assert (res.matched, res.n, res.first_mismatch) == (6, 6, None)
-    assert res.info.board == "icebreaker" and len(res.cycles) == 6 and min(res.cycles) > 0
-    assert b.results["connections"] == 2 and b.results["led_error"] == 0
+    assert b.results["connections"] == 1 and b.results["led_error"] == 1     # the ERROR lit the LED
+    np.save(tmp_path / "x.npy", x)
+    rc = cli.main(["deploy", str(path), "--sim", "icarus", "--lanes", "2", "--store", "rom", "--input",
+                   str(tmp_path / "x.npy"), "-q", "--work", str(WORK)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "6/6 matched" in out and "rand on icebreaker at 12 MHz" in out
+    assert "simulated icebreaker under icarus: lanes 2, store rom,rom,rom, 12 MHz, 3000000 baud" in out

@@ -277,7 +277,7 @@ def test_unrepresentable_pairs_are_refused_before_calibration(monkeypatch):
         ({"percentile": 0.0}, "percentile must be a number in (0, 100], not 0.0"),
         ({"max_disagree": -1}, "error target must be a percentage in 0..100, not -1"),
         ({"eval_fraction": 1.0}, "eval_fraction must be a number in (0, 1), not 1.0"),
-        ({"norm": "l2"}, "normalisation must be 'max' or 'percentile'"),
+        ({"norm": "l2"}, "normalisation must be 'max', 'percentile' or 'none'"),
     ]:
         with pytest.raises(UserError) as e:
             convert.convert(net, (1, 8, 8), _images(10), progress=False, **kw)

@@ -95,6 +95,17 @@ def build(design_dir: Path, build_dir: Path, train=None) -> Path:
     if exe.is_file() and stamp.is_file() and stamp.read_text() == key:
         return exe
     build_dir.mkdir(parents=True, exist_ok=True)
+    from .sim import _locked
+
+    # one build at a time per folder: another process (a second pytest worker, a sweep point) may be
+    # building the same design, and a build deletes the last one's objects first
+    with _locked(build_dir.parent / f".lock-{build_dir.name}"):
+        if exe.is_file() and stamp.is_file() and stamp.read_text() == key:
+            return exe                           # built meanwhile by the other process
+        return _build_locked(design_dir, build_dir, train, key, exe, stamp)
+
+
+def _build_locked(design_dir: Path, build_dir: Path, train, key: str, exe: Path, stamp: Path) -> Path:
     stamp.unlink(missing_ok=True)
     # The memory files are read at run time from the worker's folder (run_chunk puts them there), so
     # the harness's copy of the Verilog names them without the design folder's absolute path.
