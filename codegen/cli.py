@@ -20,7 +20,7 @@ def _model_name(path: Path) -> str:
     name = path.name
     if name in ("model.pt", "ann.pt") and path.resolve().parent.name:
         return path.resolve().parent.name
-    for suf in (".ann.pt", ".pt"):
+    for suf in (".ann.pt", ".pt", ".pt2", ".onnx"):
         if name.endswith(suf):
             return name[: -len(suf)]
     return path.stem
@@ -35,6 +35,16 @@ def check_int(value, option: str, lo: int = 1, hi: int | None = None) -> int:
             if hi is None else f"an integer in {lo}..{hi}"
         raise UserError(f"{option} must be {want}, not {value}")
     return value
+
+
+def check_number(option: str, value, ok, what: str) -> None:
+    """A float option (None: not given) that is finite and ``ok``, else "--Q must be a number in (1, 2], not 3"."""
+    import math
+
+    from runtime.errors import UserError
+
+    if value is not None and not (math.isfinite(value) and ok(value)):
+        raise UserError(f"{option} must be {what}, not {value:g}")
 
 
 def _F_option(value):
@@ -128,8 +138,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    import math
-
     import numpy as np
 
     from codegen import outputs
@@ -139,19 +147,15 @@ def cmd_finetune(args) -> int:
     from runtime.spec import MAX_T
 
     # 1. every option, before anything is loaded
-    def number(opt, v, ok, what):
-        if v is not None and not (math.isfinite(v) and ok(v)):
-            raise UserError(f"{opt} must be {what}, not {v:g}")
-
-    number("--Q", args.Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
-    number("--T", args.T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
+    check_number("--Q", args.Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
+    check_number("--T", args.T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
     if (args.Q is None) != (args.T is None):
         raise UserError("give --Q and --T together (or neither: the pair codegen convert picks for the ANN)")
-    number("--input-Q", args.input_Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
-    number("--input-T", args.input_T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
-    number("--budget", args.budget, lambda v: 0 < v <= 1, "a share of the start network's SOPs in (0, 1]")
-    number("--lr", args.lr, lambda v: 0 < v < 1, "a learning rate in (0, 1)")
-    number("--mu-step", args.mu_step, lambda v: 0 < v <= 1, "a step in (0, 1]")
+    check_number("--input-Q", args.input_Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
+    check_number("--input-T", args.input_T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
+    check_number("--budget", args.budget, lambda v: 0 < v <= 1, "a share of the start network's SOPs in (0, 1]")
+    check_number("--lr", args.lr, lambda v: 0 < v < 1, "a learning rate in (0, 1)")
+    check_number("--mu-step", args.mu_step, lambda v: 0 < v <= 1, "a step in (0, 1]")
     check_int(args.epochs, "--epochs")
     check_int(args.batch, "--batch")
     check_int(args.val, "--val", lo=100)
@@ -182,7 +186,11 @@ def cmd_finetune(args) -> int:
 
     outputs.check_file(out, inputs=[src] if src is not None else [], judge=judge, force=args.force, kind="ANN file")
     if src is not None:
-        net, input_shape, meta = ann.load(src)
+        from codegen.frontend import graph
+
+        net, input_shape, meta, notes = graph.load_network(src)
+        for n in notes:
+            print(f"codegen: note: {n}", file=sys.stderr)
     else:                   # seed 003: the one-spike network trained directly, from the ANN's random init
         import torch
 
@@ -262,12 +270,10 @@ def _torch_threads() -> int:
 
 
 def cmd_convert(args) -> int:
-    import math
-
     import numpy as np
+    import torch
 
     from codegen import report
-    from codegen.frontend import ann
     from codegen.frontend import convert
     from codegen.frontend import datasets
     from runtime import golden, modelfile
@@ -275,35 +281,47 @@ def cmd_convert(args) -> int:
     from runtime.spec import MAX_T
 
     # 1. every option, before anything is loaded
-    def number(opt, v, ok, what):
-        if v is not None and not (math.isfinite(v) and ok(v)):
-            raise UserError(f"{opt} must be {what}, not {v:g}")
-
-    number("--Q", args.Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
-    number("--T", args.T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
+    check_number("--Q", args.Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
+    check_number("--T", args.T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
     args.F = _F_option(args.F)
-    number("--input-Q", args.input_Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
-    number("--input-T", args.input_T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
-    number("--percentile", args.percentile, lambda v: 0 < v <= 100, "a number in (0, 100]")
-    number("--calib", args.calib, lambda v: v >= 2, "an integer of at least 2 (images)")
-    number("--error-target", args.error_target, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
-    number("--seed", args.seed, lambda v: v >= 0, "a non-negative integer")
-    number("--score-threshold", args.score_threshold, lambda v: abs(v) <= 1000, "a number in -1000..1000 (logits)")
-    from codegen.frontend import voc
+    check_number("--input-Q", args.input_Q, lambda v: 1 < v <= 2, "a number in (1, 2]")
+    check_number("--input-T", args.input_T, lambda v: 1 <= v <= MAX_T, f"an integer in 1..{MAX_T}")
+    check_number("--percentile", args.percentile, lambda v: 0 < v <= 100, "a number in (0, 100]")
+    calib_n, calib_path = _calib_option(args.calib)
+    check_number("--error-target", args.error_target, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
+    check_number("--seed", args.seed, lambda v: v >= 0, "a non-negative integer")
+    check_number("--score-threshold", args.score_threshold, lambda v: abs(v) <= 1000, "a number in -1000..1000 (logits)")
+    from codegen.frontend import graph, images, voc
 
-    detection_data = voc.is_detection_dataset(args.dataset)
-    if detection_data:
-        voc.canonical(args.dataset)
+    import_opts = dict(mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std", positive=True),
+                       input_scale=args.input_scale, image_shape=_shape_option(args.input_shape))
+    check_number("--input-scale", args.input_scale, lambda v: v > 0, "a positive number (255: the graph takes raw pixels)")
+    if args.test_labels and not args.test:
+        raise UserError("--test-labels goes with --test IMAGES.npy")
+    if args.dataset is None:
+        if calib_path is None:
+            raise UserError("give --dataset NAME, or your own calibration images with --calib FILE.npy|FOLDER "
+                            "(and, for the accuracy report, --test)")
+        detection_data = False
     else:
-        datasets.canonical(args.dataset)
+        detection_data = voc.is_detection_dataset(args.dataset)
+        if detection_data:
+            voc.canonical(args.dataset)
+        else:
+            datasets.canonical(args.dataset)
+    if detection_data and (calib_path or args.test):
+        raise UserError("--calib PATH and --test apply to classifiers; a detector calibrates on its --dataset's "
+                        "train split (a VOC folder: --dataset voc:PATH)")
     src = Path(args.ann)
     out = Path(args.output) if args.output else Path("build") / _model_name(src) / "model.pt"
     # 2. the output can be written, and replaces nothing it may not (codegen.outputs)
     from codegen import outputs
 
-    outputs.check_file(out, inputs=[src], judge=_judge_model(src), force=args.force, kind="one-spike model")
-    # 3. the ANN file, and whether the options can give a valid model at all
-    net, input_shape, ann_meta = ann.load(src)
+    user_files = [Path(f) for f in (calib_path, args.test, args.test_labels) if f]
+    outputs.check_file(out, inputs=[src] + user_files, judge=_judge_model(src), force=args.force,
+                       kind="one-spike model")
+    # 3. the network file, and whether the options can give a valid model at all
+    net, input_shape, ann_meta, notes = graph.load_network(src, **import_opts)
     code = ann_meta.get("onespike_code") or {}      # an ANN from codegen finetune: its units and codes
     if args.norm is None:
         args.norm = "none" if code.get("normalised") else "percentile"
@@ -322,36 +340,106 @@ def cmd_convert(args) -> int:
         return _convert_detector(args, net, input_shape, ann_meta, src, out)
     if args.score_threshold is not None:
         raise UserError("--score-threshold applies to detectors")
-    # 4. the work
-    xtr, _ = datasets.load(args.dataset, "train")
+    # 4. the user's data (read and checked before the work)
+    if calib_path is not None:
+        xtr = images.load_user_images(calib_path, input_shape)
+        if len(xtr) < 2:
+            raise UserError(f"{calib_path}: {len(xtr)} calibration image; at least 2 are needed")
+    else:
+        xtr, _ = datasets.load(args.dataset, "train")
+        xtr = images.to_nchw(xtr, input_shape, f"the {args.dataset} train split")
+    if args.test:
+        xte, yte = images.load_labelled(args.test, args.test_labels, input_shape)
+        test_name = str(args.test)
+    elif args.dataset is not None:
+        xte, yte = datasets.load(args.dataset, "test")
+        xte = images.to_nchw(xte, input_shape, f"the {args.dataset} test split")
+        test_name = f"{datasets.canonical(args.dataset)} test split"
+    else:
+        xte, yte, test_name = None, None, None
+    n_out = int(net[-1].out_features) if isinstance(net[-1], torch.nn.Linear) else None
+    if yte is not None and n_out is not None and int(yte.max()) >= n_out:
+        raise UserError(f"{args.test or args.dataset}: label {int(yte.max())} but the network has {n_out} outputs")
+    for n in notes:
+        print(f"codegen: note: {n}", file=sys.stderr)
+    # 5. the work
     rng = np.random.default_rng(args.seed)
-    calib = xtr[np.sort(rng.choice(len(xtr), size=min(args.calib, len(xtr)), replace=False))]
+    calib = xtr[np.sort(rng.choice(len(xtr), size=min(calib_n, len(xtr)), replace=False))]
     progress = not args.quiet
     conv = convert.convert(net, input_shape, calib, Q=args.Q, T=args.T, F=args.F, norm=args.norm,
                            percentile=args.percentile, max_disagree=args.error_target, input_Q=args.input_Q,
                            input_T=args.input_T, progress=progress)
     m = conv.model
-    xte, yte = datasets.load(args.dataset, "test")
-    ann_acc = float((convert.ann_predict(conv.lowered, xte, progress=progress) == yte).mean())
-    f1_acc = float((convert.onespike_predict(conv.normalised, xte, m.Q, m.T, input_Q=m.input_Q,
-                                             input_T=m.input_T, progress=progress) == yte).mean())
-    res = golden.run_batched(m, xte, progress=progress, desc="integer model")
-    st = report.stats(m, res, yte)
     m.meta.update({
         "name": _model_name(Path(args.output)) if args.output else _model_name(src),
-        "dataset": datasets.canonical(args.dataset), "source_ann_sha256": modelfile.file_sha256(src),
+        "dataset": datasets.canonical(args.dataset) if args.dataset else None,
+        "calibration": str(calib_path) if calib_path else f"{datasets.canonical(args.dataset)} train split",
+        "source_ann_sha256": modelfile.file_sha256(src),
         "ann_meta": ann_meta, "calibration_seed": args.seed,
         "search": conv.search,
-        "test_accuracy": {"ann_float": ann_acc, "onespike_float": f1_acc, "integer": st["accuracy"]},
-        "spikes_per_neuron": st["spikes_per_neuron"],
     })
+    if xte is not None:
+        ann_acc = float((convert.ann_predict(conv.lowered, xte, progress=progress) == yte).mean())
+        f1_acc = float((convert.onespike_predict(conv.normalised, xte, m.Q, m.T, input_Q=m.input_Q,
+                                                 input_T=m.input_T, progress=progress) == yte).mean())
+        res = golden.run_batched(m, xte, progress=progress, desc="integer model")
+        st = report.stats(m, res, yte)
+        m.meta.update({"test_set": test_name,
+                       "test_accuracy": {"ann_float": ann_acc, "onespike_float": f1_acc, "integer": st["accuracy"]},
+                       "spikes_per_neuron": st["spikes_per_neuron"]})
     modelfile.save(m, out)
     _warn_target_missed(m, conv, f"{args.error_target}% disagreement")
     print(f"converted {src} -> {out}: Q={m.Q:g} T={m.T} (input Q={m.input_Q:g} T={m.input_T}) F={m.F}, "
           f"accumulators {[l.acc_bits for l in m.layers if l.acc_bits]} bits")
-    print(f"test accuracy ({len(yte)} images): ANN float {100 * ann_acc:.2f}% | one-spike float {100 * f1_acc:.2f}% | "
-          f"one-spike integer {100 * st['accuracy']:.2f}% | spikes per neuron {st['spikes_per_neuron']:.4f}")
+    if xte is not None:
+        print(f"test accuracy ({len(yte)} images, {test_name}): ANN float {100 * ann_acc:.2f}% | one-spike float "
+              f"{100 * f1_acc:.2f}% | one-spike integer {100 * st['accuracy']:.2f}% | spikes per neuron "
+              f"{st['spikes_per_neuron']:.4f}")
+    else:
+        print("no test set (--dataset or --test): accuracy not measured")
     return 0
+
+
+def _calib_option(value) -> tuple[int, str | None]:
+    """``--calib``: a count of train-split images (at least 2), or a path to the user's images (all used)."""
+    from runtime.errors import UserError
+
+    v = str(value)
+    if v.lstrip("-").isdigit():
+        if int(v) < 2:
+            raise UserError(f"--calib must be an integer of at least 2 (images), not {v} (or the path of your own images)")
+        return int(v), None
+    return 10 ** 9, v
+
+
+def _floats(value, option: str, positive: bool = False):
+    """``--mean 0.1307`` or ``--mean 0.485,0.456,0.406`` -> a list of finite floats (None: not given)."""
+    import math
+
+    from runtime.errors import UserError
+
+    if value is None:
+        return None
+    try:
+        out = [float(x) for x in str(value).split(",")]
+    except ValueError:
+        out = []
+    if not out or not all(math.isfinite(x) and (x > 0 or not positive) for x in out):
+        want = "positive numbers" if positive else "numbers"
+        raise UserError(f"{option} must be one or comma-separated {want} (one per channel), not {value}")
+    return out
+
+
+def _shape_option(value):
+    """``--input-shape C,H,W`` -> a tuple of 3 positive integers (None: not given)."""
+    from runtime.errors import UserError
+
+    if value is None:
+        return None
+    parts = str(value).split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise UserError(f"--input-shape must be C,H,W (three positive integers), not {value}")
+    return tuple(int(p) for p in parts)
 
 
 def _warn_target_missed(m, conv, target: str) -> None:
@@ -1030,9 +1118,13 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("-q", "--quiet", action="store_true")
     fp.set_defaults(func=cmd_finetune)
 
-    c = sub.add_parser("convert", help="convert a trained ANN (ann.pt) into a one-spike model.pt")
-    c.add_argument("ann")
-    c.add_argument("--dataset", required=True, help="mnist or fashion-mnist (a detector: bccd, raccoon or voc:PATH): calibration (train split) and report (test split; val too for a detector)")
+    c = sub.add_parser("convert", help="convert a trained network (ann.pt, MODEL.onnx or a torch.export MODEL.pt2) "
+                                       "into a one-spike model.pt")
+    c.add_argument("ann", metavar="MODEL", help="an onespike-ann file (codegen train / finetune), an ONNX file or a "
+                                                "torch.export archive (.pt2); see docs/import.md")
+    c.add_argument("--dataset", help="mnist or fashion-mnist (a detector: bccd, raccoon or voc:PATH): calibration "
+                                     "(train split) and report (test split; val too for a detector); not needed "
+                                     "with --calib PATH")
     c.add_argument("-o", "--output", help="model.pt to write (default build/NAME/model.pt)")
     c.add_argument("--force", action="store_true", help="replace an existing model file converted from another ANN")
     c.add_argument("--Q", type=float, help="phase base in (1, 2] (default: searched; alone, T is searched for it)")
@@ -1049,8 +1141,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "finetune, which is the default for such a file)")
     c.add_argument("--percentile", type=float, default=99.99, help="percentile of --norm percentile, in (0, 100] "
                                                                    "(default 99.99)")
-    c.add_argument("--calib", type=int, default=10000, help="calibration images from the train split, at least 2 "
-                                                            "(default 10000)")
+    c.add_argument("--calib", default="10000", metavar="N|PATH",
+                   help="calibration: N images of the --dataset train split (at least 2; default 10000), or your own "
+                        "images: a .npy of uint8 pixels (N,C,H,W / N,H,W,C / N,H,W), a folder of JPEG/PNG images "
+                        "or a VOC folder")
+    c.add_argument("--test", metavar="PATH", help="the accuracy report on your own test set: a .npy of uint8 images "
+                                                  "(with --test-labels) or a folder with one sub-folder per class")
+    c.add_argument("--test-labels", metavar="LABELS.npy", help="integer class labels of --test IMAGES.npy")
+    c.add_argument("--mean", help="ONNX / torch.export: normalisation the graph expects outside it, x' = (x - mean) "
+                                  "/ std with x = pixels / 255 (times --input-scale); one value or one per channel")
+    c.add_argument("--std", help="ONNX / torch.export: see --mean (default 1)")
+    c.add_argument("--input-scale", type=float, default=1.0,
+                   help="ONNX / torch.export: 255 if the graph takes raw pixels 0..255 (default 1: pixels / 255)")
+    c.add_argument("--input-shape", metavar="C,H,W", help="ONNX / torch.export: the image shape of a graph that "
+                                                          "takes flat (N, features) input")
     c.add_argument("--error-target", type=float, default=0.2,
                    help="max %% of held-out calibration images whose class differs from the ANN, in [0, 100] "
                         "(Q/T search; default 0.2)")

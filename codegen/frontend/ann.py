@@ -37,6 +37,8 @@ SUPPORTED = {
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "affine", "track_running_stats")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "affine", "track_running_stats")),
     "ReLU": (nn.ReLU, ()),
+    "ReLU6": (nn.ReLU6, ()),
+    "Hardtanh": (nn.Hardtanh, ("min_val", "max_val")),   # a ReLU capped at max_val: min_val must be 0
     "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
     "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")),
     "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
@@ -130,6 +132,9 @@ def _check_arg(where: str, name: str, key: str, v) -> None:
     elif key == "eps":
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
             raise UserError(f"{where}: eps must be a positive number, not {v!r}")
+    elif key in ("min_val", "max_val"):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise UserError(f"{where}: {key} must be a finite number, not {v!r}")
     elif key == "p":
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1):
             raise UserError(f"{where}: p must be a number in [0, 1], not {v!r}")

@@ -44,7 +44,7 @@ def float_forward(low: Lowered, x: torch.Tensor, collect: bool = False):
         if st.kind in ("dense", "conv2d"):
             x = _affine(st, x, st.weight, st.bias)
             if st.relu:
-                x = torch.relu(x)
+                x = torch.relu(x) if st.cap is None else torch.clamp(x, 0.0, st.cap)
         else:
             x = _pool(st, x)
         if collect and st.fires:
@@ -68,7 +68,7 @@ def calibrate(low: Lowered, images_u8: np.ndarray, norm: str = "percentile", per
     if norm == "none":      # the ANN is already in the one-spike units (codegen finetune writes such ANNs)
         for st in low.stages:
             if st.fires:
-                st.scale = np.ones(st.out_shape[0])
+                st.scale = np.ones(st.out_shape[0]) if st.cap is None else np.full(st.out_shape[0], min(1.0, st.cap))
         return
     if not (isinstance(percentile, (int, float)) and not isinstance(percentile, bool) and 0 < percentile <= 100):
         raise UserError(f"percentile must be a number in (0, 100], not {percentile}")
@@ -100,6 +100,8 @@ def calibrate(low: Lowered, images_u8: np.ndarray, norm: str = "percentile", per
                 lam[c] = torch.quantile(pos, percentile / 100.0) if pos.numel() else 0.0
         lam = lam.numpy().astype(np.float64)
         lam[~(lam > 0)] = 1.0  # a channel that never fires: any positive scale works
+        if st.cap is not None:  # ReLU6: the code saturates at lambda, so lambda <= cap is the clip itself
+            lam = np.minimum(lam, st.cap)
         st.scale = lam
         per_stage[j] = None  # free the activations of this stage
         bar.update(1)

@@ -77,3 +77,81 @@ def load_pictures(paths, shape) -> tuple:
         a = np.asarray(im, dtype=np.uint8)
         pixels.append(a[None] if c == 1 else a.transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(pixels)), sizes
+
+
+def to_nchw(x, shape, where: str):
+    """uint8 images (N, C, H, W), (N, H, W, C) or, for one channel, (N, H, W) -> (N, C, H, W) for ``shape``."""
+    import numpy as np
+
+    from runtime.errors import UserError
+
+    c, h, w = shape
+    if x.dtype != np.uint8:
+        raise UserError(f"{where}: images must be uint8 pixels (0..255), not {x.dtype}")
+    if x.ndim == 4 and x.shape[1:] == (c, h, w):
+        return np.ascontiguousarray(x)
+    if x.ndim == 4 and x.shape[1:] == (h, w, c):
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
+        return np.ascontiguousarray(x[:, None])
+    raise UserError(f"{where}: images of shape {tuple(x.shape)} do not fit the model input (C, H, W) = {tuple(shape)}: "
+                    f"give (N, {c}, {h}, {w}), (N, {h}, {w}, {c})" + (f" or (N, {h}, {w})" if c == 1 else ""))
+
+
+def _pictures_under(folder: Path) -> list:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+def load_user_images(path, shape):
+    """Calibration images from the user: a ``.npy`` of uint8 pixels, a folder of JPEG/PNG files (searched
+    recursively, resized to the model input) or a VOC folder (its ``JPEGImages``). Returns (N, C, H, W) uint8."""
+    from runtime.errors import UserError
+
+    p = Path(path)
+    if p.is_dir():
+        voc = p / "JPEGImages"
+        files = _pictures_under(voc if voc.is_dir() else p)
+        if not files:
+            raise UserError(f"{p}: no JPEG or PNG images in the folder")
+        return load_pictures(files, shape)[0]
+    if not p.exists():
+        raise UserError(f"{p}: no such file or folder (give a .npy of uint8 images or a folder of JPEG/PNG images)")
+    return to_nchw(load_npy(p), shape, str(p))
+
+
+def load_labelled(path, labels, shape):
+    """A labelled test set: ``(images (N, C, H, W) uint8, labels int64 (N,))`` from a ``.npy`` pair (``path``
+    and ``labels``) or from a folder with one sub-folder of JPEG/PNG images per class (sub-folders named
+    0, 1, ... are those classes; other names are the classes in sorted order)."""
+    import numpy as np
+
+    from runtime.errors import UserError
+
+    p = Path(path)
+    if p.is_dir():
+        if labels is not None:
+            raise UserError("--test-labels applies to a .npy of test images, not to a folder of class sub-folders")
+        classes = sorted(d for d in p.iterdir() if d.is_dir())
+        if not classes:
+            raise UserError(f"{p}: no class sub-folders (give one folder of images per class)")
+        numeric = all(d.name.isdigit() for d in classes)
+        xs, ys = [], []
+        for i, d in enumerate(sorted(classes, key=lambda d: int(d.name)) if numeric else classes):
+            files = _pictures_under(d)
+            if files:
+                xs.append(load_pictures(files, shape)[0])
+                ys += [int(d.name) if numeric else i] * len(files)
+        if not xs:
+            raise UserError(f"{p}: the class sub-folders hold no JPEG or PNG images")
+        return np.concatenate(xs), np.asarray(ys, dtype=np.int64)
+    if labels is None:
+        raise UserError(f"{p}: give the labels of the test images with --test-labels LABELS.npy")
+    x = to_nchw(load_npy(p), shape, str(p))
+    y = load_npy(labels)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise UserError(f"{labels}: labels must be a 1-D array of integers, not {y.dtype} {tuple(y.shape)}")
+    if len(y) != len(x):
+        raise UserError(f"{labels}: {len(y)} labels for {len(x)} images in {p}")
+    if y.min() < 0:
+        raise UserError(f"{labels}: labels must be non-negative class indices")
+    return x, y.astype(np.int64)

@@ -29,6 +29,7 @@ class Stage:
     stride: int = 1
     padding: int = 0
     relu: bool = False
+    cap: float | None = None  # a ReLU6 / Hardtanh(0, c): the activation is clipped at c (the scale is capped there)
     scale: np.ndarray | None = None  # lambda per output channel (firing stages), set by calibration
 
     @property
@@ -127,12 +128,24 @@ def lower(model: nn.Module, input_shape: tuple[int, int, int]) -> Lowered:
             prev.weight = prev.weight * k.reshape((-1,) + (1,) * (prev.weight.ndim - 1))
             prev.bias = (prev.bias - mu) * k + beta
             continue
-        if typ == "ReLU":
+        if typ in ("ReLU", "ReLU6", "Hardtanh"):
+            cap = None
+            if typ != "ReLU":   # ReLU6 is Hardtanh(0, 6)
+                if m.min_val != 0 or not m.max_val > 0:
+                    raise UserError(f"{typ}({m.min_val:g}, {m.max_val:g}) at position {pos}: only a ReLU capped at a "
+                                    f"positive value (min_val 0) is supported")
+                cap = float(m.max_val)
+            target = None
             if prev is not None and prev.kind in ("dense", "conv2d") and not prev.relu:
-                prev.relu = True
+                target = prev
             elif (prev is not None and prev.kind == "maxpool" and len(stages) >= 2
                   and stages[-2].kind in ("dense", "conv2d") and not stages[-2].relu):
-                stages[-2].relu = True  # relu(maxpool(x)) == maxpool(relu(x))
+                target = stages[-2]  # relu(maxpool(x)) == maxpool(relu(x)) (and so is a clip)
+            elif cap is not None:
+                raise UserError(f"{typ} at position {pos} must follow a Conv2d or Linear (a cap on spikes or pixels "
+                                f"does not fold)")
+            if target is not None:
+                target.relu, target.cap = True, cap
             # otherwise the input is already non-negative (pixels, spikes, pooled spikes): a no-op
             continue
         if typ in ("MaxPool2d", "AvgPool2d"):
