@@ -483,6 +483,64 @@ def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) ->
     return 0
 
 
+def cmd_export(args) -> int:
+    """``codegen export MODEL.pt --to nir``: the model as a NIR graph (see codegen/nirgraph.py)."""
+    import numpy as np
+
+    from codegen import nirgraph, outputs
+    from codegen.frontend import datasets
+    from runtime import golden, modelfile
+    from runtime.errors import UserError
+
+    if args.to != "nir":
+        raise UserError(f"--to must be nir, not {args.to}")
+    if args.check is not None:
+        check_int(args.check, "--check")
+        check_int(args.steps, "--steps", hi=100000)
+        if not args.dataset:
+            raise UserError("--check N runs the exported graph on N test images: give --dataset NAME")
+        datasets.canonical(args.dataset)
+    src = Path(args.model)
+    m = modelfile.load(src)
+    if m.task != "classify":
+        raise UserError(f"{src}: NIR export of detectors is not supported: NIR has no form for the detection "
+                        f"head's decode")
+    name = _model_name(src)
+    out = Path(args.output) if args.output else Path("build") / name / f"{name}.nir"
+    sha = modelfile.file_sha256(src)
+
+    def judge(path):
+        import nir
+
+        try:
+            meta = nir.read(str(path)).metadata or {}
+        except Exception:  # noqa: BLE001 (not a NIR file: never replaced)
+            return None
+        if meta.get("format") != nirgraph.NIR_FORMAT:
+            return None
+        return "regenerate" if str(meta.get("source_sha256")) == sha else "same-kind"
+
+    outputs.check_file(out, inputs=[src], judge=judge, force=args.force, kind="one-spike NIR graph")
+    m.meta["source_sha256"] = sha
+    nirgraph.write(m, out)
+    print(f"exported {src} -> {out}: NIR graph of {len(m.layers)} layers (Affine/Conv2d/SumPool2d + IF); the "
+          f"phase-code tables in its metadata")
+    if args.check is not None:
+        import nir
+
+        x, _ = datasets.load(args.dataset, "test")
+        x = golden.check_images(m, x[: args.check])
+        gold = golden.run_batched(m, x, progress=False).classes
+        got = nirgraph.run_sinabs(nir.read(str(out)), m, x, args.steps)
+        back = nirgraph.from_nir(nir.read(str(out)))
+        same = bool(np.array_equal(golden.run_batched(back, x, progress=False).logits,
+                                   golden.run_batched(m, x, progress=False).logits))
+        print(f"read back: integer model from the NIR file {'==' if same else '!='} {src} (logits on {len(x)} images)")
+        print(f"time-stepped reading in sinabs ({args.steps} steps, rate code): class agrees with the golden model "
+              f"on {int((got == gold).sum())}/{len(x)} images ({100 * float((got == gold).mean()):.1f}%)")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from codegen import report
     from runtime import modelfile
@@ -1163,6 +1221,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default: the one training chose on val)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_convert)
+
+    x = sub.add_parser("export", help="write a model.pt in another tool's format: NIR (neuromorphic tools)")
+    x.add_argument("model")
+    x.add_argument("--to", required=True, choices=("nir",), help="nir: a NIR graph (Affine/Conv2d/SumPool2d + IF, "
+                                                                  "the integer tables in its metadata)")
+    x.add_argument("-o", "--output", help="file to write (default build/NAME/NAME.nir)")
+    x.add_argument("--force", action="store_true", help="replace a NIR file exported from another model")
+    x.add_argument("--check", type=int, metavar="N", help="run the exported graph time-stepped in sinabs on N test "
+                                                          "images of --dataset and read it back: agreement with the "
+                                                          "golden model")
+    x.add_argument("--dataset", help="mnist or fashion-mnist (for --check)")
+    x.add_argument("--steps", type=int, default=16, help="time steps of the --check reading (default 16)")
+    x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("inspect", help="print layers, shapes, Q, T and accumulator widths of a model.pt")
     i.add_argument("model")

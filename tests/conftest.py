@@ -37,6 +37,28 @@ def one_line_error(code, err, *needles):
     return lines[0]
 
 
+def _same_value(va, vb) -> bool:
+    import numpy as np
+
+    if isinstance(va, np.ndarray) or isinstance(vb, np.ndarray):
+        return va is not None and vb is not None and np.array_equal(np.asarray(va), np.asarray(vb))
+    return va == vb
+
+
+def same_int_model(a, b):
+    """Two integer models with every table and parameter equal (exact; the metadata aside)."""
+    import dataclasses
+
+    for f in dataclasses.fields(a):
+        if f.name in ("meta", "layers"):
+            continue
+        assert _same_value(getattr(a, f.name), getattr(b, f.name)), f.name
+    assert len(a.layers) == len(b.layers)
+    for la, lb in zip(a.layers, b.layers):
+        for f in dataclasses.fields(la):
+            assert _same_value(getattr(la, f.name), getattr(lb, f.name)), (la.name, f.name)
+
+
 # Seconds each of the longest tests took on 2 cores (pytest --durations, see README.md "Tests"). The
 # suite runs them first, one test at a time per worker (``--maxschedchunk 1`` in pyproject.toml), so
 # that the long ones overlap instead of ending the run on one worker; the figures only order the tests.

@@ -14,7 +14,7 @@ from torch import nn
 from codegen import cli
 from codegen.frontend import ann, convert, graph
 from runtime.errors import UserError
-from conftest import one_line_error
+from conftest import one_line_error, same_int_model as _same_int_model
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -58,26 +58,6 @@ def _net(seed=0):
 
 def _pixels(n, shape=(1, 16, 16), seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(n,) + shape).astype(np.uint8)
-
-
-def _same(va, vb) -> bool:
-    if isinstance(va, np.ndarray) or isinstance(vb, np.ndarray):
-        return va is not None and vb is not None and np.array_equal(np.asarray(va), np.asarray(vb))
-    return va == vb
-
-
-def _same_int_model(a, b):
-    """Every integer table and parameter equal (the metadata aside)."""
-    import dataclasses
-
-    for f in dataclasses.fields(a):
-        if f.name in ("meta", "layers"):
-            continue
-        assert _same(getattr(a, f.name), getattr(b, f.name)), f.name
-    assert len(a.layers) == len(b.layers)
-    for la, lb in zip(a.layers, b.layers):
-        for f in dataclasses.fields(la):
-            assert _same(getattr(la, f.name), getattr(lb, f.name)), (la.name, f.name)
 
 
 def _int_model(net, shape, calib):
