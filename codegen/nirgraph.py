@@ -178,15 +178,22 @@ def input_current(model: IntModel, images_u8: np.ndarray) -> np.ndarray:
 
 def run_sinabs(graph, model: IntModel, images_u8: np.ndarray, steps: int, batch: int = 100) -> np.ndarray:
     """Classes of the time-stepped reading of ``graph`` in sinabs (``sinabs.from_nir``): the input current
-    for ``steps`` steps, the class is the argmax of the readout's output summed over the steps."""
+    for ``steps`` steps, the class is the argmax of the readout's output summed over the steps. Each IF is
+    a sinabs ``IAFSqueeze`` set to ``SingleSpike`` (NIR's IF: at most one spike per step; sinabs' default,
+    ``MultiSpike``, emits ``floor(v / threshold)``), subtract reset, membrane floor ``-threshold``."""
     import torch
     from sinabs import nir as snir
+    from sinabs.activation import SingleSpike
+    from sinabs.layers import IAF
 
     out = []
     for i in range(0, len(images_u8), batch):
         x = torch.from_numpy(input_current(model, images_u8[i:i + batch]))
         n = len(x)
         net = snir.from_nir(graph, batch_size=n, num_timesteps=steps)
+        for mod in net.modules():     # NIR's IF emits one spike per step at most; sinabs' default emits several
+            if isinstance(mod, IAF):
+                mod.spike_fn = SingleSpike
         xs = x.unsqueeze(1).expand(n, steps, *x.shape[1:]).reshape(n * steps, *x.shape[1:])
         with torch.no_grad():
             y = net(xs)

@@ -60,8 +60,8 @@ def _pixels(n, shape=(1, 16, 16), seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(n,) + shape).astype(np.uint8)
 
 
-def _int_model(net, shape, calib):
-    return convert.convert(net, shape, calib, Q=1.5, T=8, F=16).model
+def _int_model(net, shape, calib, F=16):
+    return convert.convert(net, shape, calib, Q=1.5, T=8, F=F).model
 
 
 @pytest.mark.parametrize("how", ["onnx", "onnx-dynamo", "export", "export-core"])
@@ -89,15 +89,16 @@ def test_relu6_caps_the_activation_scale():
     assert [s for s in free.lowered.stages if s.kind == "conv2d"][1].scale.max() > 6.0  # the cap did something
 
 
-@pytest.mark.parametrize("name", ["mnist-mlp", "mnist-cnn"])
-@pytest.mark.parametrize("how", ["onnx", "export"])
+@pytest.mark.parametrize("name, how", [("mnist-mlp", "onnx"), ("mnist-mlp", "export"), ("mnist-cnn", "onnx"),
+                                       ("mnist-cnn", "export"), ("fmnist-cnn", "onnx")])
 def test_shipped_anns_convert_to_the_same_integer_model(tmp_path, name, how):
     net, shape, _ = ann.load(REPO / "models" / f"{name}.ann.pt")
     f = _export(net, torch.zeros((1,) + shape), tmp_path / f"{name}{_suffix(how)}", how)
     got, gshape, _, _ = graph.load_network(f)
     assert gshape == shape
     calib = _pixels(300, shape=shape, seed=2)
-    _same_int_model(_int_model(got, gshape, calib), _int_model(net, shape, calib))
+    F = 14 if name == "fmnist-cnn" else 16     # its 3136-input dense layer needs a smaller F at Q = 1.5
+    _same_int_model(_int_model(got, gshape, calib, F), _int_model(net, shape, calib, F))
 
 
 class Normalising(nn.Module):
@@ -140,6 +141,25 @@ def test_own_forward_with_normalisation_and_nhwc(tmp_path, how, nhwc):
         ref = torch.log(m(xin))             # softmax dropped: compare log-probabilities up to a constant
         out = torch.log_softmax(got(x), 1)
     assert torch.allclose(out, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["onnx", "export"])
+def test_nhwc_graph_converts_to_the_integer_model_of_its_nchw_twin(tmp_path, how):
+    """Keras' layout (NHWC input, H, W, C flatten order) against the onespike-ann twin built by hand."""
+    torch.manual_seed(6)
+    m = Normalising(True, mean=(0.0,), std=(1.0,)).eval()
+    f = _export(m, torch.zeros(1, 15, 15, 1), tmp_path / f"k{_suffix(how)}", how)
+    got, shape, _, _ = graph.load_network(f)
+    twin = nn.Sequential(nn.Conv2d(1, 5, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 7 * 7, 12), nn.ReLU(),
+                         nn.Linear(12, 4)).eval()
+    with torch.no_grad():
+        twin[0].load_state_dict(m.conv.state_dict())
+        # fc1 reads (h, w, c)-ordered features; the twin reads (c, h, w): the same weights, columns moved
+        twin[3].weight.copy_(m.fc1.weight.reshape(12, 7, 7, 5).permute(0, 3, 1, 2).reshape(12, -1))
+        twin[3].bias.copy_(m.fc1.bias)
+        twin[5].load_state_dict(m.fc2.state_dict())
+    calib = _pixels(200, shape=(1, 15, 15), seed=8)
+    _same_int_model(_int_model(got, shape, calib), _int_model(twin, (1, 15, 15), calib))
 
 
 def test_mean_std_options_fold_into_the_first_layer(tmp_path):
