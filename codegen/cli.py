@@ -459,7 +459,7 @@ def _convert_detector(args, net, input_shape, ann_meta, src: Path, out: Path) ->
     if args.score_threshold is not None:  # the ANN's own record (its val-chosen threshold) stays as it was
         used = dict(ann_meta, head=dict(det_convert.head_of(ann_meta, src), score_threshold=args.score_threshold))
     conv, figures = det_convert.convert(
-        net, input_shape, used, args.dataset, src, calib=args.calib, seed=args.seed, progress=not args.quiet,
+        net, input_shape, used, args.dataset, src, calib=int(args.calib), seed=args.seed, progress=not args.quiet,
         Q=args.Q, T=args.T, F=args.F, norm=args.norm, percentile=args.percentile, max_disagree=args.error_target,
         input_Q=args.input_Q, input_T=args.input_T)
     m = conv.model
