@@ -8,9 +8,12 @@ pixel value ``D_in[E[p]] / 2^F``, and each step adds the bias once:
   ``IF`` (``r`` = 1). Its ``v_threshold`` is the accumulator value that the phase code reads as 1.0,
   ``Theta[o, 0] / ((1 + 1/Q) / 2) / 2^F``, because the threshold shift puts phase 0 at
   ``(1 + 1/Q) / 2``. The readout has no IF: its summed output current stands for the logits.
-- maxpool -> ``SumPool2d`` then an ``IF`` with threshold 1 (a spike when any input of the window
-  spikes). In the one-spike code a maxpool passes on the window's earliest spike; this is its
-  nearest IF form.
+- a 2x2 / stride 2 maxpool on spikes (the shipped CNNs') -> a **max tree**: ``max(a, b, c, d) =
+  m_ab + relu(m_cd - m_ab)`` with ``m_ab = a + relu(b - a)``, each relu an IF of threshold 1 on the
+  spike trains, as two Conv2d + IF stages (:func:`_max_tree`). The next layer reads the tree's
+  three channel groups, whose sum is the max, with its weights repeated per group (``tiled`` in the
+  metadata). Any other maxpool -> ``SumPool2d`` then an ``IF`` with threshold 1, which fires when
+  any input of the window fires: an OR, which overestimates the max of rates.
 - avgpool -> ``SumPool2d`` then an ``IF`` with the threshold of its ``Theta`` as above.
 - a ``Flatten`` before the first dense layer after a conv or pool.
 
@@ -50,6 +53,7 @@ def to_nir(model: IntModel):
     edges = []
     prev = "input"
     layer_meta = {}     # per layer: its integer tables and the node holding its weights
+    groups = 1          # the current tensor holds this many channel groups that sum to the value (a max tree)
     for i, l in enumerate(model.layers):
         meta = {"kind": l.kind, "name": l.name, "readout": int(l.readout),
                 "in_shape": np.array(l.in_shape), "out_shape": np.array(l.out_shape),
@@ -61,12 +65,23 @@ def to_nir(model: IntModel):
         shape_in = tuple(model.layers[i - 1].out_shape) if i > 0 else tuple(model.input_shape)
         if l.kind == "dense" and len(shape_in) == 3:      # the (C, H, W) tensor flattened for a dense layer
             key = f"{i}_flatten"
-            nodes[key] = nir.Flatten(input_type={"input": np.array(shape_in)}, start_dim=0, end_dim=-1)
+            stored = (shape_in[0] * groups,) + tuple(shape_in[1:])
+            nodes[key] = nir.Flatten(input_type={"input": np.array(stored)}, start_dim=0, end_dim=-1)
             edges.append((prev, key))
             prev = key
+        if l.kind == "maxpool" and _max_tree_fits(model, i):
+            prev = _max_tree(nodes, edges, prev, i, l)
+            meta["node"] = f"{i}_maxpool"
+            layer_meta[str(i)] = meta
+            groups = 3
+            continue
         if l.kind in ("dense", "conv2d"):
             w = l.weight.astype(np.float64)
             b = l.bias.astype(np.float64) / scale
+            if groups > 1:      # the input is a max tree's groups: the same weights read each group
+                w = np.concatenate([w] * groups, axis=1)
+                meta["tiled"] = groups
+                groups = 1
             key = f"{i}_{l.kind}"
             if l.kind == "dense":
                 nodes[key] = nir.Affine(weight=w, bias=b)
@@ -103,6 +118,47 @@ def to_nir(model: IntModel):
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 
+def _max_tree_fits(model: IntModel, i: int) -> bool:
+    """A 2x2 / stride 2 maxpool on spikes, read by a Conv2d or dense layer: written as a max tree."""
+    l = model.layers[i]
+    return (l.kernel == 2 and l.stride == 2 and l.padding == 0 and i > 0 and model.layers[i - 1].fires
+            and i + 1 < len(model.layers) and model.layers[i + 1].kind in ("dense", "conv2d"))
+
+
+def _max_tree(nodes: dict, edges: list, prev: str, i: int, l) -> str:
+    """``max(a, b, c, d) = m_ab + relu(m_cd - m_ab)`` with ``m_ab = a + relu(b - a)``, each relu an IF
+    (threshold 1) on spike trains; a 0/1 train passes an IF of threshold 1 unchanged. Two Conv2d + IF
+    stages, one input each (NIR readers need not sum edges): stage 1 gives the groups
+    ``[a, relu(b - a), c, relu(d - c)]``, stage 2 ``[a, relu(b - a), relu(m_cd - m_ab)]``, whose sum is
+    the max; the next layer reads the three groups with its own weights each."""
+    import nir
+
+    C, H, W = (int(x) for x in l.in_shape)
+    _, Ho, Wo = (int(x) for x in l.out_shape)
+    w1 = np.zeros((4 * C, C, 2, 2))
+    for c in range(C):
+        w1[c, c, 0, 0] = 1                                  # a
+        w1[C + c, c, 0, 1], w1[C + c, c, 0, 0] = 1, -1      # b - a
+        w1[2 * C + c, c, 1, 0] = 1                          # c
+        w1[3 * C + c, c, 1, 1], w1[3 * C + c, c, 1, 0] = 1, -1  # d - c
+    w2 = np.zeros((3 * C, 4 * C, 1, 1))
+    for c in range(C):
+        w2[c, c], w2[C + c, C + c] = 1, 1                   # a, relu(b - a) pass
+        w2[2 * C + c, 2 * C + c], w2[2 * C + c, 3 * C + c] = 1, 1    # m_cd = c + relu(d - c)
+        w2[2 * C + c, c], w2[2 * C + c, C + c] = -1, -1     # - m_ab
+    chain = [(f"{i}_maxpool", nir.Conv2d(input_shape=(H, W), weight=w1, stride=2, padding=0, dilation=1, groups=1,
+                                         bias=np.zeros(4 * C))),
+             (f"{i}_max_if", nir.IF(r=np.ones((4 * C, Ho, Wo)), v_threshold=np.ones((4 * C, Ho, Wo)))),
+             (f"{i}_max_merge", nir.Conv2d(input_shape=(Ho, Wo), weight=w2, stride=1, padding=0, dilation=1,
+                                           groups=1, bias=np.zeros(3 * C))),
+             (f"{i}_if", nir.IF(r=np.ones((3 * C, Ho, Wo)), v_threshold=np.ones((3 * C, Ho, Wo))))]
+    for key, node in chain:
+        nodes[key] = node
+        edges.append((prev, key))
+        prev = key
+    return prev
+
+
 def from_nir(graph) -> IntModel:
     """The integer model recorded in a graph written by :func:`to_nir` (weights from its nodes, the
     phase-code tables from its metadata), checked by :func:`runtime.modelfile.from_dict`."""
@@ -122,6 +178,8 @@ def from_nir(graph) -> IntModel:
             if node is None or not hasattr(node, "weight"):
                 raise UserError(f"NIR graph: layer {i} ({kind}) has no node with its weights")
             w = np.asarray(node.weight)
+            g = int(md.get("tiled", 1))
+            w = w[:, : w.shape[1] // g]          # a layer after a max tree reads each group with the same weights
             if not np.array_equal(w, np.round(w)) or np.abs(w).max() > 127:
                 raise UserError(f"NIR node {md['node']}: weights are not the int8 table")
         layers[i] = {"kind": kind, "name": str(md.get("name", "")),

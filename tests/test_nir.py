@@ -21,9 +21,44 @@ def test_round_trip_is_exact(tmp_path, name):
     nirgraph.write(m, tmp_path / "m.nir")
     g = nir.read(str(tmp_path / "m.nir"))
     same_int_model(nirgraph.from_nir(g), m)
-    kinds = [type(n).__name__ for n in g.nodes.values()]
-    assert kinds.count("IF") == sum(not l.readout for l in m.layers)
-    assert kinds.count("SumPool2d") == sum(l.kind in ("maxpool", "avgpool") for l in m.layers)
+    for i, l in enumerate(m.layers):    # every firing layer and maxpool ends in an IF; the readout in none
+        assert (f"{i}_if" in g.nodes) == (not l.readout)
+    # the shipped CNNs' 2x2 maxpools are written as max trees, and the layer after one reads its 3 groups
+    for i, l in enumerate(m.layers):
+        if l.kind == "maxpool":
+            assert g.nodes[f"{i}_maxpool"].weight.shape == (4 * l.in_shape[0], l.in_shape[0], 2, 2)
+            nxt = g.nodes[f"{i + 1}_{m.layers[i + 1].kind}"].weight
+            assert nxt.shape[1] == 3 * m.layers[i + 1].weight.shape[1]
+
+
+def test_max_tree_computes_the_max_of_spike_rates():
+    """The max tree of one 2x2 window, run in sinabs on spike trains with given rates: the max rate."""
+    pytest.importorskip("sinabs")
+    import torch
+    from sinabs import nir as snir
+    from sinabs.activation import SingleSpike
+    from sinabs.layers import IAF
+
+    from runtime.spec import Layer
+
+    pool = Layer("maxpool", (1, 2, 2), (1, 1, 1), kernel=2, stride=2)
+    nodes, edges = {"input": nir.Input(input_type={"input": np.array([1, 2, 2])})}, []
+    last = nirgraph._max_tree(nodes, edges, "input", 0, pool)
+    nodes["output"] = nir.Output(output_type={"output": np.array([3, 1, 1])})
+    edges.append((last, "output"))
+    steps = 60
+    rates = torch.tensor([[0.2, 0.5], [0.35, 0.1]])
+    t = torch.arange(steps, dtype=torch.float64)[:, None, None]
+    trains = (torch.floor((t + 1) * rates) - torch.floor(t * rates)).float()   # evenly spread spikes
+    net = snir.from_nir(nir.NIRGraph(nodes=nodes, edges=edges), batch_size=1, num_timesteps=steps)
+    for mod in net.modules():
+        if isinstance(mod, IAF):
+            mod.spike_fn = SingleSpike
+    y = net(trains.reshape(steps, 1, 2, 2))
+    y = y[0] if isinstance(y, tuple) else y
+    got = float(y.sum()) / steps                       # the three groups sum to the max
+    assert abs(got - 0.5) <= 2 / steps, got
+    assert abs(float(trains.sum()) / steps - 1.15) <= 4 / steps    # the OR / sum would be far off
 
 
 def test_round_trip_reads_the_weights_from_the_nodes(tmp_path):
