@@ -523,7 +523,7 @@ def cmd_export(args) -> int:
     outputs.check_file(out, inputs=[src], judge=judge, force=args.force, kind="one-spike NIR graph")
     m.meta["source_sha256"] = sha
     nirgraph.write(m, out)
-    print(f"exported {src} -> {out}: NIR graph of {len(m.layers)} layers (Affine/Conv2d/SumPool2d + IF); the "
+    print(f"exported {src} -> {out}: NIR graph of {len(m.layers)} layers (Affine/Conv2d + IF, maxpools as max trees); the "
           f"phase-code tables in its metadata")
     if args.check is not None:
         import nir
@@ -1224,7 +1224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a model.pt in another tool's format: NIR (neuromorphic tools)")
     x.add_argument("model")
-    x.add_argument("--to", required=True, choices=("nir",), help="nir: a NIR graph (Affine/Conv2d/SumPool2d + IF, "
+    x.add_argument("--to", required=True, choices=("nir",), help="nir: a NIR graph (Affine/Conv2d + IF, max trees for maxpools, "
                                                                   "the integer tables in its metadata)")
     x.add_argument("-o", "--output", help="file to write (default build/NAME/NAME.nir)")
     x.add_argument("--force", action="store_true", help="replace a NIR file exported from another model")
