@@ -37,6 +37,21 @@ def one_line_error(code, err, *needles):
     return lines[0]
 
 
+def randomise_batchnorm(net):
+    """Give every BatchNorm of ``net`` non-trivial running statistics and affine parameters (in place)."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.3)
+    return net
+
+
 def _same_value(va, vb) -> bool:
     import numpy as np
 

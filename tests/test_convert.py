@@ -11,7 +11,7 @@ from codegen.frontend import convert
 from runtime import golden
 from runtime.errors import UserError
 from runtime.spec import validate
-from conftest import one_line_error
+from conftest import one_line_error, randomise_batchnorm
 
 
 def _tiny_cnn(seed=0):
@@ -20,14 +20,7 @@ def _tiny_cnn(seed=0):
         nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(4, 6, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Dropout(0.1),
         nn.Flatten(), nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Identity(), nn.Linear(8, 3))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.3)
-    return net.eval()
+    return randomise_batchnorm(net).eval()
 
 
 def _images(n, seed=0, shape=(1, 8, 8)):

@@ -14,7 +14,7 @@ from torch import nn
 from codegen import cli
 from codegen.frontend import ann, convert, graph
 from runtime.errors import UserError
-from conftest import one_line_error, same_int_model as _same_int_model
+from conftest import one_line_error, randomise_batchnorm, same_int_model as _same_int_model
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -46,12 +46,8 @@ def _net(seed=0):
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(4, 6, 3), nn.ReLU6(), nn.AvgPool2d(2), nn.Dropout(0.2), nn.Flatten(),
                         nn.Linear(6 * 3 * 3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    randomise_batchnorm(net)
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
         net[4].weight.mul_(40)       # activations above 6: the ReLU6 clips
     return net.eval()
 
